@@ -1,0 +1,12 @@
+"""Datasets (embedded digits, files from a data directory) and federated partitions."""
+
+from fedsearch.data.datasets import DATASETS
+from fedsearch.data.datasets import Dataset
+from fedsearch.data.datasets import carve
+from fedsearch.data.datasets import load_dataset
+from fedsearch.data.datasets import normalize
+from fedsearch.data.partition import PARTITIONS
+from fedsearch.data.partition import partition
+
+__all__ = ["DATASETS", "Dataset", "PARTITIONS", "carve", "load_dataset",
+           "normalize", "partition"]

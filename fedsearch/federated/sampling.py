@@ -1,0 +1,122 @@
+"""Host-side, data-independent randomness of a federation: who, and which rows.
+
+The client schedule (which m of N clients take part in each round) does not
+depend on any data, so it is drawn for the whole run before it starts; the
+accountant then knows exactly how often each client takes part. Batches are
+Poisson samples drawn with jax-privacy's `CyclicPoissonSampling`, padded to a
+static size. Every draw is seeded by (seed, round, client, stream), so a
+resumed run draws exactly what the uninterrupted run would have.
+"""
+
+import dataclasses
+
+import numpy as np
+from jax_privacy import batch_selection
+
+from fedsearch.federated.round import RoundInputs
+
+_TRAIN, _VAL = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSplits:
+  """Rows (into the global example arrays) of each client's local splits."""
+
+  train: tuple[np.ndarray, ...]
+  val: tuple[np.ndarray, ...]
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.train)
+
+  def sizes(self) -> np.ndarray:
+    return np.array([len(t) + len(v) for t, v in zip(self.train, self.val)])
+
+
+def split_clients(parts: list[np.ndarray], val_fraction: float, seed: int
+                  ) -> ClientSplits:
+  """Carves each client's local validation split (for architecture steps)."""
+  train, val = [], []
+  for k, rows in enumerate(parts):
+    order = np.random.default_rng([seed, k]).permutation(rows)
+    n_val = int(round(val_fraction * len(rows)))
+    val.append(np.sort(order[:n_val]))
+    train.append(np.sort(order[n_val:]))
+  return ClientSplits(tuple(train), tuple(val))
+
+
+def client_schedule(num_clients: int, clients_per_round: int, rounds: int,
+                    seed: int) -> np.ndarray:
+  """(rounds, m) client ids: m distinct clients drawn uniformly each round."""
+  rng = np.random.default_rng([seed, 0x5C4ED])
+  return np.stack([
+      np.sort(rng.choice(num_clients, clients_per_round, replace=False))
+      for _ in range(rounds)
+  ]).astype(np.int32)
+
+
+def poisson_batches(rows: np.ndarray, sampling_rate: float, steps: int,
+                    batch_size: int, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """`steps` Poisson(q) samples of `rows`, padded/truncated to `batch_size`."""
+  idx = np.zeros((steps, batch_size), np.int32)
+  padding = np.ones((steps, batch_size), bool)
+  if len(rows) == 0:
+    return idx, padding
+  sampler = batch_selection.CyclicPoissonSampling(
+      sampling_prob=sampling_rate, iterations=steps,
+      truncated_batch_size=batch_size)
+  for s, positions in enumerate(sampler.batch_iterator(len(rows), rng)):
+    idx[s, :len(positions)] = rows[positions]
+    padding[s, :len(positions)] = False
+  return idx, padding
+
+
+def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
+                 round_: int, steps: int, sampling_rate: float,
+                 batch_sizes: tuple[int, int], train_arch: bool,
+                 train_on_all_local_data: bool, client_multiple: int = 1
+                 ) -> RoundInputs:
+  """Batches of one round for `clients`, padded to a multiple of devices.
+
+  Args:
+    splits: every client's local train/val rows.
+    clients: ids of the clients taking part.
+    seed, round_: seed the draws (reproducible, resumable).
+    steps: local steps.
+    sampling_rate: Poisson rate q of every stream.
+    batch_sizes: static (train, val) batch sizes.
+    train_arch: draw validation batches for architecture steps.
+    train_on_all_local_data: weight steps read train and val rows (used once
+      the architecture is fixed and the validation split is free).
+    client_multiple: pad the client axis to a multiple of this.
+  """
+  m = -(-len(clients) // client_multiple) * client_multiple
+  out = {
+      "train_idx": np.zeros((m, steps, batch_sizes[0]), np.int32),
+      "train_padding": np.ones((m, steps, batch_sizes[0]), bool),
+      "val_idx": np.zeros((m, steps, batch_sizes[1]), np.int32),
+      "val_padding": np.ones((m, steps, batch_sizes[1]), bool),
+  }
+  expected = np.ones((m, 2), np.float32)
+  weights = np.zeros(m, np.float32)
+  ids = np.full(m, -1, np.int32)
+  sizes = splits.sizes()
+  for slot, k in enumerate(clients):
+    train_rows = splits.train[k]
+    if train_on_all_local_data:
+      train_rows = np.sort(np.concatenate([train_rows, splits.val[k]]))
+    streams = [("train", train_rows, _TRAIN)]
+    if train_arch:
+      streams.append(("val", splits.val[k], _VAL))
+    for name, rows, stream in streams:
+      rng = np.random.default_rng([seed, round_, int(k), stream])
+      out[f"{name}_idx"][slot], out[f"{name}_padding"][slot] = poisson_batches(
+          rows, sampling_rate, steps, batch_sizes[stream], rng)
+      expected[slot, stream] = max(sampling_rate * len(rows), 1e-6)
+    weights[slot] = sizes[k]
+    ids[slot] = k
+  if not train_arch:
+    out["val_idx"] = out["val_padding"] = None
+  return RoundInputs(expected_batch=expected, client_weights=weights,
+                     client_ids=ids, **out)

@@ -1,0 +1,119 @@
+"""The supernet and the standalone models derived from it, as one Flax module.
+
+`CellNetwork(space)` is the supernet: every edge computes the mixture
+sum_o w[e, o] * op_o(x) with mixing weights passed in at call time.
+`CellNetwork(space, genotype)` is the derived model: each kept edge runs its
+one op. Both name an op's parameters `cell{c}/edge{e}_{op}/...`, so the derived
+model's weights are a sub-tree of the supernet's and transfer by path.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from fedsearch.search_space import ops
+from fedsearch.search_space.genotype import Genotype, check_genotype
+from fedsearch.search_space.space import SearchSpace
+
+
+class Cell(nn.Module):
+  space: SearchSpace
+  channels: int
+  genotype: Genotype | None = None
+
+  @nn.compact
+  def __call__(self, x, edge_weights=None):
+    space = self.space
+    factories = ops.OP_SETS[space.op_set]
+    act = ops.ACTIVATIONS[space.activation]
+    x = nn.Conv(self.channels, (1, 1), use_bias=False, name="preprocess")(act(x))
+    states = [nn.GroupNorm(num_groups=space.groups, name="preprocess_norm")(x)]
+    for to in range(1, space.nodes + 1):
+      node = jnp.zeros_like(states[0])
+      for src in range(to):
+        e = space.edge_index(to, src)
+        if self.genotype is not None:
+          chosen = self.genotype.op_on(to, src)
+          candidates = [] if chosen is None else [chosen]
+        else:
+          candidates = space.op_names
+        for op in candidates:
+          if op == "none":  # Contributes exactly zero: skip the work.
+            continue
+          out = factories[op](self.channels, space.groups, space.activation,
+                              f"edge{e}_{op}")(states[src])
+          if self.genotype is None:
+            out = edge_weights[e, space.op_names.index(op)] * out
+          node = node + out
+      states.append(node)
+    return jnp.concatenate(states[1:], axis=-1)
+
+
+class CellNetwork(nn.Module):
+  """Supernet (genotype=None) or derived model (genotype given).
+
+  Call as `apply({'params': w}, x, edge_weights)` for the supernet, where
+  `edge_weights` has shape (num_edges, num_ops), or `apply({'params': w}, x)`
+  for a derived model. Inputs are NHWC float images.
+  """
+
+  space: SearchSpace
+  genotype: Genotype | None = None
+
+  @nn.compact
+  def __call__(self, x, edge_weights=None):
+    space = self.space
+    if self.genotype is None and edge_weights is None:
+      raise ValueError("the supernet needs edge_weights")
+    if self.genotype is not None:
+      check_genotype(self.genotype, space)
+    x = nn.Conv(space.stem_multiplier * space.channels, (3, 3), use_bias=False,
+                name="stem")(x)
+    x = nn.GroupNorm(num_groups=space.groups, name="stem_norm")(x)
+    for c in range(space.cells):
+      x = Cell(space, space.cell_channels(c), self.genotype, name=f"cell{c}")(
+          x, edge_weights)
+      if min(x.shape[-3:-1]) >= 2:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = ops.ACTIVATIONS[space.activation](x)
+    x = jnp.mean(x, axis=(-3, -2))
+    return nn.Dense(space.num_classes, name="classifier")(x)
+
+
+def mixing_weights(arch_params: dict[str, jax.Array]) -> jax.Array:
+  """DARTS continuous relaxation: softmax over each edge's op logits."""
+  return jax.nn.softmax(arch_params["normal"], axis=-1)
+
+
+def supernet_apply(space: SearchSpace):
+  """Returns the pure function `apply(weights, arch_params, x) -> logits`."""
+  net = CellNetwork(space)
+
+  def apply(weights, arch_params, x):
+    return net.apply({"params": weights}, x, mixing_weights(arch_params))
+
+  return apply
+
+
+def init_supernet(space: SearchSpace, key: jax.Array, input_shape) -> dict:
+  """Supernet weights for inputs of shape (H, W, C)."""
+  num_ops = len(space.op_names)
+  x = jnp.zeros((1, *input_shape))
+  w = jnp.full((space.num_edges, num_ops), 1.0 / num_ops)
+  return CellNetwork(space).init(key, x, w)["params"]
+
+
+def derived_model(space: SearchSpace, genotype: Genotype) -> CellNetwork:
+  return CellNetwork(space, genotype)
+
+
+def extract_weights(supernet_weights: dict, space: SearchSpace,
+                    genotype: Genotype, input_shape) -> dict:
+  """The derived model's weights, taken by path from the supernet's."""
+  model = derived_model(space, genotype)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape))))
+  wanted = traverse_util.flatten_dict(shapes["params"])
+  have = traverse_util.flatten_dict(supernet_weights)
+  return traverse_util.unflatten_dict({path: have[path] for path in wanted})

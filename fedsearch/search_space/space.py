@@ -1,0 +1,95 @@
+"""Static description of a cell-based search space."""
+
+import dataclasses
+
+from fedsearch.errors import ConfigError
+from fedsearch.search_space import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+  """A stack of identical searched cells separated by 2x2 max-pooling.
+
+  Layout (DPNAS): stem conv -> [cell -> maxpool 2x2] x cells -> global average
+  pool -> dense. Channels double after every pooling. A cell has one input
+  (node 0, the previous layer mapped to `channels` by a 1x1 conv) and `nodes`
+  computed nodes, each fed by every earlier node, so it has
+  nodes * (nodes + 1) / 2 edges; its output is the concatenation of the
+  computed nodes. All cells share one set of architecture logits.
+
+  Attributes:
+    op_set: key of `ops.OP_SETS`.
+    channels: channels of the first cell's nodes.
+    stem_multiplier: the stem has stem_multiplier * channels channels.
+    nodes: computed nodes per cell.
+    cells: number of cells (each followed by a 2x2 max-pool).
+    groups: GroupNorm groups; must divide every layer's channel count.
+    activation: activation of the stem/preprocessing layers and of the ops
+      that do not search their own (the DARTS convolutions).
+    max_in_edges: edges kept per node when deriving a genotype (DARTS keeps
+      2); 0 keeps every edge (DPNAS).
+    num_classes: classifier outputs.
+  """
+
+  op_set: str = "dpnas"
+  channels: int = 8
+  stem_multiplier: int = 2
+  nodes: int = 3
+  cells: int = 2
+  groups: int = 4
+  activation: str = "tanh"
+  max_in_edges: int = 0
+  num_classes: int = 10
+
+  def __post_init__(self):
+    if self.op_set not in ops.OP_SETS:
+      raise ConfigError(
+          f"space.op_set={self.op_set!r} is not allowed; choose one of"
+          f" {sorted(ops.OP_SETS)}"
+      )
+    if self.activation not in ops.ACTIVATIONS:
+      raise ConfigError(
+          f"space.activation={self.activation!r} is not allowed; choose one of"
+          f" {sorted(ops.ACTIVATIONS)}"
+      )
+    for field in ("channels", "stem_multiplier", "nodes", "cells", "groups",
+                  "num_classes"):
+      if getattr(self, field) < 1:
+        raise ConfigError(f"space.{field} must be >= 1, got {getattr(self, field)}")
+    if not 0 <= self.max_in_edges <= self.nodes:
+      raise ConfigError(
+          f"space.max_in_edges must be in [0, space.nodes={self.nodes}], got"
+          f" {self.max_in_edges}"
+      )
+    for width in (self.channels, self.stem_multiplier * self.channels):
+      if width % self.groups:
+        raise ConfigError(
+            f"space.groups={self.groups} must divide the channel count {width}"
+        )
+
+  @property
+  def op_names(self) -> tuple[str, ...]:
+    return ops.op_names(self.op_set)
+
+  @property
+  def edges(self) -> tuple[tuple[int, int], ...]:
+    """(to_node, from_node) pairs, in the row order of the architecture logits."""
+    return tuple(
+        (to, src)
+        for to in range(1, self.nodes + 1)
+        for src in range(to)
+    )
+
+  @property
+  def num_edges(self) -> int:
+    return len(self.edges)
+
+  def cell_channels(self, cell: int) -> int:
+    return self.channels * 2**cell
+
+  def edge_index(self, to_node: int, from_node: int) -> int:
+    return to_node * (to_node - 1) // 2 + from_node
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
