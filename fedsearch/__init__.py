@@ -1,0 +1,12 @@
+"""fedsearch: federated architecture + hyperparameter search under differential privacy."""
+
+from fedsearch import data
+from fedsearch import federated
+from fedsearch import privacy
+from fedsearch import runner
+from fedsearch import search_space
+from fedsearch.errors import ConfigError
+from fedsearch.errors import DataFileError
+
+__all__ = ["ConfigError", "DataFileError", "data", "federated", "privacy",
+           "runner", "search_space"]

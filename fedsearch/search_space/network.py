@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from fedsearch.search_space import ops
+from fedsearch.search_space import layers, ops
 from fedsearch.search_space.genotype import Genotype, check_genotype
 from fedsearch.search_space.space import SearchSpace
 
@@ -27,7 +27,7 @@ class Cell(nn.Module):
     space = self.space
     factories = ops.OP_SETS[space.op_set]
     act = ops.ACTIVATIONS[space.activation]
-    x = nn.Conv(self.channels, (1, 1), use_bias=False, name="preprocess")(act(x))
+    x = layers.Conv(self.channels, name="preprocess")(act(x))
     states = [nn.GroupNorm(num_groups=space.groups, name="preprocess_norm")(x)]
     for to in range(1, space.nodes + 1):
       node = jnp.zeros_like(states[0])
@@ -68,14 +68,13 @@ class CellNetwork(nn.Module):
       raise ValueError("the supernet needs edge_weights")
     if self.genotype is not None:
       check_genotype(self.genotype, space)
-    x = nn.Conv(space.stem_multiplier * space.channels, (3, 3), use_bias=False,
-                name="stem")(x)
+    x = layers.Conv(space.stem_multiplier * space.channels, 3, name="stem")(x)
     x = nn.GroupNorm(num_groups=space.groups, name="stem_norm")(x)
     for c in range(space.cells):
       x = Cell(space, space.cell_channels(c), self.genotype, name=f"cell{c}")(
           x, edge_weights)
       if min(x.shape[-3:-1]) >= 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool_2x2(x)
     x = ops.ACTIVATIONS[space.activation](x)
     x = jnp.mean(x, axis=(-3, -2))
     return nn.Dense(space.num_classes, name="classifier")(x)

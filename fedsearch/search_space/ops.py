@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedsearch.search_space import layers
+
 ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "elu": jax.nn.elu,
@@ -44,10 +46,8 @@ class Pool(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.kind == "max":
-      return nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
-    return nn.avg_pool(
-        x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-    )
+      return layers.max_pool_3x3(x)
+    return layers.avg_pool_3x3(x)
 
 
 class ActConvNorm(nn.Module):
@@ -62,16 +62,8 @@ class ActConvNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = ACTIVATIONS[self.activation](x)
-    x = nn.Conv(
-        self.channels,
-        (self.kernel, self.kernel),
-        kernel_dilation=self.dilation,
-        feature_group_count=self.channels,
-        padding="SAME",
-        use_bias=False,
-        name="depthwise",
-    )(x)
-    x = nn.Conv(self.channels, (1, 1), use_bias=False, name="pointwise")(x)
+    x = layers.DepthwiseConv(self.kernel, self.dilation, name="depthwise")(x)
+    x = layers.Conv(self.channels, name="pointwise")(x)
     return nn.GroupNorm(num_groups=self.groups, name="norm")(x)
 
 

@@ -1,0 +1,66 @@
+"""Default search: digits (embedded), 10 Dirichlet(0.5) clients, (ε, δ) = (3, 1e-5).
+
+Sized to finish within 10 minutes on 2 CPU cores. Override any field from the
+command line, e.g. `--config.dataset=mnist --config.federated.rounds=60`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.dataset = "digits"  # digits | mnist | fashion_mnist | cifar10
+  # Folder with mnist/, fashion-mnist/, cifar10-jpeg/ (not needed for digits).
+  config.data_dir = "../shared/data"
+  config.cache_dir = ""  # decoded CIFAR-10 cache; "" = $XDG_CACHE_HOME/fedsearch
+  config.seed = 0
+  # Server-held split of the training set, used only to print per-round
+  # progress; it is in no client's data and takes no decision.
+  config.monitor_fraction = 0.1
+
+  config.space = ml_collections.ConfigDict()
+  config.space.op_set = "dpnas"  # dpnas | darts
+  config.space.channels = 8
+  config.space.stem_multiplier = 2
+  config.space.nodes = 2
+  config.space.cells = 1
+  config.space.groups = 4
+  config.space.activation = "tanh"
+  config.space.max_in_edges = 0  # 0 keeps all edges (DPNAS); DARTS uses 2
+
+  config.federated = ml_collections.ConfigDict()
+  config.federated.num_clients = 10
+  config.federated.clients_per_round = 5
+  config.federated.partition = "dirichlet"  # iid | dirichlet | shards
+  config.federated.dirichlet_alpha = 0.5
+  config.federated.shards_per_client = 2
+  config.federated.val_fraction = 0.3  # client-local split for arch steps
+  config.federated.search_rounds = 20  # supernet + architecture
+  config.federated.train_rounds = 20  # derived model, weights only
+  config.federated.local_steps = 10
+  config.federated.sampling_rate = 0.25  # Poisson q of every local batch
+  config.federated.server_optimizer = "sgd"  # sgd (FedAvg) | adam (FedAdam)
+  config.federated.server_learning_rate = 1.0
+  config.federated.num_devices = 0  # 0 = all local devices
+
+  config.client = ml_collections.ConfigDict()
+  config.client.learning_rate = 0.5
+  config.client.momentum = 0.9
+  config.client.weight_decay = 0.0
+  config.client.arch_learning_rate = 3e-2
+  config.client.arch_weight_decay = 1e-3
+
+  config.privacy = ml_collections.ConfigDict()
+  config.privacy.epsilon = 3.0
+  config.privacy.delta = 1e-5
+  config.privacy.clip_norm = 1.0
+  config.privacy.accountant = "rdp"  # rdp | pld
+  # 0 calibrates σ to spend exactly ε over the whole schedule; a positive
+  # value is used as given, and the run refuses to start if it overspends.
+  config.privacy.noise_multiplier = 0.0
+  # Part of δ set aside for truncating Poisson batches to a static size.
+  config.privacy.truncation_delta_fraction = 0.1
+  config.privacy.nan_safe = True
+
+  config.checkpoint_every = 1  # rounds
+  return config

@@ -1,0 +1,289 @@
+"""The main job: a federated DP architecture search ending in a trained model.
+
+Phase 1 (search rounds): clients train the supernet's weights and the
+architecture logits (first-order DARTS, both DP). Phase 2 (train rounds): the
+genotype derived from the aggregated logits is fixed and its model, starting
+from the supernet's weights, is trained by DP FedAvg. Both phases draw on one
+privacy budget calibrated before round one. Test data is read once, at the
+end, for the report.
+"""
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fedsearch import data as data_lib
+from fedsearch import federated as fed
+from fedsearch import search_space as ss
+from fedsearch.errors import ConfigError
+from fedsearch.runner.plan import PrivacyPlan, make_plan
+from fedsearch.runner.workdir import Workdir, write_atomic
+
+_SERVER_OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
+
+
+@dataclasses.dataclass(frozen=True)
+class Federation:
+  """Device-resident examples and the host-side description of the clients."""
+
+  x: jax.Array
+  y: jax.Array
+  splits: fed.ClientSplits
+  monitor_rows: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  input_shape: tuple[int, ...]
+  num_classes: int
+
+
+def build_federation(config) -> Federation:
+  ds = data_lib.load_dataset(config.dataset, config.data_dir,
+                             config.cache_dir or None)
+  x = data_lib.normalize(ds.name, ds.train_x, ds.pixel_max)
+  if not 0 <= config.monitor_fraction < 1:
+    raise ConfigError("monitor_fraction must be in [0, 1), got"
+                      f" {config.monitor_fraction}")
+  if not 0 < config.federated.val_fraction < 1:
+    raise ConfigError("federated.val_fraction must be in (0, 1), got"
+                      f" {config.federated.val_fraction}")
+  client_rows, monitor_rows = data_lib.carve(len(x), config.monitor_fraction,
+                                             config.seed)
+  f = config.federated
+  parts = data_lib.partition(ds.train_y[client_rows], f.partition,
+                             f.num_clients, config.seed, f.dirichlet_alpha,
+                             f.shards_per_client)
+  splits = fed.split_clients([client_rows[p] for p in parts], f.val_fraction,
+                             config.seed)
+  return Federation(jnp.asarray(x), jnp.asarray(ds.train_y), splits,
+                    monitor_rows,
+                    data_lib.normalize(ds.name, ds.test_x, ds.pixel_max),
+                    ds.test_y, x.shape[1:], ds.num_classes)
+
+
+def build_plan(config, federation: Federation) -> PrivacyPlan:
+  f = config.federated
+  for field in ("search_rounds", "train_rounds"):
+    if f[field] < 0:
+      raise ConfigError(f"federated.{field} must be >= 0, got {f[field]}")
+  if f.search_rounds + f.train_rounds < 1 or f.local_steps < 1:
+    raise ConfigError("federated.search_rounds + federated.train_rounds and"
+                      " federated.local_steps must be >= 1")
+  if not 1 <= f.clients_per_round <= f.num_clients:
+    raise ConfigError(
+        f"federated.clients_per_round must be in [1, federated.num_clients="
+        f"{f.num_clients}], got {f.clients_per_round}")
+  schedule = fed.client_schedule(f.num_clients, f.clients_per_round,
+                                 f.search_rounds + f.train_rounds, config.seed)
+  p = config.privacy
+  return make_plan(schedule, search_rounds=f.search_rounds,
+                   local_steps=f.local_steps, sampling_rate=f.sampling_rate,
+                   num_clients=f.num_clients, epsilon=p.epsilon,
+                   delta=p.delta,
+                   truncation_delta_fraction=p.truncation_delta_fraction,
+                   accountant=p.accountant)
+
+
+def search_space_from(config, num_classes: int) -> ss.SearchSpace:
+  return ss.SearchSpace(num_classes=num_classes, **config.space.to_dict())
+
+
+def client_config(config, noise_multiplier: float) -> fed.ClientConfig:
+  c = config.client
+  return fed.ClientConfig(
+      clip_norm=config.privacy.clip_norm, noise_multiplier=noise_multiplier,
+      learning_rate=c.learning_rate, momentum=c.momentum,
+      weight_decay=c.weight_decay, arch_learning_rate=c.arch_learning_rate,
+      arch_weight_decay=c.arch_weight_decay, nan_safe=config.privacy.nan_safe)
+
+
+def server_optimizer(config) -> optax.GradientTransformation:
+  name = config.federated.server_optimizer
+  if name not in _SERVER_OPTIMIZERS:
+    raise ConfigError(f"federated.server_optimizer={name!r} is not allowed;"
+                      f" choose one of {sorted(_SERVER_OPTIMIZERS)}")
+  return _SERVER_OPTIMIZERS[name](config.federated.server_learning_rate)
+
+
+def make_mesh(config):
+  available = len(jax.devices())
+  wanted = config.federated.num_devices or available
+  if not 1 <= wanted <= available:
+    raise ConfigError(f"federated.num_devices must be in [0, {available}],"
+                      f" got {config.federated.num_devices}")
+  return fed.client_mesh(wanted) if wanted > 1 else None
+
+
+def accuracy_and_loss(predict: Callable, x, y, batch: int = 1024):
+  correct, loss = 0.0, 0.0
+  for i in range(0, len(y), batch):
+    logits = predict(jnp.asarray(x[i:i + batch]))
+    labels = jnp.asarray(y[i:i + batch])
+    correct += float(jnp.sum(jnp.argmax(logits, -1) == labels))
+    loss += float(jnp.sum(
+        optax.softmax_cross_entropy_with_integer_labels(logits, labels)))
+  return correct / max(len(y), 1), loss / max(len(y), 1)
+
+
+class _Phase:
+  """What differs between search and training: model, round, inputs."""
+
+  def __init__(self, name, apply_fn, train_arch, config, noise_multiplier,
+               mesh, plan, splits, devices):
+    self.name = name
+    self.apply_fn = jax.jit(apply_fn)
+    self.train_arch = train_arch
+    self.round_fn = fed.make_round(
+        fed.make_local_update(apply_fn, client_config(config, noise_multiplier),
+                              train_arch),
+        server_optimizer(config), mesh)
+    if train_arch:
+      self.batch_sizes = (plan.padded_batch_size(map(len, splits.train)),
+                          plan.padded_batch_size(map(len, splits.val)))
+    else:
+      self.batch_sizes = (plan.padded_batch_size(splits.sizes()), 1)
+    self.devices = devices
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        report: Callable[[str], None] = print,
+        stop_after_round: int | None = None) -> dict:
+  """Runs (or resumes) a search; returns the summary written to the workdir.
+
+  Args:
+    config: see experiments/configs/default.py.
+    workdir: output folder; a run started there before is resumed from its
+      last finished round.
+    report: receives one progress line per round.
+    stop_after_round: stop (as if interrupted) once this many rounds are
+      checkpointed; for testing resumption.
+  """
+  start = time.time()
+  work = Workdir(workdir, config.to_json(), config.checkpoint_every)
+  if work.summary_file.exists():
+    report(f"{work.summary_file} exists: the run is already complete")
+    return json.loads(work.summary_file.read_text())
+
+  federation = build_federation(config)
+  space = search_space_from(config, federation.num_classes)
+  plan = build_plan(config, federation)
+  sigma = plan.noise_multiplier(config.privacy.noise_multiplier)
+  mesh = make_mesh(config)
+  devices = 1 if mesh is None else mesh.size
+  f = config.federated
+  total_rounds = f.search_rounds + f.train_rounds
+  report(f"noise multiplier σ={sigma:.4f} for (ε, δ)=({plan.epsilon},"
+         f" {plan.delta}) over {total_rounds} rounds; clients"
+         f" {f.clients_per_round}/{f.num_clients} per round, {devices}"
+         " device(s)")
+
+  search = _Phase("search", ss.supernet_apply(space), True, config, sigma,
+                  mesh, plan, federation.splits, devices)
+  server_opt = server_optimizer(config)
+  init_key, arch_key = jax.random.split(jax.random.key(config.seed))
+  search_state = fed.server_init(
+      {"weights": ss.init_supernet(space, init_key, federation.input_shape),
+       "arch": ss.init_arch_params(space, key=arch_key)}, server_opt)
+
+  def derived_phase(genotype):
+    model = ss.derived_model(space, genotype)
+    return _Phase("train", lambda w, a, x: model.apply({"params": w}, x),
+                  False, config, sigma, mesh, plan, federation.splits, devices)
+
+  def to_derived_state(supernet_state, genotype):
+    weights = ss.extract_weights(supernet_state.params["weights"], space,
+                                 genotype, federation.input_shape)
+    return fed.server_init({"weights": weights, "arch": {}}, server_opt)
+
+  rounds_done = work.latest_round()
+  genotype, state, phase = None, search_state, search
+  if rounds_done > f.search_rounds or (rounds_done == f.search_rounds and
+                                       work.genotype_file.exists()):
+    genotype = ss.Genotype.from_json(work.genotype_file.read_text())
+    phase = derived_phase(genotype)
+    state = to_derived_state(search_state, genotype)
+  if rounds_done:
+    state = work.restore_state(rounds_done, state)
+    report(f"resuming after round {rounds_done}")
+  metrics = [m for m in work.metrics() if m["round"] <= rounds_done]
+
+  base_key = jax.random.key(config.seed + 1)
+  for round_ in range(rounds_done, total_rounds):
+    if round_ == f.search_rounds and genotype is None:
+      genotype = ss.derive(state.params["arch"], space)
+      write_atomic(work.genotype_file, genotype.to_json())
+      report(f"derived genotype: {genotype.edges}")
+      phase = derived_phase(genotype)
+      state = to_derived_state(state, genotype)
+    inputs = fed.round_inputs(
+        federation.splits, plan.schedule[round_], seed=config.seed,
+        round_=round_, steps=f.local_steps, sampling_rate=f.sampling_rate,
+        batch_sizes=phase.batch_sizes, train_arch=phase.train_arch,
+        train_on_all_local_data=not phase.train_arch,
+        client_multiple=phase.devices)
+    state = phase.round_fn(state, federation.x, federation.y, inputs,
+                           base_key, round_)
+    acc, loss = accuracy_and_loss(
+        lambda x: phase.apply_fn(state.params["weights"],
+                                 state.params["arch"], x),
+        np.asarray(federation.x)[federation.monitor_rows],
+        np.asarray(federation.y)[federation.monitor_rows])
+    eps = plan.spent(sigma, round_ + 1)
+    record = {"round": round_ + 1, "phase": phase.name,
+              "monitor_accuracy": acc, "monitor_loss": loss, "epsilon": eps,
+              "elapsed_s": time.time() - start}
+    metrics.append(record)
+    report(f"round {round_ + 1:3d}/{total_rounds} [{phase.name}] loss"
+           f" {loss:.4f} acc {acc:.4f} ε {eps:.3f}")
+    last_of_phase = round_ + 1 in (f.search_rounds, total_rounds)
+    work.save_state(round_ + 1, state, force=last_of_phase)
+    work.write_metrics(metrics)
+    if stop_after_round is not None and round_ + 1 >= stop_after_round:
+      work.close()
+      return {}
+
+  if genotype is None:  # No training rounds: deploy the supernet's weights.
+    genotype = ss.derive(state.params["arch"], space)
+    write_atomic(work.genotype_file, genotype.to_json())
+    state = to_derived_state(state, genotype)
+    phase = derived_phase(genotype)
+  weights = state.params["weights"]
+  test_acc, test_loss = accuracy_and_loss(
+      lambda x: phase.apply_fn(weights, {}, x), federation.test_x,
+      federation.test_y)
+  work.save_final_weights(weights)
+  streams = plan.streams(sigma, total_rounds)
+  summary = {
+      "dataset": config.dataset,
+      "partition": f"{f.partition}" + (f"(alpha={f.dirichlet_alpha})"
+                                       if f.partition == "dirichlet" else ""),
+      "clients": f.num_clients,
+      "clients_per_round": f.clients_per_round,
+      "genotype": json.loads(genotype.to_json()),
+      "space": space.to_dict(),
+      "model_parameters": int(sum(x.size for x in jax.tree.leaves(weights))),
+      "test_accuracy": test_acc,
+      "test_loss": test_loss,
+      "epsilon": plan.spent(sigma, total_rounds),
+      "epsilon_target": plan.epsilon,
+      "delta": plan.delta,
+      "delta_truncation": plan.truncation_delta,
+      "noise_multiplier": sigma,
+      "accountant": plan.accountant,
+      "releases_of_most_exposed_client": {s.name: s.count for s in streams},
+      "rounds": total_rounds,
+      "devices": phase.devices,
+      "wall_time_s": time.time() - start,
+  }
+  work.close()
+  write_atomic(work.summary_file, json.dumps(summary, indent=1))
+  report(f"test accuracy {test_acc:.4f} at ε={summary['epsilon']:.3f}"
+         f" (δ={plan.delta}); wall time {summary['wall_time_s']:.0f} s;"
+         f" workdir {work.path}")
+  return summary

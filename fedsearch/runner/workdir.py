@@ -1,0 +1,96 @@
+"""A run's working directory: atomic files, per-round checkpoints, metrics.
+
+Layout:
+  config.json        the configuration the run was started with
+  checkpoints/<r>/   server state after r finished rounds (orbax)
+  genotype.json      the derived genotype, once the search phase is over
+  metrics.jsonl      one line per finished round
+  final_weights/     the derived model's weights (orbax), at the end
+  summary.json       written last: its presence marks a finished run
+Every file is written under a temporary name and renamed, and orbax
+finalises a checkpoint by renaming its directory, so an interrupted run
+never leaves a half-written file that looks complete.
+"""
+
+import json
+import os
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from fedsearch.errors import ConfigError
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+class Workdir:
+
+  def __init__(self, path, config_json: str, checkpoint_every: int):
+    self.path = pathlib.Path(path).absolute()
+    self.path.mkdir(parents=True, exist_ok=True)
+    config_file = self.path / "config.json"
+    if config_file.exists():
+      if json.loads(config_file.read_text()) != json.loads(config_json):
+        raise ConfigError(
+            f"workdir {self.path} holds a run with a different configuration;"
+            " use a new --workdir or the same flags as that run")
+    else:
+      write_atomic(config_file, config_json)
+    self._checkpoints = ocp.CheckpointManager(
+        self.path / "checkpoints",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, save_interval_steps=checkpoint_every,
+            enable_async_checkpointing=False))
+
+  @property
+  def summary_file(self) -> pathlib.Path:
+    return self.path / "summary.json"
+
+  @property
+  def genotype_file(self) -> pathlib.Path:
+    return self.path / "genotype.json"
+
+  def latest_round(self) -> int:
+    return self._checkpoints.latest_step() or 0
+
+  def save_state(self, rounds_done: int, state, force: bool = False) -> None:
+    self._checkpoints.save(rounds_done, args=ocp.args.StandardSave(state),
+                           force=force)
+
+  def restore_state(self, rounds_done: int, like):
+    return self._checkpoints.restore(
+        rounds_done, args=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))
+
+  def metrics(self) -> list[dict]:
+    path = self.path / "metrics.jsonl"
+    if not path.exists():
+      return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+  def write_metrics(self, records: list[dict]) -> None:
+    # Rewritten whole, atomically: a crash mid-write cannot leave a torn line.
+    write_atomic(self.path / "metrics.jsonl",
+                 "".join(json.dumps(m) + "\n" for m in records))
+
+  def save_final_weights(self, weights) -> None:
+    target = self.path / "final_weights"
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(target, weights, force=True)
+    checkpointer.wait_until_finished()
+
+  def close(self) -> None:
+    self._checkpoints.wait_until_finished()
+    self._checkpoints.close()
+
+
+def load_final_weights(path, like):
+  """Restores weights written by `save_final_weights` into `like`'s structure."""
+  return ocp.StandardCheckpointer().restore(
+      pathlib.Path(path).absolute() / "final_weights",
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
