@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.epsilon = 3.0
   config.privacy.delta = 1e-5
   config.privacy.clip_norm = 1.0
+  config.privacy.arch_clip_norm = 0.1
   config.privacy.accountant = "rdp"  # rdp | pld
   # 0 calibrates σ to spend exactly ε over the whole schedule; a positive
   # value is used as given, and the run refuses to start if it overspends.

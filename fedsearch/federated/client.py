@@ -36,6 +36,10 @@ class ClientConfig:
   """Static hyperparameters of local training (DARTS defaults for the arch)."""
 
   clip_norm: float = 1.0
+  # Architecture gradients are ~10x smaller than weight gradients (measured
+  # median per-example norm 0.09 vs 1.5 on digits at init): a bound of their
+  # own keeps their noise (σ times this bound) in proportion.
+  arch_clip_norm: float = 0.1
   noise_multiplier: float = 1.0
   learning_rate: float = 0.05
   momentum: float = 0.9
@@ -71,17 +75,16 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
   """
   loss = cross_entropy_loss(apply_fn)
   weight_grad = clipped_grad_sum(loss, 0, config.clip_norm, config.nan_safe)
-  arch_grad = clipped_grad_sum(loss, 1, config.clip_norm, config.nan_safe)
-  stddev = config.noise_multiplier * config.clip_norm
+  arch_grad = clipped_grad_sum(loss, 1, config.arch_clip_norm, config.nan_safe)
 
   def local_update(params, batches: ClientBatches, key, expected_batch):
     weight_key, arch_key = jax.random.split(key)
     weight_opt = private_optimizer(
-        stddev, weight_key, expected_batch[0],
+        config.noise_multiplier * config.clip_norm, weight_key, expected_batch[0],
         optax.chain(optax.add_decayed_weights(config.weight_decay),
                     optax.sgd(config.learning_rate, config.momentum)))
     arch_opt = private_optimizer(
-        stddev, arch_key, expected_batch[1],
+        config.noise_multiplier * config.arch_clip_norm, arch_key, expected_batch[1],
         optax.chain(optax.add_decayed_weights(config.arch_weight_decay),
                     optax.adam(config.arch_learning_rate, config.arch_b1,
                                config.arch_b2)))

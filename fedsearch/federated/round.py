@@ -59,6 +59,7 @@ def make_round(local_update: Callable, server_optimizer: optax.GradientTransform
       return jax.tree.map(jnp.subtract, new, params)
     return jax.vmap(one_client)(batches, keys, expected)
 
+  all_deltas = client_deltas
   if mesh is not None:
     def sharded_body(params, batches, keys, expected):
       # Replicated params enter the per-client scan carry, which becomes
@@ -66,7 +67,7 @@ def make_round(local_update: Callable, server_optimizer: optax.GradientTransform
       params = jax.lax.pcast(params, (CLIENT_AXIS,), to="varying")
       return client_deltas(params, batches, keys, expected)
 
-    client_deltas = jax.shard_map(
+    all_deltas = jax.shard_map(
         sharded_body, mesh=mesh,
         in_specs=(P(), P(CLIENT_AXIS), P(CLIENT_AXIS), P(CLIENT_AXIS)),
         out_specs=P(CLIENT_AXIS))
@@ -81,8 +82,8 @@ def make_round(local_update: Callable, server_optimizer: optax.GradientTransform
            else gather(x, y, inputs.val_idx, inputs.val_padding))
     round_key = jax.random.fold_in(base_key, round_)
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(inputs.client_ids)
-    deltas = client_deltas(state.params, ClientBatches(train, val), keys,
-                           inputs.expected_batch)
+    deltas = all_deltas(state.params, ClientBatches(train, val), keys,
+                        inputs.expected_batch)
     mean_delta = weighted_average(deltas, inputs.client_weights)
     return server_update(state, mean_delta, server_optimizer)
 

@@ -97,7 +97,8 @@ def search_space_from(config, num_classes: int) -> ss.SearchSpace:
 def client_config(config, noise_multiplier: float) -> fed.ClientConfig:
   c = config.client
   return fed.ClientConfig(
-      clip_norm=config.privacy.clip_norm, noise_multiplier=noise_multiplier,
+      clip_norm=config.privacy.clip_norm,
+      arch_clip_norm=config.privacy.arch_clip_norm, noise_multiplier=noise_multiplier,
       learning_rate=c.learning_rate, momentum=c.momentum,
       weight_decay=c.weight_decay, arch_learning_rate=c.arch_learning_rate,
       arch_weight_decay=c.arch_weight_decay, nan_safe=config.privacy.nan_safe)
@@ -201,6 +202,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                  genotype, federation.input_shape)
     return fed.server_init({"weights": weights, "arch": {}}, server_opt)
 
+  def finish_search(supernet_state):
+    genotype = ss.derive(supernet_state.params["arch"], space)
+    write_atomic(work.genotype_file, genotype.to_json())
+    report(f"derived genotype: {genotype.edges}")
+    return (genotype, derived_phase(genotype),
+            to_derived_state(supernet_state, genotype))
+
   rounds_done = work.latest_round()
   genotype, state, phase = None, search_state, search
   if rounds_done > f.search_rounds or (rounds_done == f.search_rounds and
@@ -216,11 +224,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   base_key = jax.random.key(config.seed + 1)
   for round_ in range(rounds_done, total_rounds):
     if round_ == f.search_rounds and genotype is None:
-      genotype = ss.derive(state.params["arch"], space)
-      write_atomic(work.genotype_file, genotype.to_json())
-      report(f"derived genotype: {genotype.edges}")
-      phase = derived_phase(genotype)
-      state = to_derived_state(state, genotype)
+      genotype, phase, state = finish_search(state)
     inputs = fed.round_inputs(
         federation.splits, plan.schedule[round_], seed=config.seed,
         round_=round_, steps=f.local_steps, sampling_rate=f.sampling_rate,
@@ -249,10 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       return {}
 
   if genotype is None:  # No training rounds: deploy the supernet's weights.
-    genotype = ss.derive(state.params["arch"], space)
-    write_atomic(work.genotype_file, genotype.to_json())
-    state = to_derived_state(state, genotype)
-    phase = derived_phase(genotype)
+    genotype, phase, state = finish_search(state)
   weights = state.params["weights"]
   test_acc, test_loss = accuracy_and_loss(
       lambda x: phase.apply_fn(weights, {}, x), federation.test_x,

@@ -1,0 +1,110 @@
+"""FedAvg weights, the vectorised round on 1 vs 4 devices, jit vs eager."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedsearch import data
+from fedsearch import federated as fed
+from fedsearch import search_space as ss
+
+
+def test_weighted_average_on_hand_numbers():
+  stacked = {"a": jnp.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0]]),
+             "b": jnp.array([1.0, 2.0, 4.0])}
+  avg = fed.weighted_average(stacked, jnp.array([1.0, 3.0, 0.0]))
+  chex.assert_trees_all_close(avg, {"a": jnp.array([2.5, 3.5]),
+                                    "b": jnp.array(1.75)})
+
+
+def test_fedavg_server_step_with_sgd_one_is_the_weighted_mean_model():
+  params = {"w": jnp.array([0.0, 0.0])}
+  clients = jnp.array([[2.0, 4.0], [6.0, 8.0]])
+  deltas = {"w": clients - params["w"]}
+  opt = optax.sgd(1.0)
+  state = fed.server_init(params, opt)
+  mean = fed.weighted_average(deltas, jnp.array([3.0, 1.0]))
+  state = fed.server_update(state, mean, opt)
+  chex.assert_trees_all_close(state.params["w"], jnp.array([3.0, 5.0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+  ds = data.load_dataset("digits")
+  x = jnp.asarray(data.normalize("digits", ds.train_x, ds.pixel_max))
+  y = jnp.asarray(ds.train_y)
+  parts = data.partition(ds.train_y, "dirichlet", 8, seed=0)
+  splits = fed.split_clients(parts, 0.3, seed=0)
+  space = ss.SearchSpace(channels=4, nodes=1, cells=1)
+  params = {"weights": ss.init_supernet(space, jax.random.key(0), (8, 8, 1)),
+            "arch": ss.init_arch_params(space, key=jax.random.key(1))}
+  local = fed.make_local_update(
+      ss.supernet_apply(space), fed.ClientConfig(noise_multiplier=1.0), True)
+  return x, y, splits, params, local
+
+
+def _inputs(splits, clients, multiple):
+  return fed.round_inputs(
+      splits, np.asarray(clients), seed=0, round_=3, steps=2,
+      sampling_rate=0.2, batch_sizes=(24, 12), train_arch=True,
+      train_on_all_local_data=False, client_multiple=multiple)
+
+
+def test_four_devices_equal_one_device():
+  assert len(jax.devices()) == 4
+  x, y, splits, params, local = _setup()
+  clients = [0, 2, 3, 5, 6]  # 5 clients: padded to 8 on 4 devices.
+  opt = optax.sgd(1.0)
+  state = fed.server_init(params, opt)
+  key = jax.random.key(7)
+  one = fed.make_round(local, opt)(state, x, y, _inputs(splits, clients, 1),
+                                   key, 3)
+  mesh = fed.client_mesh(4)
+  four = fed.make_round(local, opt, mesh)(
+      state, x, y, _inputs(splits, clients, 4), key, 3)
+  chex.assert_trees_all_close(one.params, four.params, rtol=1e-5, atol=1e-6)
+  # And the round did move the parameters.
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                       one.params, params)
+  assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def test_local_update_jit_equals_eager():
+  x, y, splits, params, local = _setup()
+  inputs = _inputs(splits, [1], 1)
+  batches = fed.ClientBatches(
+      fed.Batches(x[inputs.train_idx[0]], y[inputs.train_idx[0]],
+                  jnp.asarray(inputs.train_padding[0])),
+      fed.Batches(x[inputs.val_idx[0]], y[inputs.val_idx[0]],
+                  jnp.asarray(inputs.val_padding[0])))
+  args = (params, batches, jax.random.key(0), inputs.expected_batch[0])
+  with jax.disable_jit():
+    eager = local(*args)
+  chex.assert_trees_all_close(jax.jit(local)(*args), eager, rtol=1e-4,
+                              atol=1e-5)
+
+
+def test_round_inputs_are_reproducible_and_poisson():
+  _, _, splits, _, _ = _setup()
+  a = _inputs(splits, [0, 1], 1)
+  b = _inputs(splits, [0, 1], 1)
+  chex.assert_trees_all_equal(a, b)
+  for slot, k in enumerate([0, 1]):
+    real = a.train_idx[slot][~a.train_padding[slot]]
+    assert set(real) <= set(splits.train[k])  # Only the client's own rows.
+    assert set(a.val_idx[slot][~a.val_padding[slot]]) <= set(splits.val[k])
+  np.testing.assert_allclose(a.expected_batch[:, 0],
+                             [0.2 * len(splits.train[k]) for k in (0, 1)])
+
+
+def test_client_schedule_draws_distinct_clients():
+  sched = fed.client_schedule(10, 4, 50, seed=0)
+  assert sched.shape == (50, 4)
+  assert all(len(set(r)) == 4 for r in sched)
+  counts = np.bincount(sched.ravel(), minlength=10)
+  assert counts.min() > 5  # Every client takes part now and then.

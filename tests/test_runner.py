@@ -1,0 +1,125 @@
+"""The main job end to end: privacy budget, accuracy, resume, export, errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import default
+from fedsearch import runner
+from fedsearch import search_space as ss
+from fedsearch.data import load_dataset, normalize
+from fedsearch.errors import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _small_config(**overrides):
+  config = default.get_config()
+  config.space.channels = 4
+  config.space.nodes = 1
+  config.federated.search_rounds = 2
+  config.federated.train_rounds = 2
+  config.federated.local_steps = 2
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def test_end_to_end_spends_at_most_epsilon_and_learns(tmp_path):
+  config = _small_config(**{"federated.search_rounds": 6,
+                            "federated.train_rounds": 10})
+  summary = runner.run(config, tmp_path, report=lambda _: None)
+  assert summary["epsilon"] <= config.privacy.epsilon + 1e-9
+  assert summary["epsilon"] > 0.9 * config.privacy.epsilon  # Calibrated.
+  assert summary["test_accuracy"] > 0.5  # Chance is 0.1.
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  eps = [json.loads(l)["epsilon"] for l in lines]
+  assert len(eps) == 16 and eps == sorted(eps)
+
+
+def test_exported_model_reloads_and_reproduces_the_test_accuracy(tmp_path):
+  config = _small_config()
+  summary = runner.run(config, tmp_path, report=lambda _: None)
+  genotype = ss.Genotype.from_json((tmp_path / "genotype.json").read_text())
+  space = ss.SearchSpace(**summary["space"])
+  model = ss.derived_model(space, genotype)
+  like = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1)))["params"]
+  weights = runner.load_final_weights(tmp_path, like)
+  ds = load_dataset("digits")
+  logits = model.apply({"params": weights},
+                       normalize("digits", ds.test_x, ds.pixel_max))
+  accuracy = float(np.mean(np.argmax(logits, -1) == ds.test_y))
+  assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  config = _small_config()
+  straight = runner.run(config, tmp_path / "a", report=lambda _: None)
+  # Interrupted once in the search phase and once at the phase boundary.
+  for stop in (1, 2):
+    assert runner.run(config, tmp_path / "b", report=lambda _: None,
+                      stop_after_round=stop) == {}
+  resumed = runner.run(config, tmp_path / "b", report=lambda _: None)
+  for key in ("test_accuracy", "epsilon", "genotype", "noise_multiplier"):
+    assert resumed[key] == straight[key]
+  read = lambda d: [{k: v for k, v in json.loads(l).items() if k != "elapsed_s"}
+                    for l in (d / "metrics.jsonl").read_text().splitlines()]
+  assert read(tmp_path / "a") == read(tmp_path / "b")
+  genotype = ss.Genotype.from_json((tmp_path / "a" / "genotype.json").read_text())
+  model = ss.derived_model(ss.SearchSpace(**straight["space"]), genotype)
+  like = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1)))["params"]
+  chex.assert_trees_all_equal(runner.load_final_weights(tmp_path / "a", like),
+                              runner.load_final_weights(tmp_path / "b", like))
+
+
+def test_refuses_a_noise_multiplier_that_overspends(tmp_path):
+  config = _small_config(**{"privacy.noise_multiplier": 0.3})
+  with pytest.raises(ConfigError, match="refusing to start"):
+    runner.run(config, tmp_path, report=lambda _: None)
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_workdir_of_another_config_is_not_reused(tmp_path):
+  runner.run(_small_config(), tmp_path, report=lambda _: None,
+             stop_after_round=1)
+  with pytest.raises(ConfigError, match="different configuration"):
+    runner.run(_small_config(seed=1), tmp_path, report=lambda _: None)
+
+
+def _cli(*flags):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.search", *flags],
+                        cwd=ROOT, capture_output=True, text=True, env=env,
+                        timeout=300)
+
+
+@pytest.mark.parametrize("flag,expected", [
+    ("--config.federated.partition=round_robin", "federated.partition"),
+    ("--config.space.op_set=resnet", "space.op_set"),
+    ("--config.dataset=imagenet", "dataset="),
+    ("--config.privacy.accountant=moments", "privacy.accountant"),
+])
+def test_bad_flag_values_give_one_clear_line(tmp_path, flag, expected):
+  result = _cli(flag, f"--workdir={tmp_path}")
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and expected in errors[0], result.stderr
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_missing_data_file_is_named(tmp_path):
+  result = _cli("--config.dataset=fashion_mnist",
+                f"--config.data_dir={tmp_path}", f"--workdir={tmp_path}/w")
+  assert result.returncode == 2
+  assert "fashion-mnist/train-images-idx3-ubyte.gz" in result.stderr
