@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.space = ml_collections.ConfigDict()
   config.space.op_set = "dpnas"  # dpnas | darts
-  config.space.channels = 8
+  config.space.channels = 4
   config.space.stem_multiplier = 2
   config.space.nodes = 2
   config.space.cells = 1
@@ -30,21 +30,21 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.federated = ml_collections.ConfigDict()
   config.federated.num_clients = 10
-  config.federated.clients_per_round = 5
+  config.federated.clients_per_round = 10
   config.federated.partition = "dirichlet"  # iid | dirichlet | shards
   config.federated.dirichlet_alpha = 0.5
   config.federated.shards_per_client = 2
-  config.federated.val_fraction = 0.3  # client-local split for arch steps
-  config.federated.search_rounds = 20  # supernet + architecture
-  config.federated.train_rounds = 20  # derived model, weights only
-  config.federated.local_steps = 10
-  config.federated.sampling_rate = 0.25  # Poisson q of every local batch
+  config.federated.val_fraction = 0.2  # client-local split for arch steps
+  config.federated.search_rounds = 6  # supernet + architecture
+  config.federated.train_rounds = 34  # derived model, weights only
+  config.federated.local_steps = 5
+  config.federated.sampling_rate = 0.5  # Poisson q of every local batch
   config.federated.server_optimizer = "sgd"  # sgd (FedAvg) | adam (FedAdam)
   config.federated.server_learning_rate = 1.0
   config.federated.num_devices = 0  # 0 = all local devices
 
   config.client = ml_collections.ConfigDict()
-  config.client.learning_rate = 0.5
+  config.client.learning_rate = 1.0
   config.client.momentum = 0.9
   config.client.weight_decay = 0.0
   config.client.arch_learning_rate = 3e-2

@@ -108,4 +108,6 @@ def padded_batch_size(max_population: int, sampling_rate: float,
 def truncation_tail(total_draws: int, epsilon_: float,
                     delta_budget: float) -> float:
   """Per-draw truncation probability allowed by a δ budget (see above)."""
-  return delta_budget / ((1.0 + math.exp(epsilon_)) * max(total_draws, 1))
+  # exp overflows past ε≈709; the tail is then far below any float anyway.
+  return delta_budget / ((1.0 + math.exp(min(epsilon_, 700.0)))
+                         * max(total_draws, 1))

@@ -36,7 +36,8 @@ class Federation:
   x: jax.Array
   y: jax.Array
   splits: fed.ClientSplits
-  monitor_rows: np.ndarray
+  monitor_x: np.ndarray
+  monitor_y: np.ndarray
   test_x: np.ndarray
   test_y: np.ndarray
   input_shape: tuple[int, ...]
@@ -62,7 +63,7 @@ def build_federation(config) -> Federation:
   splits = fed.split_clients([client_rows[p] for p in parts], f.val_fraction,
                              config.seed)
   return Federation(jnp.asarray(x), jnp.asarray(ds.train_y), splits,
-                    monitor_rows,
+                    x[monitor_rows], ds.train_y[monitor_rows],
                     data_lib.normalize(ds.name, ds.test_x, ds.pixel_max),
                     ds.test_y, x.shape[1:], ds.num_classes)
 
@@ -236,8 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     acc, loss = accuracy_and_loss(
         lambda x: phase.apply_fn(state.params["weights"],
                                  state.params["arch"], x),
-        np.asarray(federation.x)[federation.monitor_rows],
-        np.asarray(federation.y)[federation.monitor_rows])
+        federation.monitor_x, federation.monitor_y)
     eps = plan.spent(sigma, round_ + 1)
     record = {"round": round_ + 1, "phase": phase.name,
               "monitor_accuracy": acc, "monitor_loss": loss, "epsilon": eps,
