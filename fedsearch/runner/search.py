@@ -210,6 +210,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     return (genotype, derived_phase(genotype),
             to_derived_state(supernet_state, genotype))
 
+  def place(server_state):
+    # Restored or freshly built arrays may be committed to one device; the
+    # sharded round wants them replicated over the mesh.
+    if mesh is None:
+      return server_state
+    return jax.device_put(server_state,
+                          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
   rounds_done = work.latest_round()
   genotype, state, phase = None, search_state, search
   if rounds_done > f.search_rounds or (rounds_done == f.search_rounds and
@@ -222,10 +230,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     report(f"resuming after round {rounds_done}")
   metrics = [m for m in work.metrics() if m["round"] <= rounds_done]
 
+  state = place(state)
   base_key = jax.random.key(config.seed + 1)
   for round_ in range(rounds_done, total_rounds):
     if round_ == f.search_rounds and genotype is None:
       genotype, phase, state = finish_search(state)
+      state = place(state)
     inputs = fed.round_inputs(
         federation.splits, plan.schedule[round_], seed=config.seed,
         round_=round_, steps=f.local_steps, sampling_rate=f.sampling_rate,
