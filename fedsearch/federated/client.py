@@ -76,15 +76,17 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
   loss = cross_entropy_loss(apply_fn)
   weight_grad = clipped_grad_sum(loss, 0, config.clip_norm, config.nan_safe)
   arch_grad = clipped_grad_sum(loss, 1, config.arch_clip_norm, config.nan_safe)
+  weight_stddev = config.noise_multiplier * config.clip_norm
+  arch_stddev = config.noise_multiplier * config.arch_clip_norm
 
   def local_update(params, batches: ClientBatches, key, expected_batch):
     weight_key, arch_key = jax.random.split(key)
     weight_opt = private_optimizer(
-        config.noise_multiplier * config.clip_norm, weight_key, expected_batch[0],
+        weight_stddev, weight_key, expected_batch[0],
         optax.chain(optax.add_decayed_weights(config.weight_decay),
                     optax.sgd(config.learning_rate, config.momentum)))
     arch_opt = private_optimizer(
-        config.noise_multiplier * config.arch_clip_norm, arch_key, expected_batch[1],
+        arch_stddev, arch_key, expected_batch[1],
         optax.chain(optax.add_decayed_weights(config.arch_weight_decay),
                     optax.adam(config.arch_learning_rate, config.arch_b1,
                                config.arch_b2)))

@@ -68,7 +68,7 @@ def build_federation(config) -> Federation:
                     ds.test_y, x.shape[1:], ds.num_classes)
 
 
-def build_plan(config, federation: Federation) -> PrivacyPlan:
+def build_plan(config) -> PrivacyPlan:
   f = config.federated
   for field in ("search_rounds", "train_rounds"):
     if f[field] < 0:
@@ -137,7 +137,7 @@ class _Phase:
   """What differs between search and training: model, round, inputs."""
 
   def __init__(self, name, apply_fn, train_arch, config, noise_multiplier,
-               mesh, plan, splits, devices):
+               mesh, plan, splits):
     self.name = name
     self.apply_fn = jax.jit(apply_fn)
     self.train_arch = train_arch
@@ -150,7 +150,7 @@ class _Phase:
                           plan.padded_batch_size(map(len, splits.val)))
     else:
       self.batch_sizes = (plan.padded_batch_size(splits.sizes()), 1)
-    self.devices = devices
+    self.devices = 1 if mesh is None else mesh.size
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -174,19 +174,17 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
   federation = build_federation(config)
   space = search_space_from(config, federation.num_classes)
-  plan = build_plan(config, federation)
+  plan = build_plan(config)
   sigma = plan.noise_multiplier(config.privacy.noise_multiplier)
   mesh = make_mesh(config)
-  devices = 1 if mesh is None else mesh.size
   f = config.federated
   total_rounds = f.search_rounds + f.train_rounds
+  search = _Phase("search", ss.supernet_apply(space), True, config, sigma,
+                  mesh, plan, federation.splits)
   report(f"noise multiplier σ={sigma:.4f} for (ε, δ)=({plan.epsilon},"
          f" {plan.delta}) over {total_rounds} rounds; clients"
-         f" {f.clients_per_round}/{f.num_clients} per round, {devices}"
-         " device(s)")
-
-  search = _Phase("search", ss.supernet_apply(space), True, config, sigma,
-                  mesh, plan, federation.splits, devices)
+         f" {f.clients_per_round}/{f.num_clients} per round,"
+         f" {search.devices} device(s)")
   server_opt = server_optimizer(config)
   init_key, arch_key = jax.random.split(jax.random.key(config.seed))
   search_state = fed.server_init(
@@ -196,19 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   def derived_phase(genotype):
     model = ss.derived_model(space, genotype)
     return _Phase("train", lambda w, a, x: model.apply({"params": w}, x),
-                  False, config, sigma, mesh, plan, federation.splits, devices)
-
-  def to_derived_state(supernet_state, genotype):
-    weights = ss.extract_weights(supernet_state.params["weights"], space,
-                                 genotype, federation.input_shape)
-    return fed.server_init({"weights": weights, "arch": {}}, server_opt)
-
-  def finish_search(supernet_state):
-    genotype = ss.derive(supernet_state.params["arch"], space)
-    write_atomic(work.genotype_file, genotype.to_json())
-    report(f"derived genotype: {genotype.edges}")
-    return (genotype, derived_phase(genotype),
-            to_derived_state(supernet_state, genotype))
+                  False, config, sigma, mesh, plan, federation.splits)
 
   def place(server_state):
     # Restored or freshly built arrays may be committed to one device; the
@@ -217,6 +203,18 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       return server_state
     return jax.device_put(server_state,
                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+  def to_derived_state(supernet_state, genotype):
+    weights = ss.extract_weights(supernet_state.params["weights"], space,
+                                 genotype, federation.input_shape)
+    return place(fed.server_init({"weights": weights, "arch": {}}, server_opt))
+
+  def finish_search(supernet_state):
+    genotype = ss.derive(supernet_state.params["arch"], space)
+    write_atomic(work.genotype_file, genotype.to_json())
+    report(f"derived genotype: {genotype.edges}")
+    return (genotype, derived_phase(genotype),
+            to_derived_state(supernet_state, genotype))
 
   rounds_done = work.latest_round()
   genotype, state, phase = None, search_state, search
@@ -235,7 +233,6 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   for round_ in range(rounds_done, total_rounds):
     if round_ == f.search_rounds and genotype is None:
       genotype, phase, state = finish_search(state)
-      state = place(state)
     inputs = fed.round_inputs(
         federation.splits, plan.schedule[round_], seed=config.seed,
         round_=round_, steps=f.local_steps, sampling_rate=f.sampling_rate,
