@@ -50,16 +50,15 @@ def test_end_to_end_spends_at_most_epsilon(tmp_path):
       "weight_steps_train": 10}
 
 
-def test_end_to_end_learns_when_noise_is_small(tmp_path):
-  # At ε=3 the digits federation is noise-dominated (see README); with the
-  # noise nearly off, the same pipeline must learn. Measured: 0.298.
-  config = _small_config(**{"federated.search_rounds": 6,
-                            "federated.train_rounds": 10,
-                            "federated.local_steps": 5,
-                            "client.learning_rate": 2.0,
-                            "privacy.epsilon": 1000.0})
+def test_end_to_end_learns_at_epsilon_3(tmp_path):
+  # Measured 0.69 (seed 0) and 0.72 (seed 1); the default space with 2 nodes
+  # reached 0.65-0.81 over seeds 0-2.
+  config = _small_config(**{"federated.search_rounds": 3,
+                            "federated.train_rounds": 30,
+                            "federated.local_steps": 1})
   summary = runner.run(config, tmp_path, report=lambda _: None)
-  assert summary["test_accuracy"] > 0.2  # Chance is 0.1.
+  assert summary["epsilon"] <= config.privacy.epsilon + 1e-9
+  assert summary["test_accuracy"] > 0.45  # Chance is 0.1.
 
 
 def test_exported_model_reloads_and_reproduces_the_test_accuracy(tmp_path):

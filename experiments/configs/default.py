@@ -21,12 +21,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.space = ml_collections.ConfigDict()
   config.space.op_set = "dpnas"  # dpnas | darts
   config.space.channels = 4
-  config.space.stem_multiplier = 2
+  config.space.stem_multiplier = 1
   config.space.nodes = 2
   config.space.cells = 1
   config.space.groups = 4
   config.space.activation = "tanh"
   config.space.max_in_edges = 0  # 0 keeps all edges (DPNAS); DARTS uses 2
+  # A global average pool over a few channels of an 8x8 map loses most of
+  # the signal (measured: 80 % noise-free, 60 % at centralised ε=3 vs 92 %
+  # with flatten); DPNAS's gap head is for 32x32 inputs.
+  config.space.head = "flatten"  # gap | flatten
 
   config.federated = ml_collections.ConfigDict()
   config.federated.num_clients = 10
@@ -35,12 +39,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.federated.dirichlet_alpha = 0.5
   config.federated.shards_per_client = 2
   config.federated.val_fraction = 0.2  # client-local split for arch steps
-  config.federated.search_rounds = 6  # supernet + architecture
-  config.federated.train_rounds = 34  # derived model, weights only
-  config.federated.local_steps = 5
-  config.federated.sampling_rate = 0.5  # Poisson q of every local batch
+  config.federated.search_rounds = 5  # supernet + architecture
+  config.federated.train_rounds = 40  # derived model, weights only
+  # One full-batch step per round: with ~100 examples per client, every
+  # local step costs as much privacy as a round; under the same ε, 40 rounds
+  # of 1 step reached 80.8 % against 57-64 % for 20 rounds of 2-4 steps.
+  config.federated.local_steps = 1
+  config.federated.sampling_rate = 1.0  # Poisson q of every local batch
   config.federated.server_optimizer = "sgd"  # sgd (FedAvg) | adam (FedAdam)
   config.federated.server_learning_rate = 1.0
+  # Momentum of the server optimiser (Adam's b1 for "adam"). Post-processing
+  # of the noised client updates, so free in privacy; it averages their noise
+  # over rounds, which is what stateless clients cannot do.
+  config.federated.server_momentum = 0.5
   config.federated.num_devices = 0  # 0 = all local devices
 
   config.client = ml_collections.ConfigDict()

@@ -26,7 +26,11 @@ from fedsearch.errors import ConfigError
 from fedsearch.runner.plan import PrivacyPlan, make_plan
 from fedsearch.runner.workdir import Workdir, write_atomic
 
-_SERVER_OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
+# FedAvg(M) with server momentum, or FedAdam (Reddi et al. 2021).
+_SERVER_OPTIMIZERS = {
+    "sgd": lambda lr, momentum: optax.sgd(lr, momentum or None),
+    "adam": lambda lr, momentum: optax.adam(lr, b1=momentum),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +114,12 @@ def server_optimizer(config) -> optax.GradientTransformation:
   if name not in _SERVER_OPTIMIZERS:
     raise ConfigError(f"federated.server_optimizer={name!r} is not allowed;"
                       f" choose one of {sorted(_SERVER_OPTIMIZERS)}")
-  return _SERVER_OPTIMIZERS[name](config.federated.server_learning_rate)
+  momentum = config.federated.server_momentum
+  if not 0 <= momentum < 1:
+    raise ConfigError("federated.server_momentum must be in [0, 1), got"
+                      f" {momentum}")
+  return _SERVER_OPTIMIZERS[name](config.federated.server_learning_rate,
+                                  momentum)
 
 
 def make_mesh(config):

@@ -76,7 +76,10 @@ class CellNetwork(nn.Module):
       if min(x.shape[-3:-1]) >= 2:
         x = layers.max_pool_2x2(x)
     x = ops.ACTIVATIONS[space.activation](x)
-    x = jnp.mean(x, axis=(-3, -2))
+    if space.head == "gap":
+      x = jnp.mean(x, axis=(-3, -2))
+    else:
+      x = x.reshape(x.shape[:-3] + (-1,))
     return nn.Dense(space.num_classes, name="classifier")(x)
 
 

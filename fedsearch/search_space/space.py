@@ -6,12 +6,17 @@ from fedsearch.errors import ConfigError
 from fedsearch.search_space import ops
 
 
+HEADS = ("gap", "flatten")
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
   """A stack of identical searched cells separated by 2x2 max-pooling.
 
-  Layout (DPNAS): stem conv -> [cell -> maxpool 2x2] x cells -> global average
-  pool -> dense. Channels double after every pooling. A cell has one input
+  Layout (DPNAS): stem conv -> [cell -> maxpool 2x2] x cells -> head -> dense,
+  where the head is a global average pool (DPNAS, for 32x32 inputs) or a
+  flatten that keeps the spatial layout (small inputs such as 8x8 digits,
+  where a global pool over a few channels throws away most of the signal). Channels double after every pooling. A cell has one input
   (node 0, the previous layer mapped to `channels` by a 1x1 conv) and `nodes`
   computed nodes, each fed by every earlier node, so it has
   nodes * (nodes + 1) / 2 edges; its output is the concatenation of the
@@ -29,6 +34,7 @@ class SearchSpace:
     max_in_edges: edges kept per node when deriving a genotype (DARTS keeps
       2); 0 keeps every edge (DPNAS).
     num_classes: classifier outputs.
+    head: "gap" (global average pool) or "flatten".
   """
 
   op_set: str = "dpnas"
@@ -40,6 +46,7 @@ class SearchSpace:
   activation: str = "tanh"
   max_in_edges: int = 0
   num_classes: int = 10
+  head: str = "gap"
 
   def __post_init__(self):
     if self.op_set not in ops.OP_SETS:
@@ -52,6 +59,9 @@ class SearchSpace:
           f"space.activation={self.activation!r} is not allowed; choose one of"
           f" {sorted(ops.ACTIVATIONS)}"
       )
+    if self.head not in HEADS:
+      raise ConfigError(
+          f"space.head={self.head!r} is not allowed; choose one of {list(HEADS)}")
     for field in ("channels", "stem_multiplier", "nodes", "cells", "groups",
                   "num_classes"):
       if getattr(self, field) < 1:
