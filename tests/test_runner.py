@@ -122,6 +122,7 @@ def _cli(*flags):
     ("--config.space.op_set=resnet", "space.op_set"),
     ("--config.dataset=imagenet", "dataset="),
     ("--config.privacy.accountant=moments", "privacy.accountant"),
+    ("--config.federated.server_momentum=1.5", "federated.server_momentum"),
 ])
 def test_bad_flag_values_give_one_clear_line(tmp_path, flag, expected):
   result = _cli(flag, f"--workdir={tmp_path}")
