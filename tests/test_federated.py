@@ -12,6 +12,8 @@ import pytest
 from fedsearch import data
 from fedsearch import federated as fed
 from fedsearch import search_space as ss
+from fedsearch.privacy import auto_lr
+from fedsearch.privacy.auto_lr import AutoLRConfig
 
 
 def test_weighted_average_on_hand_numbers():
@@ -34,7 +36,7 @@ def test_fedavg_server_step_with_sgd_one_is_the_weighted_mean_model():
 
 
 @functools.lru_cache(maxsize=None)
-def _setup():
+def _setup(optimizer="dpsgd"):
   ds = data.load_dataset("digits")
   x = jnp.asarray(data.normalize("digits", ds.train_x, ds.pixel_max))
   y = jnp.asarray(ds.train_y)
@@ -43,8 +45,11 @@ def _setup():
   space = ss.SearchSpace(channels=4, nodes=1, cells=1)
   params = {"weights": ss.init_supernet(space, jax.random.key(0), (8, 8, 1)),
             "arch": ss.init_arch_params(space, key=jax.random.key(1))}
-  local = fed.make_local_update(
-      ss.supernet_apply(space), fed.ClientConfig(noise_multiplier=1.0), True)
+  config = fed.ClientConfig(noise_multiplier=1.0, optimizer=optimizer,
+                           auto_lr=AutoLRConfig(probe_every=2))
+  if optimizer == "hyfree":
+    params["carried"] = auto_lr.init_carried(config.auto_lr)
+  local = fed.make_local_update(ss.supernet_apply(space), config, True)
   return x, y, splits, params, local
 
 
@@ -55,9 +60,10 @@ def _inputs(splits, clients, multiple):
       train_on_all_local_data=False, client_multiple=multiple)
 
 
-def test_four_devices_equal_one_device():
+@pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
+def test_four_devices_equal_one_device(optimizer):
   assert len(jax.devices()) == 4
-  x, y, splits, params, local = _setup()
+  x, y, splits, params, local = _setup(optimizer)
   clients = [0, 2, 3, 5, 6]  # 5 clients: padded to 8 on 4 devices.
   opt = optax.sgd(1.0)
   state = fed.server_init(params, opt)
@@ -74,15 +80,17 @@ def test_four_devices_equal_one_device():
   assert max(jax.tree.leaves(moved)) > 1e-4
 
 
-def test_local_update_jit_equals_eager():
-  x, y, splits, params, local = _setup()
+@pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
+def test_local_update_jit_equals_eager(optimizer):
+  x, y, splits, params, local = _setup(optimizer)
   inputs = _inputs(splits, [1], 1)
   batches = fed.ClientBatches(
       fed.Batches(x[inputs.train_idx[0]], y[inputs.train_idx[0]],
                   jnp.asarray(inputs.train_padding[0])),
       fed.Batches(x[inputs.val_idx[0]], y[inputs.val_idx[0]],
                   jnp.asarray(inputs.val_padding[0])))
-  args = (params, batches, jax.random.key(0), inputs.expected_batch[0])
+  # first_step 6: with probe_every 2, HyFreeDP probes on the first step.
+  args = (params, batches, jax.random.key(0), inputs.expected_batch[0], 6)
   with jax.disable_jit():
     eager = local(*args)
   chex.assert_trees_all_close(jax.jit(local)(*args), eager, rtol=1e-4,

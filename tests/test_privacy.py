@@ -41,6 +41,27 @@ def test_clipped_per_example_norms_are_bounded(clip_norm):
       dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE) == clip_norm
 
 
+@pytest.mark.parametrize("clip_norm,gamma", [(1.0, 0.01), (0.5, 1.0)])
+def test_auto_clipping_normalises_below_the_bound(clip_norm, gamma):
+  # Scales from 1e-3 to 1e3: tiny gradients too are normalised (no min(1, .)).
+  x = jax.random.normal(jax.random.key(0), (8, 5)) * jnp.logspace(-3, 3, 8)[:, None]
+  y = jnp.zeros(8)
+  w = jnp.ones(5)
+  grad_sum = privacy.clipped_grad_sum(_linear_loss, 0, clip_norm,
+                                      clipping="auto", gamma=gamma)
+  per_example = jnp.stack([grad_sum(w, None, x[i:i + 1], y[i:i + 1])
+                           for i in range(8)])
+  raw = jax.vmap(jax.grad(_linear_loss), (None, None, 0, 0))(
+      w, None, x[:, None], y[:, None])
+  raw_norms = jnp.linalg.norm(raw, axis=1)
+  chex.assert_trees_all_close(
+      per_example, raw * (clip_norm / (raw_norms + gamma))[:, None],
+      rtol=1e-5, atol=1e-7)
+  assert jnp.all(jnp.linalg.norm(per_example, axis=1) < clip_norm)
+  assert grad_sum.sensitivity(
+      dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE) == clip_norm
+
+
 def test_padding_and_non_finite_examples_contribute_nothing():
   x = jnp.ones((4, 3)).at[1].set(jnp.nan)
   y = jnp.ones(4)

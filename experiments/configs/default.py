@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.federated.num_devices = 0  # 0 = all local devices
 
   config.client = ml_collections.ConfigDict()
+  # dpsgd: flat clipping at privacy.clip_norm, fixed learning_rate.
+  # hyfree: HyFreeDP, automatic clipping and learning rate (see hyfree below);
+  # learning_rate is then unused.
+  config.client.optimizer = "dpsgd"
   config.client.learning_rate = 1.0
   config.client.momentum = 0.9
   config.client.weight_decay = 0.0
@@ -73,6 +77,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Part of δ set aside for truncating Poisson batches to a static size.
   config.privacy.truncation_delta_fraction = 0.1
   config.privacy.nan_safe = True
+
+  # HyFreeDP (client.optimizer=hyfree); constants from Liu, Bu et al. 2025.
+  config.hyfree = ml_collections.ConfigDict()
+  config.hyfree.probe_every = 10  # K: global steps between loss probes
+  config.hyfree.probe_scales = (0.0, 1.0, 2.0)  # probes at s·η along the update
+  config.hyfree.initial_learning_rate = 1e-4
+  config.hyfree.initial_loss_clip = 1.0  # R_l before the first privatised loss
+  config.hyfree.max_change = 10.0  # η moves by at most this factor per fit
+  config.hyfree.kappa = 0.01  # σ_g = (1 + κ)·σ_ref; the loss probes get the rest
+  config.hyfree.gamma = 0.01  # automatic clipping g/(‖g‖ + γ)
 
   config.checkpoint_every = 1  # rounds
   return config

@@ -6,6 +6,13 @@ client's local validation split, then the weights on a batch of its local
 train split. Both steps are DP-SGD steps: per-example clipped gradient sum,
 Gaussian noise of std σC, mean over the expected batch size, then the
 optimiser. Nothing else computed from the client's data leaves this function.
+
+With `optimizer="hyfree"` the weight steps are HyFreeDP's: automatic
+clipping, the base optimiser at unit learning rate, and a step size η from
+`privacy.auto_lr`. Every K global steps a client releases privatised loss
+probes on the step's own batch; they go out through `params['carried']`,
+the server averages them over clients and refits η (`auto_lr.apply_report`),
+so the fit sees the clients' mean, whose noise is √m times smaller.
 """
 
 import dataclasses
@@ -13,9 +20,15 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from fedsearch.privacy import clipped_grad_sum, private_optimizer
+from fedsearch.errors import ConfigError
+
+from fedsearch.privacy import auto_lr, clipped_grad_sum, private_optimizer
+from fedsearch.privacy.auto_lr import AutoLRConfig
+
+OPTIMIZERS = ("dpsgd", "hyfree")
 
 
 class Batches(NamedTuple):
@@ -49,18 +62,31 @@ class ClientConfig:
   arch_b2: float = 0.999
   arch_weight_decay: float = 1e-3
   nan_safe: bool = True
+  optimizer: str = "dpsgd"  # dpsgd | hyfree (weight steps)
+  auto_clip_gamma: float = 0.01  # γ of HyFreeDP's automatic clipping
+  auto_lr: AutoLRConfig = AutoLRConfig()
+
+  def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ConfigError(f"client.optimizer={self.optimizer!r} is not allowed;"
+                        f" choose one of {list(OPTIMIZERS)}")
+
+
+def per_example_loss(apply_fn: Callable) -> Callable:
+  def loss(weights, arch, x, y):
+    logits = apply_fn(weights, arch, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  return loss
 
 
 def cross_entropy_loss(apply_fn: Callable) -> Callable:
-  def loss(weights, arch, x, y):
-    logits = apply_fn(weights, arch, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss
+  per_example = per_example_loss(apply_fn)
+  return lambda weights, arch, x, y: per_example(weights, arch, x, y).mean()
 
 
 def make_local_update(apply_fn: Callable, config: ClientConfig,
                       train_arch: bool) -> Callable:
-  """Builds `local_update(params, batches, key, expected_batch) -> params`.
+  """Builds `local_update(params, batches, key, expected_batch, first_step)`.
 
   Args:
     apply_fn: `apply_fn(weights, arch_params, x) -> logits`.
@@ -68,32 +94,53 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
     train_arch: whether the architecture parameters are trained (search
       phase) or left as they are (training a derived model).
 
-  `params` is {'weights': ..., 'arch': ...}; `expected_batch` is a pair of
-  floats (train, val): q times the client's split sizes, the DP-SGD
-  normaliser. The optimiser states start fresh every round (stateless
-  clients, as in FedAvg).
+  `params` is {'weights': ..., 'arch': ...} (plus {'carried': {'auto_lr':
+  ...}} for HyFreeDP); `expected_batch` is a pair of floats (train, val): q
+  times the client's split sizes, the DP-SGD normaliser; `first_step` is the
+  global index of the first local step (HyFreeDP probes every K global
+  steps). Optimiser states start fresh every round (stateless clients, as in
+  FedAvg). Returns the new `params`.
   """
+  hyfree = config.optimizer == "hyfree"
+  lr_config = config.auto_lr
   loss = cross_entropy_loss(apply_fn)
-  weight_grad = clipped_grad_sum(loss, 0, config.clip_norm, config.nan_safe)
+  example_losses = per_example_loss(apply_fn)
+  weight_grad = clipped_grad_sum(loss, 0, config.clip_norm, config.nan_safe,
+                                 "auto" if hyfree else "flat",
+                                 config.auto_clip_gamma)
   arch_grad = clipped_grad_sum(loss, 1, config.arch_clip_norm, config.nan_safe)
   weight_stddev = config.noise_multiplier * config.clip_norm
   arch_stddev = config.noise_multiplier * config.arch_clip_norm
+  # HyFreeDP's η multiplies the base optimiser's update, so the base runs at 1.
+  base_lr = 1.0 if hyfree else config.learning_rate
 
-  def local_update(params, batches: ClientBatches, key, expected_batch):
-    weight_key, arch_key = jax.random.split(key)
+  def local_update(params, batches: ClientBatches, key, expected_batch,
+                   first_step):
+    weight_key, arch_key, probe_key = jax.random.split(key, 3)
     weight_opt = private_optimizer(
         weight_stddev, weight_key, expected_batch[0],
         optax.chain(optax.add_decayed_weights(config.weight_decay),
-                    optax.sgd(config.learning_rate, config.momentum)))
+                    optax.sgd(base_lr, config.momentum)))
     arch_opt = private_optimizer(
         arch_stddev, arch_key, expected_batch[1],
         optax.chain(optax.add_decayed_weights(config.arch_weight_decay),
                     optax.adam(config.arch_learning_rate, config.arch_b1,
                                config.arch_b2)))
     weights, arch = params["weights"], params["arch"]
+    carried = params.get("carried")
+    eta = jnp.exp(carried["auto_lr"].log_learning_rate) if hyfree else 1.0
+
+    def probe(weights, arch, updates, train, step):
+      def loss_at(step_size):
+        moved = optax.apply_updates(
+            weights, jax.tree.map(lambda u: step_size * u, updates))
+        return (example_losses(moved, arch, train.x, train.y), train.padding,
+                expected_batch[0])
+      return auto_lr.probe_losses(loss_at, carried["auto_lr"], lr_config,
+                                  jax.random.fold_in(probe_key, step))
 
     def step(carry, batch):
-      weights, arch, weight_state, arch_state = carry
+      weights, arch, weight_state, arch_state, report, index = carry
       train, val = batch
       if train_arch:
         g = arch_grad(weights, arch, val.x, val.y,
@@ -103,12 +150,28 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
       g = weight_grad(weights, arch, train.x, train.y,
                       is_padding_example=train.padding)
       updates, weight_state = weight_opt.update(g, weight_state, weights)
+      if hyfree:
+        global_step = first_step + index
+        # The step index is the same for every client, so under vmap this
+        # stays a real branch: probes cost only on probe steps.
+        report = jax.lax.cond(
+            global_step % lr_config.probe_every == 0,
+            lambda: auto_lr.ProbeReport(
+                probe(weights, arch, updates, train, global_step),
+                jnp.ones_like(report.probed)),
+            lambda: report)
+        updates = jax.tree.map(lambda u: eta * u, updates)
       weights = optax.apply_updates(weights, updates)
-      return (weights, arch, weight_state, arch_state), None
+      return (weights, arch, weight_state, arch_state, report, index + 1), None
 
-    carry = (weights, arch, weight_opt.init(weights), arch_opt.init(arch))
+    report = carried["report"] if hyfree else None
+    carry = (weights, arch, weight_opt.init(weights), arch_opt.init(arch),
+             report, jnp.int32(0))
     xs = (batches.train, batches.val if train_arch else None)
-    (weights, arch, _, _), _ = jax.lax.scan(step, carry, xs)
-    return {"weights": weights, "arch": arch}
+    (weights, arch, _, _, report, _), _ = jax.lax.scan(step, carry, xs)
+    new = {"weights": weights, "arch": arch}
+    if hyfree:
+      new["carried"] = {"auto_lr": carried["auto_lr"], "report": report}
+    return new
 
   return local_update

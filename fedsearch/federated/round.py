@@ -46,30 +46,34 @@ def client_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
 
 def make_round(local_update: Callable, server_optimizer: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh | None = None) -> Callable:
+               mesh: jax.sharding.Mesh | None = None,
+               update_carried: Callable | None = None) -> Callable:
   """Returns jitted `round_fn(state, x, y, inputs, base_key, round) -> state`.
+
+  `update_carried`, if given, maps the aggregated `params['carried']` to its
+  next value on the server (e.g. HyFreeDP's learning-rate fit).
 
   `x`, `y` are all examples, device-resident; the round gathers its batches
   from them by index, so only indices cross from the host each round.
   """
 
-  def client_deltas(params, batches, keys, expected):
+  def client_deltas(params, batches, keys, expected, first_step):
     def one_client(batches, key, expected):
-      new = local_update(params, batches, key, expected)
+      new = local_update(params, batches, key, expected, first_step)
       return jax.tree.map(jnp.subtract, new, params)
     return jax.vmap(one_client)(batches, keys, expected)
 
   all_deltas = client_deltas
   if mesh is not None:
-    def sharded_body(params, batches, keys, expected):
+    def sharded_body(params, batches, keys, expected, first_step):
       # Replicated params enter the per-client scan carry, which becomes
       # device-varying: declare it so up front (shard_map's vma check).
       params = jax.lax.pcast(params, (CLIENT_AXIS,), to="varying")
-      return client_deltas(params, batches, keys, expected)
+      return client_deltas(params, batches, keys, expected, first_step)
 
     all_deltas = jax.shard_map(
         sharded_body, mesh=mesh,
-        in_specs=(P(), P(CLIENT_AXIS), P(CLIENT_AXIS), P(CLIENT_AXIS)),
+        in_specs=(P(), P(CLIENT_AXIS), P(CLIENT_AXIS), P(CLIENT_AXIS), P()),
         out_specs=P(CLIENT_AXIS))
 
   def gather(x, y, idx, padding):
@@ -82,9 +86,14 @@ def make_round(local_update: Callable, server_optimizer: optax.GradientTransform
            else gather(x, y, inputs.val_idx, inputs.val_padding))
     round_key = jax.random.fold_in(base_key, round_)
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(inputs.client_ids)
+    steps = inputs.train_idx.shape[1]
     deltas = all_deltas(state.params, ClientBatches(train, val), keys,
-                        inputs.expected_batch)
+                        inputs.expected_batch, round_ * steps)
     mean_delta = weighted_average(deltas, inputs.client_weights)
-    return server_update(state, mean_delta, server_optimizer)
+    state = server_update(state, mean_delta, server_optimizer)
+    if update_carried is not None:
+      params = dict(state.params, carried=update_carried(state.params["carried"]))
+      state = state._replace(params=params)
+    return state
 
   return round_fn

@@ -3,7 +3,10 @@
 The mean client delta Δ = Σ_k w_k (θ_k − θ) / Σ_k w_k is handed to the server
 optimiser as the pseudo-gradient −Δ (Reddi et al. 2021, "Adaptive Federated
 Optimization"): `optax.sgd(1.0)` is plain FedAvg, `optax.adam` FedAdam.
-Weights and architecture parameters are aggregated alike.
+Weights and architecture parameters are aggregated alike. `params['carried']`,
+when present, is client-side optimiser state the server keeps between rounds
+(HyFreeDP's learning rate): it moves by the mean client delta, outside the
+server optimiser.
 """
 
 from typing import NamedTuple
@@ -18,8 +21,14 @@ class ServerState(NamedTuple):
   opt_state: optax.OptState
 
 
+def _split_carried(tree):
+  tree = dict(tree)
+  return tree, tree.pop("carried", None)
+
+
 def server_init(params, optimizer: optax.GradientTransformation) -> ServerState:
-  return ServerState(params, optimizer.init(params))
+  trained, _ = _split_carried(params)
+  return ServerState(params, optimizer.init(trained))
 
 
 def weighted_average(stacked, weights: jax.Array):
@@ -30,7 +39,11 @@ def weighted_average(stacked, weights: jax.Array):
 
 def server_update(state: ServerState, mean_delta,
                   optimizer: optax.GradientTransformation) -> ServerState:
+  params, carried = _split_carried(state.params)
+  mean_delta, carried_delta = _split_carried(mean_delta)
   pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
-  updates, opt_state = optimizer.update(pseudo_grad, state.opt_state,
-                                        state.params)
-  return ServerState(optax.apply_updates(state.params, updates), opt_state)
+  updates, opt_state = optimizer.update(pseudo_grad, state.opt_state, params)
+  params = optax.apply_updates(params, updates)
+  if carried is not None:
+    params["carried"] = optax.apply_updates(carried, carried_delta)
+  return ServerState(params, opt_state)

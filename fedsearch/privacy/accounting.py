@@ -57,6 +57,18 @@ class ReleaseStream:
     return dp_accounting.SelfComposedDpEvent(single, self.count)
 
 
+def joint_noise_multiplier(*multipliers: float) -> float:
+  """One Gaussian equivalent to several released together on the same sample.
+
+  Releasing Gaussians with multipliers σ_j (noise std / sensitivity) computed
+  from the same Poisson sample is one Gaussian mechanism on the stacked,
+  whitened vector, whose sensitivity is sqrt(Σ_j 1/σ_j²): its multiplier is
+  (Σ_j σ_j⁻²)^(-1/2). Accounting them as independently subsampled releases
+  would under-count, since they share the sample.
+  """
+  return sum(s**-2.0 for s in multipliers if math.isfinite(s))**-0.5
+
+
 def composed_event(streams: Sequence[ReleaseStream]) -> dp_accounting.DpEvent:
   return dp_accounting.ComposedDpEvent([s.event() for s in streams])
 

@@ -12,17 +12,39 @@ any later optimiser step are post-processing. Padding rows
 (`is_padding_example`) contribute exactly zero. With `nan_safe=True`, a
 per-example gradient with NaN/inf entries is zeroed before clipping, so the
 bound holds even when one example makes the model overflow.
+
+Automatic clipping (Bu et al. 2023, used by HyFreeDP) replaces min(1, C/‖g‖)
+by C/(‖g‖ + γ): every per-example gradient is normalised, so its norm is
+C·‖g‖/(‖g‖+γ) < C whatever its size and the clip norm is no longer a
+hyperparameter to tune (its scale is absorbed by the learning rate). It runs
+as jax-privacy's `pre_clipping_transform`, followed by its usual clipping at
+C, which is then a no-op but keeps the sensitivity C formally guaranteed
+(e.g. for a non-finite ‖g‖).
 """
 
 from collections.abc import Callable
 
+import jax
 import jax_privacy
 import optax
 from jax_privacy import noise_addition
 
 
+CLIPPING = ("flat", "auto")
+
+
+def auto_clip_transform(clip_norm: float, gamma: float) -> Callable:
+  """Per-example g -> C·g/(‖g‖ + γ) (automatic clipping)."""
+  def transform(grad):
+    scale = clip_norm / (optax.tree.norm(grad) + gamma)
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), grad)
+  return transform
+
+
 def clipped_grad_sum(loss_fn: Callable, argnums: int, clip_norm: float,
-                     nan_safe: bool = True) -> jax_privacy.clipping.BoundedSensitivityCallable:
+                     nan_safe: bool = True, clipping: str = "flat",
+                     gamma: float = 0.01
+                     ) -> jax_privacy.clipping.BoundedSensitivityCallable:
   """Sum over the batch of per-example gradients clipped to `clip_norm`.
 
   Args:
@@ -31,14 +53,22 @@ def clipped_grad_sum(loss_fn: Callable, argnums: int, clip_norm: float,
     argnums: 0 differentiates the weights, 1 the architecture parameters.
     clip_norm: per-example L2 bound C (the sensitivity of the sum).
     nan_safe: see the module docstring.
+    clipping: "flat" (min(1, C/‖g‖)) or "auto" (C/(‖g‖+γ)).
+    gamma: the stability constant γ of automatic clipping.
 
   Returns:
     A callable `(weights, arch, x, y, is_padding_example=mask) -> sum` with
     `.sensitivity()` == C under add/remove adjacency.
   """
+  if clipping not in CLIPPING:
+    raise ValueError(f"clipping={clipping!r}; choose one of {CLIPPING}")
+  if gamma <= 0:
+    raise ValueError(f"gamma must be > 0, got {gamma}")
+  pre_clipping = (auto_clip_transform(clip_norm, gamma) if clipping == "auto"
+                  else lambda g: g)
   return jax_privacy.clipped_grad(
       loss_fn, argnums=argnums, l2_clip_norm=clip_norm, batch_argnums=(2, 3),
-      nan_safe=nan_safe)
+      nan_safe=nan_safe, pre_clipping_transform=pre_clipping)
 
 
 def private_optimizer(stddev: float, key, expected_batch_size,

@@ -8,20 +8,38 @@ for every release so that the whole schedule spends the target ε, or checks
 a given σ against it, and says what ε has been spent after any round.
 
 Releases per participation of a client, all Poisson(q)-subsampled Gaussians
-with multiplier σ on its own examples:
+on its own examples:
   search phase: `local_steps` weight steps (train split) and `local_steps`
     architecture steps (validation split);
   training phase: `local_steps` weight steps (all local data).
-They are composed sequentially, an upper bound (the splits are disjoint, so
-parallel composition would be tighter; we do not rely on it).
+With HyFreeDP, a weight step whose global index is a multiple of K also
+releases `releases_per_probe` privatised losses of the same batch; that step
+is accounted as one Gaussian with the joint multiplier of the gradient and
+the losses (they share the Poisson sample). Streams are composed
+sequentially, an upper bound (the splits are disjoint, so parallel
+composition would be tighter; we do not rely on it). With partial
+participation the counts are the component-wise maximum over clients, so the
+ε holds for every client.
+
+Noise multipliers: DP-SGD calibrates one σ for every release. HyFreeDP
+(Liu, Bu et al. 2025) calibrates σ_ref as if the gradients spent all of ε,
+gives the gradients σ_g = (1 + κ)·σ_ref, and solves the loss probes' σ_l so
+that the whole composition spends exactly ε.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
 from fedsearch.errors import ConfigError
 from fedsearch.privacy import accounting
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseMultipliers:
+  gradient: float  # σ (σ_g for HyFreeDP), weight and architecture steps alike
+  loss: float = math.inf  # σ_l of each HyFreeDP loss probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,56 +53,103 @@ class PrivacyPlan:
   delta: float
   truncation_delta: float
   accountant: str
+  probe_every: int = 0  # K of HyFreeDP; 0 = no loss probes (DP-SGD)
+  releases_per_probe: int = 0
+  kappa: float = 0.01
 
   @property
   def accounting_delta(self) -> float:
     return self.delta - self.truncation_delta
 
-  def participations(self, rounds_done: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-client counts of (search, training) rounds among the first ones."""
-    search = self.schedule[:min(rounds_done, self.search_rounds)]
-    train = self.schedule[self.search_rounds:max(rounds_done, self.search_rounds)]
-    count = lambda s: np.bincount(s.ravel(), minlength=self.num_clients)
-    return count(search), count(train)
+  def counts(self, rounds_done: int) -> dict[str, int]:
+    """Releases of each kind, component-wise max over clients."""
+    kinds = ("weight_steps_search", "probe_steps_search", "arch_steps_search",
+             "weight_steps_train", "probe_steps_train")
+    per_client = np.zeros((self.num_clients, len(kinds)), np.int64)
+    for round_ in range(min(rounds_done, len(self.schedule))):
+      first = round_ * self.local_steps
+      probes = sum(1 for g in range(first, first + self.local_steps)
+                   if self.probe_every and g % self.probe_every == 0)
+      search = round_ < self.search_rounds
+      row = ([self.local_steps - probes, probes, self.local_steps, 0, 0]
+             if search else [0, 0, 0, self.local_steps - probes, probes])
+      per_client[self.schedule[round_]] += row
+    return dict(zip(kinds, per_client.max(axis=0).tolist()))
 
-  def streams(self, noise_multiplier: float, rounds_done: int
+  def streams(self, sigmas: NoiseMultipliers, rounds_done: int
               ) -> list[accounting.ReleaseStream]:
     """Releases of the most exposed client after `rounds_done` rounds."""
-    search, train = self.participations(rounds_done)
-    worst = int(np.argmax(2 * search + train))
-    steps = self.local_steps
-    q, s = self.sampling_rate, noise_multiplier
-    return [
-        accounting.ReleaseStream("weight_steps_search", q,
-                                 int(search[worst]) * steps, s),
-        accounting.ReleaseStream("arch_steps_search", q,
-                                 int(search[worst]) * steps, s),
-        accounting.ReleaseStream("weight_steps_train", q,
-                                 int(train[worst]) * steps, s),
-    ]
+    counts = self.counts(rounds_done)
+    q = self.sampling_rate
+    probe = accounting.joint_noise_multiplier(
+        sigmas.gradient,
+        *[sigmas.loss] * self.releases_per_probe)
+    streams = []
+    for name, count in counts.items():
+      is_probe = name.startswith("probe")
+      if is_probe and not self.probe_every:
+        continue
+      streams.append(accounting.ReleaseStream(
+          name, q, count, probe if is_probe else sigmas.gradient))
+    return streams
 
-  def spent(self, noise_multiplier: float, rounds_done: int) -> float:
+  def spent(self, sigmas: NoiseMultipliers, rounds_done: int) -> float:
     """ε spent after `rounds_done` rounds (at the accounting δ)."""
-    streams = self.streams(noise_multiplier, rounds_done)
+    streams = self.streams(sigmas, rounds_done)
     if not any(st.count for st in streams):
       return 0.0
     return accounting.epsilon(streams, self.accounting_delta, self.accountant)
 
-  def noise_multiplier(self, given: float) -> float:
-    """Calibrated σ (given <= 0), or `given` after checking it fits the budget."""
+  def breakdown(self, sigmas: NoiseMultipliers) -> dict[str, float]:
+    """ε of the gradients alone, of the loss probes alone, and of both."""
     rounds = len(self.schedule)
-    if given <= 0:
-      return accounting.calibrate_noise_multiplier(
-          lambda sigma: self.streams(sigma, rounds), self.epsilon,
+    out = {"total": self.spent(sigmas, rounds),
+           "gradients_only": self.spent(
+               NoiseMultipliers(sigmas.gradient), rounds)}
+    if self.probe_every:
+      probes = sum(v for k, v in self.counts(rounds).items()
+                   if k.startswith("probe"))
+      loss_only = sigmas.loss / math.sqrt(self.releases_per_probe)
+      out["loss_probes_only"] = accounting.epsilon(
+          [accounting.ReleaseStream("loss_probes", self.sampling_rate, probes,
+                                    loss_only)],
           self.accounting_delta, self.accountant)
-    eps = self.spent(given, rounds)
-    if eps > self.epsilon:
+    return out
+
+  def noise_multipliers(self, given: float) -> NoiseMultipliers:
+    """Calibrated σ (given <= 0), or `given` after checking it fits the budget.
+
+    With loss probes, σ_g = (1 + κ)·σ_ref and σ_l is calibrated; a given σ
+    is then taken as σ_g.
+    """
+    rounds = len(self.schedule)
+    calibrate = lambda make: accounting.calibrate_noise_multiplier(
+        lambda sigma: self.streams(make(sigma), rounds), self.epsilon,
+        self.accounting_delta, self.accountant)
+    if given > 0:
+      gradient = given
+    else:
+      gradient = calibrate(NoiseMultipliers)
+      if self.probe_every:
+        gradient *= 1.0 + self.kappa
+    if self.probe_every:
+      if self.spent(NoiseMultipliers(gradient), rounds) >= self.epsilon:
+        raise ConfigError(
+            f"the gradients alone spend privacy.epsilon={self.epsilon} with"
+            f" σ_g={gradient:.4f}, leaving nothing for the loss probes; raise"
+            " hyfree.kappa or privacy.noise_multiplier")
+      sigmas = NoiseMultipliers(
+          gradient, calibrate(lambda s: NoiseMultipliers(gradient, s)))
+    else:
+      sigmas = NoiseMultipliers(gradient)
+    eps = self.spent(sigmas, rounds)
+    if eps > self.epsilon * (1 + 1e-6):
       raise ConfigError(
           f"privacy.noise_multiplier={given} would spend ε={eps:.3f} over this"
           f" schedule, above privacy.epsilon={self.epsilon}; refusing to start."
           " Raise the noise multiplier, shorten the schedule, or set"
           " privacy.noise_multiplier=0 to calibrate it")
-    return given
+    return sigmas
 
   def total_draws(self) -> int:
     """Poisson batches drawn in the whole run (all clients, all streams)."""
@@ -105,7 +170,8 @@ class PrivacyPlan:
 
 def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               num_clients, epsilon, delta, truncation_delta_fraction,
-              accountant) -> PrivacyPlan:
+              accountant, probe_every=0, releases_per_probe=0,
+              kappa=0.01) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -116,6 +182,9 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
     raise ConfigError("privacy.truncation_delta_fraction must be in (0, 1),"
                       f" got {truncation_delta_fraction}")
   accounting.accountant_config(accountant)  # Validates the name.
+  if probe_every and kappa <= 0:
+    raise ConfigError(f"hyfree.kappa must be > 0, got {kappa}")
   return PrivacyPlan(schedule, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
-                     truncation_delta_fraction * delta, accountant)
+                     truncation_delta_fraction * delta, accountant,
+                     probe_every, releases_per_probe, kappa)

@@ -9,6 +9,7 @@ end, for the report.
 """
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from fedsearch import data as data_lib
 from fedsearch import federated as fed
 from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
-from fedsearch.runner.plan import PrivacyPlan, make_plan
+from fedsearch.privacy import auto_lr
+from fedsearch.runner.plan import NoiseMultipliers, PrivacyPlan, make_plan
 from fedsearch.runner.workdir import Workdir, write_atomic
 
 # FedAvg(M) with server momentum, or FedAdam (Reddi et al. 2021).
@@ -87,26 +89,51 @@ def build_plan(config) -> PrivacyPlan:
   schedule = fed.client_schedule(f.num_clients, f.clients_per_round,
                                  f.search_rounds + f.train_rounds, config.seed)
   p = config.privacy
+  lr_config = auto_lr_config(config)
   return make_plan(schedule, search_rounds=f.search_rounds,
                    local_steps=f.local_steps, sampling_rate=f.sampling_rate,
                    num_clients=f.num_clients, epsilon=p.epsilon,
                    delta=p.delta,
                    truncation_delta_fraction=p.truncation_delta_fraction,
-                   accountant=p.accountant)
+                   accountant=p.accountant,
+                   probe_every=lr_config.probe_every if lr_config else 0,
+                   releases_per_probe=(lr_config.releases_per_probe
+                                       if lr_config else 0),
+                   kappa=config.hyfree.kappa)
+
+
+def auto_lr_config(config, loss_noise_multiplier: float = 1.0
+                   ) -> auto_lr.AutoLRConfig | None:
+  """HyFreeDP's learning-rate constants, or None for plain DP-SGD."""
+  if config.client.optimizer not in fed.OPTIMIZERS:
+    raise ConfigError(f"client.optimizer={config.client.optimizer!r} is not"
+                      f" allowed; choose one of {list(fed.OPTIMIZERS)}")
+  if config.client.optimizer != "hyfree":
+    return None
+  h = config.hyfree
+  return auto_lr.AutoLRConfig(
+      probe_every=h.probe_every, probe_scales=tuple(h.probe_scales),
+      initial_learning_rate=h.initial_learning_rate,
+      initial_loss_clip=h.initial_loss_clip, max_change=h.max_change,
+      loss_noise_multiplier=loss_noise_multiplier)
 
 
 def search_space_from(config, num_classes: int) -> ss.SearchSpace:
   return ss.SearchSpace(num_classes=num_classes, **config.space.to_dict())
 
 
-def client_config(config, noise_multiplier: float) -> fed.ClientConfig:
+def client_config(config, sigmas: NoiseMultipliers) -> fed.ClientConfig:
   c = config.client
+  lr_config = auto_lr_config(config, sigmas.loss)
   return fed.ClientConfig(
       clip_norm=config.privacy.clip_norm,
-      arch_clip_norm=config.privacy.arch_clip_norm, noise_multiplier=noise_multiplier,
+      arch_clip_norm=config.privacy.arch_clip_norm,
+      noise_multiplier=sigmas.gradient,
       learning_rate=c.learning_rate, momentum=c.momentum,
       weight_decay=c.weight_decay, arch_learning_rate=c.arch_learning_rate,
-      arch_weight_decay=c.arch_weight_decay, nan_safe=config.privacy.nan_safe)
+      arch_weight_decay=c.arch_weight_decay, nan_safe=config.privacy.nan_safe,
+      optimizer=c.optimizer, auto_clip_gamma=config.hyfree.gamma,
+      **({"auto_lr": lr_config} if lr_config else {}))
 
 
 def server_optimizer(config) -> optax.GradientTransformation:
@@ -145,15 +172,17 @@ def accuracy_and_loss(predict: Callable, x, y, batch: int = 1024):
 class _Phase:
   """What differs between search and training: model, round, inputs."""
 
-  def __init__(self, name, apply_fn, train_arch, config, noise_multiplier,
+  def __init__(self, name, apply_fn, train_arch, config, sigmas,
                mesh, plan, splits):
     self.name = name
     self.apply_fn = jax.jit(apply_fn)
     self.train_arch = train_arch
+    clients = client_config(config, sigmas)
     self.round_fn = fed.make_round(
-        fed.make_local_update(apply_fn, client_config(config, noise_multiplier),
-                              train_arch),
-        server_optimizer(config), mesh)
+        fed.make_local_update(apply_fn, clients, train_arch),
+        server_optimizer(config), mesh,
+        (functools.partial(auto_lr.apply_report, config=clients.auto_lr)
+         if clients.optimizer == "hyfree" else None))
     if train_arch:
       self.batch_sizes = (plan.padded_batch_size(map(len, splits.train)),
                           plan.padded_batch_size(map(len, splits.val)))
@@ -184,26 +213,31 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   federation = build_federation(config)
   space = search_space_from(config, federation.num_classes)
   plan = build_plan(config)
-  sigma = plan.noise_multiplier(config.privacy.noise_multiplier)
+  sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
   mesh = make_mesh(config)
   f = config.federated
   total_rounds = f.search_rounds + f.train_rounds
-  search = _Phase("search", ss.supernet_apply(space), True, config, sigma,
+  search = _Phase("search", ss.supernet_apply(space), True, config, sigmas,
                   mesh, plan, federation.splits)
-  report(f"noise multiplier σ={sigma:.4f} for (ε, δ)=({plan.epsilon},"
+  loss_sigma = (f", loss probes σ_l={sigmas.loss:.4f}"
+                if plan.probe_every else "")
+  report(f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for (ε, δ)=({plan.epsilon},"
          f" {plan.delta}) over {total_rounds} rounds; clients"
          f" {f.clients_per_round}/{f.num_clients} per round,"
          f" {search.devices} device(s)")
   server_opt = server_optimizer(config)
   init_key, arch_key = jax.random.split(jax.random.key(config.seed))
+  carried = ({"carried": auto_lr.init_carried(auto_lr_config(config))}
+             if plan.probe_every else {})
   search_state = fed.server_init(
       {"weights": ss.init_supernet(space, init_key, federation.input_shape),
-       "arch": ss.init_arch_params(space, key=arch_key)}, server_opt)
+       "arch": ss.init_arch_params(space, key=arch_key), **carried},
+      server_opt)
 
   def derived_phase(genotype):
     model = ss.derived_model(space, genotype)
     return _Phase("train", lambda w, a, x: model.apply({"params": w}, x),
-                  False, config, sigma, mesh, plan, federation.splits)
+                  False, config, sigmas, mesh, plan, federation.splits)
 
   def place(server_state):
     # Restored or freshly built arrays may be committed to one device; the
@@ -216,7 +250,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   def to_derived_state(supernet_state, genotype):
     weights = ss.extract_weights(supernet_state.params["weights"], space,
                                  genotype, federation.input_shape)
-    return place(fed.server_init({"weights": weights, "arch": {}}, server_opt))
+    # The learning rate HyFreeDP found goes on with the derived model.
+    carried = ({"carried": supernet_state.params["carried"]}
+               if "carried" in supernet_state.params else {})
+    return place(fed.server_init({"weights": weights, "arch": {}, **carried},
+                                 server_opt))
 
   def finish_search(supernet_state):
     genotype = ss.derive(supernet_state.params["arch"], space)
@@ -254,10 +292,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         lambda x: phase.apply_fn(state.params["weights"],
                                  state.params["arch"], x),
         federation.monitor_x, federation.monitor_y)
-    eps = plan.spent(sigma, round_ + 1)
+    eps = plan.spent(sigmas, round_ + 1)
     record = {"round": round_ + 1, "phase": phase.name,
               "monitor_accuracy": acc, "monitor_loss": loss, "epsilon": eps,
               "elapsed_s": time.time() - start}
+    if "carried" in state.params:
+      lr_state = state.params["carried"]["auto_lr"]
+      record["learning_rate"] = float(jnp.exp(lr_state.log_learning_rate))
+      record["loss_clip"] = float(lr_state.loss_clip)
     metrics.append(record)
     report(f"round {round_ + 1:3d}/{total_rounds} [{phase.name}] loss"
            f" {loss:.4f} acc {acc:.4f} ε {eps:.3f}")
@@ -275,7 +317,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       lambda x: phase.apply_fn(weights, {}, x), federation.test_x,
       federation.test_y)
   work.save_final_weights(weights)
-  streams = plan.streams(sigma, total_rounds)
+  streams = plan.streams(sigmas, total_rounds)
   summary = {
       "dataset": config.dataset,
       "partition": f"{f.partition}" + (f"(alpha={f.dirichlet_alpha})"
@@ -287,11 +329,17 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       "model_parameters": int(sum(x.size for x in jax.tree.leaves(weights))),
       "test_accuracy": test_acc,
       "test_loss": test_loss,
-      "epsilon": plan.spent(sigma, total_rounds),
+      "epsilon": plan.spent(sigmas, total_rounds),
+      "epsilon_breakdown": plan.breakdown(sigmas),
       "epsilon_target": plan.epsilon,
       "delta": plan.delta,
       "delta_truncation": plan.truncation_delta,
-      "noise_multiplier": sigma,
+      "noise_multiplier": sigmas.gradient,
+      **({"loss_noise_multiplier": sigmas.loss,
+          "final_learning_rate": float(jnp.exp(
+              state.params["carried"]["auto_lr"].log_learning_rate))}
+         if plan.probe_every else {}),
+      "optimizer": config.client.optimizer,
       "accountant": plan.accountant,
       "releases_of_most_exposed_client": {s.name: s.count for s in streams},
       "rounds": total_rounds,
