@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.hyfree.initial_learning_rate = 1e-4
   config.hyfree.initial_loss_clip = 1.0  # R_l before the first privatised loss
   config.hyfree.max_change = 10.0  # η moves by at most this factor per fit
+  config.hyfree.loss_clip_factor = 2.0  # R_l = factor × last privatised loss
   config.hyfree.kappa = 0.01  # σ_g = (1 + κ)·σ_ref; the loss probes get the rest
   config.hyfree.gamma = 0.01  # automatic clipping g/(‖g‖ + γ)
 
