@@ -1,0 +1,81 @@
+"""FEATHERS's server-side bandit over a fixed pool of hyperparameter configs.
+
+(Seng et al. 2022/23.) Every `period` rounds an exploration phase of
+round(γ·H(p)) rounds starts, where p = softmax(r / ‖r‖∞) over the pool's
+rewards r and H is its entropy (nats). In exploration rounds each client
+draws a configuration from p, all start from the same stored weights, and
+afterwards the rewards move: r_j ← r_j + α(gain_j − r_j) for the drawn
+configurations, r_j ← α·r_j for the others, with gain_j the FedAvg-weighted
+sum Σ_{k: c_k = j} w_k·gain_k of the (privatised) validation-loss decreases
+of the clients that used j. Otherwise every client uses argmax r.
+
+State and transitions are pure (`init`, `choose`, `update`), jit-able.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class FeathersState(NamedTuple):
+  rewards: jax.Array  # (pool,)
+  explore_left: jax.Array  # int32: exploration rounds left in this phase
+  round: jax.Array  # int32: rounds chosen so far
+
+
+def init(pool_size: int) -> FeathersState:
+  return FeathersState(jnp.zeros(pool_size, jnp.float32), jnp.int32(0),
+                       jnp.int32(0))
+
+
+def probabilities(rewards: jax.Array) -> jax.Array:
+  """softmax(r / ‖r‖∞); uniform while every reward is 0."""
+  scale = jnp.max(jnp.abs(rewards))
+  return jax.nn.softmax(jnp.where(scale > 0, rewards / scale, 0.0))
+
+
+def entropy(p: jax.Array) -> jax.Array:
+  return -jnp.sum(jnp.where(p > 0, p * jnp.log(p), 0.0))
+
+
+def exploration_rounds(rewards: jax.Array, gamma: float) -> jax.Array:
+  return jnp.round(gamma * entropy(probabilities(rewards))).astype(jnp.int32)
+
+
+def choose(state: FeathersState, key, num_clients: int, *, period: int = 15,
+           gamma: float = 6.0) -> tuple[FeathersState, jax.Array, jax.Array]:
+  """Configurations for this round's clients.
+
+  Returns (state, config ids (num_clients,), exploring flag). A phase starts
+  on rounds 0, period, 2·period, ... when none is running.
+  """
+  starts = (state.explore_left == 0) & (state.round % period == 0)
+  explore_left = jnp.where(starts, exploration_rounds(state.rewards, gamma),
+                           state.explore_left)
+  exploring = explore_left > 0
+  drawn = jax.random.choice(key, state.rewards.shape[0], (num_clients,),
+                            p=probabilities(state.rewards))
+  best = jnp.full((num_clients,), jnp.argmax(state.rewards))
+  ids = jnp.where(exploring, drawn, best)
+  new = FeathersState(state.rewards,
+                      jnp.where(exploring, explore_left - 1, 0).astype(jnp.int32),
+                      state.round + 1)
+  return new, ids, exploring
+
+
+def config_gains(config_ids: jax.Array, gains: jax.Array, weights: jax.Array,
+                 pool_size: int) -> tuple[jax.Array, jax.Array]:
+  """(Σ_{k: c_k=j} w_k gain_k with w normalised over the round, used mask)."""
+  w = weights / jnp.sum(weights)
+  one_hot = jax.nn.one_hot(config_ids, pool_size) * (weights > 0)[:, None]
+  return one_hot.T @ (w * gains), jnp.any(one_hot > 0, axis=0)
+
+
+def update(state: FeathersState, config_ids: jax.Array, gains: jax.Array,
+           weights: jax.Array, *, alpha: float = 0.5) -> FeathersState:
+  """Reward update after an exploration round (call only for those)."""
+  gain, used = config_gains(config_ids, gains, weights, state.rewards.shape[0])
+  rewards = jnp.where(used, state.rewards + alpha * (gain - state.rewards),
+                      alpha * state.rewards)
+  return state._replace(rewards=rewards)

@@ -1,0 +1,85 @@
+"""Hyperparameter spaces as data, and reproducible pools of configurations.
+
+A space is a tuple of `Hyperparameter`s, each with a range and a scale:
+`log` draws 10^U(log10 low, log10 high), `uniform` draws U(low, high),
+`categorical` draws uniformly from `choices`. FEATHERS searches over a fixed
+pool of configurations drawn once from the space; `draw_pool` makes that pool
+from a seed alone, so it is public (it depends on no data).
+"""
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fedsearch.errors import ConfigError
+
+SCALES = ("log", "uniform", "categorical")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+  name: str
+  scale: str
+  low: float = 0.0
+  high: float = 0.0
+  choices: tuple = ()
+
+  def __post_init__(self):
+    field = f"hyperparameters.{self.name}"
+    if self.scale not in SCALES:
+      raise ConfigError(f"{field}.scale={self.scale!r} is not allowed; choose"
+                        f" one of {list(SCALES)}")
+    if self.scale == "categorical":
+      if not self.choices:
+        raise ConfigError(f"{field}.choices must list at least one value")
+      return
+    if not (math.isfinite(self.low) and math.isfinite(self.high)
+            and self.low <= self.high):
+      raise ConfigError(f"{field} needs finite low <= high, got"
+                        f" [{self.low}, {self.high}]")
+    if self.scale == "log" and self.low <= 0:
+      raise ConfigError(f"{field}: a log scale needs low > 0, got {self.low}")
+
+  def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+    if self.scale == "categorical":
+      return np.asarray(self.choices)[rng.integers(len(self.choices), size=size)]
+    if self.scale == "log":
+      return 10.0 ** rng.uniform(math.log10(self.low), math.log10(self.high), size)
+    return rng.uniform(self.low, self.high, size)
+
+
+# FEATHERS's ranges (Seng et al.): lr 10^U(-3,-1), weight decay 10^U(-6,-4),
+# momentum U(0.6, 1), arch lr 10^U(-4,-2), arch weight decay 10^U(-4,-2).
+FEATHERS_SPACE: tuple[Hyperparameter, ...] = (
+    Hyperparameter("learning_rate", "log", 1e-3, 1e-1),
+    Hyperparameter("weight_decay", "log", 1e-6, 1e-4),
+    Hyperparameter("momentum", "uniform", 0.6, 1.0),
+    Hyperparameter("arch_learning_rate", "log", 1e-4, 1e-2),
+    Hyperparameter("arch_weight_decay", "log", 1e-4, 1e-2),
+)
+
+
+def space_from_dict(spec: Mapping[str, Mapping]) -> tuple[Hyperparameter, ...]:
+  """{name: {scale, low, high | choices}} -> space, with field-named errors."""
+  space = []
+  for name, entry in spec.items():
+    unknown = set(entry) - {"scale", "low", "high", "choices"}
+    if unknown:
+      raise ConfigError(f"hyperparameters.{name}: unknown keys {sorted(unknown)};"
+                        " allowed: scale, low, high, choices")
+    space.append(Hyperparameter(name, entry.get("scale", ""),
+                                float(entry.get("low", 0.0)),
+                                float(entry.get("high", 0.0)),
+                                tuple(entry.get("choices", ()))))
+  return tuple(space)
+
+
+def draw_pool(space: Sequence[Hyperparameter], size: int,
+              seed: int) -> dict[str, np.ndarray]:
+  """`size` configurations, column-wise: {name: (size,) values}."""
+  if size < 1:
+    raise ConfigError(f"hyperparameters pool size must be >= 1, got {size}")
+  rng = np.random.default_rng([seed, 0x4850])  # A stream of its own.
+  return {h.name: h.draw(rng, size) for h in space}
