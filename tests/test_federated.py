@@ -53,11 +53,17 @@ def _setup(optimizer="dpsgd"):
   return x, y, splits, params, local
 
 
-def _inputs(splits, clients, multiple):
-  return fed.round_inputs(
+def _inputs(splits, clients, multiple, feedback=False):
+  inputs = fed.round_inputs(
       splits, np.asarray(clients), seed=0, round_=3, steps=2,
       sampling_rate=0.2, batch_sizes=(24, 12), train_arch=True,
-      train_on_all_local_data=False, client_multiple=multiple)
+      train_on_all_local_data=False, client_multiple=multiple,
+      feedback_size=max(map(len, splits.val)) if feedback else 0)
+  if feedback:  # And per-client hyperparameters, as a search sets them.
+    ids = inputs.client_ids.astype(np.float32)  # -1 for padding clients.
+    inputs = inputs._replace(hparams={
+        "learning_rate": 0.02 * (2.0 + ids), "momentum": 0.6 + 0.03 * ids})
+  return inputs
 
 
 @pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
@@ -68,12 +74,17 @@ def test_four_devices_equal_one_device(optimizer):
   opt = optax.sgd(1.0)
   state = fed.server_init(params, opt)
   key = jax.random.key(7)
-  one = fed.make_round(local, opt)(state, x, y, _inputs(splits, clients, 1),
-                                   key, 3)
+  # DP-SGD also carries hyperparameter feedback and per-client hparams.
+  feedback = optimizer == "dpsgd"
+  one, gains_one = fed.make_round(local, opt)(
+      state, x, y, _inputs(splits, clients, 1, feedback), key, 3)
   mesh = fed.client_mesh(4)
-  four = fed.make_round(local, opt, mesh)(
-      state, x, y, _inputs(splits, clients, 4), key, 3)
+  four, gains_four = fed.make_round(local, opt, mesh)(
+      state, x, y, _inputs(splits, clients, 4, feedback), key, 3)
   chex.assert_trees_all_close(one.params, four.params, rtol=1e-5, atol=1e-6)
+  if feedback:
+    assert gains_one.shape == (5,) and gains_four.shape == (8,)
+    chex.assert_trees_all_close(gains_one, gains_four[:5], rtol=1e-4, atol=1e-5)
   # And the round did move the parameters.
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
                        one.params, params)
@@ -91,6 +102,7 @@ def test_local_update_jit_equals_eager(optimizer):
                   jnp.asarray(inputs.val_padding[0])))
   # first_step 6: with probe_every 2, HyFreeDP probes on the first step.
   args = (params, batches, jax.random.key(0), inputs.expected_batch[0], 6)
+  # (new params, gain): no feedback batch here, so the gain is None.
   with jax.disable_jit():
     eager = local(*args)
   chex.assert_trees_all_close(jax.jit(local)(*args), eager, rtol=1e-4,

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from fedsearch.errors import ConfigError
+from fedsearch.hyperparameters import feedback
 
 from fedsearch.privacy import auto_lr, clipped_grad_sum, private_optimizer
 from fedsearch.privacy.auto_lr import AutoLRConfig
@@ -42,6 +43,15 @@ class Batches(NamedTuple):
 class ClientBatches(NamedTuple):
   train: Batches
   val: Batches | None  # None when the architecture is not trained.
+  # The whole validation split, x (V, ...): the rows a hyperparameter gain is
+  # measured on. None when no feedback is asked for.
+  feedback: Batches | None = None
+
+
+# Client hyperparameters a search may set per client (traced values that
+# override the ClientConfig's).
+TUNABLE = ("learning_rate", "momentum", "weight_decay", "arch_learning_rate",
+           "arch_weight_decay")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +75,10 @@ class ClientConfig:
   optimizer: str = "dpsgd"  # dpsgd | hyfree (weight steps)
   auto_clip_gamma: float = 0.01  # γ of HyFreeDP's automatic clipping
   auto_lr: AutoLRConfig = AutoLRConfig()
+  # Hyperparameter feedback (see hyperparameters/feedback.py): per-example
+  # validation-loss decreases clipped to ±feedback_clip, noise multiplier σ_f.
+  feedback_clip: float = 0.5
+  feedback_noise_multiplier: float = 1.0
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -95,11 +109,13 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
       phase) or left as they are (training a derived model).
 
   `params` is {'weights': ..., 'arch': ...} (plus {'carried': {'auto_lr':
-  ...}} for HyFreeDP); `expected_batch` is a pair of floats (train, val): q
-  times the client's split sizes, the DP-SGD normaliser; `first_step` is the
-  global index of the first local step (HyFreeDP probes every K global
-  steps). Optimiser states start fresh every round (stateless clients, as in
-  FedAvg). Returns the new `params`.
+  ...}} for HyFreeDP); `expected_batch` is (train, val, feedback) floats: q
+  times the client's split sizes (the DP-SGD normalisers) and its
+  validation-split size; `first_step` is the global index of the first local
+  step (HyFreeDP probes every K global steps); `hparams` optionally sets
+  entries of TUNABLE for this client. Optimiser states start fresh every
+  round (stateless clients, as in FedAvg). Returns (new params, privatised
+  validation gain or None when `batches.feedback` is None).
   """
   hyfree = config.optimizer == "hyfree"
   lr_config = config.auto_lr
@@ -111,20 +127,21 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
   arch_grad = clipped_grad_sum(loss, 1, config.arch_clip_norm, config.nan_safe)
   weight_stddev = config.noise_multiplier * config.clip_norm
   arch_stddev = config.noise_multiplier * config.arch_clip_norm
-  # HyFreeDP's η multiplies the base optimiser's update, so the base runs at 1.
-  base_lr = 1.0 if hyfree else config.learning_rate
 
   def local_update(params, batches: ClientBatches, key, expected_batch,
-                   first_step):
-    weight_key, arch_key, probe_key = jax.random.split(key, 3)
+                   first_step, hparams=None):
+    weight_key, arch_key, probe_key, feedback_key = jax.random.split(key, 4)
+    h = {name: getattr(config, name) for name in TUNABLE}
+    h.update(hparams or {})
     weight_opt = private_optimizer(
         weight_stddev, weight_key, expected_batch[0],
-        optax.chain(optax.add_decayed_weights(config.weight_decay),
-                    optax.sgd(base_lr, config.momentum)))
+        optax.chain(optax.add_decayed_weights(h["weight_decay"]),
+                    optax.sgd(1.0 if hyfree else h["learning_rate"],
+                              h["momentum"])))
     arch_opt = private_optimizer(
         arch_stddev, arch_key, expected_batch[1],
-        optax.chain(optax.add_decayed_weights(config.arch_weight_decay),
-                    optax.adam(config.arch_learning_rate, config.arch_b1,
+        optax.chain(optax.add_decayed_weights(h["arch_weight_decay"]),
+                    optax.adam(h["arch_learning_rate"], config.arch_b1,
                                config.arch_b2)))
     weights, arch = params["weights"], params["arch"]
     carried = params.get("carried")
@@ -172,6 +189,14 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
     new = {"weights": weights, "arch": arch}
     if hyfree:
       new["carried"] = {"auto_lr": carried["auto_lr"], "report": report}
-    return new
+    gain = None
+    if batches.feedback is not None:
+      fb = batches.feedback
+      gain = feedback.privatized_gain(
+          example_losses(params["weights"], params["arch"], fb.x, fb.y),
+          example_losses(weights, arch, fb.x, fb.y), fb.padding,
+          config.feedback_clip, config.feedback_noise_multiplier,
+          feedback_key, expected_batch[2])
+    return new, gain
 
   return local_update

@@ -34,9 +34,12 @@ class RoundInputs(NamedTuple):
   train_padding: np.ndarray  # (m, S, B_train) bool
   val_idx: np.ndarray | None  # (m, S, B_val) int32
   val_padding: np.ndarray | None
-  expected_batch: np.ndarray  # (m, 2) float32: q * split sizes
+  expected_batch: np.ndarray  # (m, 3) float32: q * split sizes, val size
   client_weights: np.ndarray  # (m,) float32: FedAvg weights, 0 for padding
   client_ids: np.ndarray  # (m,) int32
+  feedback_idx: np.ndarray | None = None  # (m, V): whole validation split
+  feedback_padding: np.ndarray | None = None
+  hparams: dict | None = None  # {name: (m,) float32} per-client overrides
 
 
 def client_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -48,7 +51,9 @@ def client_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 def make_round(local_update: Callable, server_optimizer: optax.GradientTransformation,
                mesh: jax.sharding.Mesh | None = None,
                update_carried: Callable | None = None) -> Callable:
-  """Returns jitted `round_fn(state, x, y, inputs, base_key, round) -> state`.
+  """Returns jitted `round_fn(state, x, y, inputs, base_key, round, aggregate)`.
+
+  It returns (new state, per-client privatised gains or None).
 
   `update_carried`, if given, maps the aggregated `params['carried']` to its
   next value on the server (e.g. HyFreeDP's learning-rate fit).
@@ -57,43 +62,53 @@ def make_round(local_update: Callable, server_optimizer: optax.GradientTransform
   from them by index, so only indices cross from the host each round.
   """
 
-  def client_deltas(params, batches, keys, expected, first_step):
-    def one_client(batches, key, expected):
-      new = local_update(params, batches, key, expected, first_step)
-      return jax.tree.map(jnp.subtract, new, params)
-    return jax.vmap(one_client)(batches, keys, expected)
+  def client_deltas(params, batches, keys, expected, hparams, first_step):
+    def one_client(batches, key, expected, hparams):
+      new, gain = local_update(params, batches, key, expected, first_step,
+                               hparams)
+      return jax.tree.map(jnp.subtract, new, params), gain
+    return jax.vmap(one_client)(batches, keys, expected, hparams)
 
   all_deltas = client_deltas
   if mesh is not None:
-    def sharded_body(params, batches, keys, expected, first_step):
+    def sharded_body(params, batches, keys, expected, hparams, first_step):
       # Replicated params enter the per-client scan carry, which becomes
       # device-varying: declare it so up front (shard_map's vma check).
       params = jax.lax.pcast(params, (CLIENT_AXIS,), to="varying")
-      return client_deltas(params, batches, keys, expected, first_step)
+      return client_deltas(params, batches, keys, expected, hparams,
+                           first_step)
 
     all_deltas = jax.shard_map(
         sharded_body, mesh=mesh,
-        in_specs=(P(), P(CLIENT_AXIS), P(CLIENT_AXIS), P(CLIENT_AXIS), P()),
+        in_specs=(P(), P(CLIENT_AXIS), P(CLIENT_AXIS), P(CLIENT_AXIS),
+                  P(CLIENT_AXIS), P()),
         out_specs=P(CLIENT_AXIS))
 
   def gather(x, y, idx, padding):
     return Batches(x[idx], y[idx], padding)
 
   @jax.jit
-  def round_fn(state: ServerState, x, y, inputs: RoundInputs, base_key, round_):
+  def round_fn(state: ServerState, x, y, inputs: RoundInputs, base_key, round_,
+               aggregate=True):
     train = gather(x, y, inputs.train_idx, inputs.train_padding)
     val = (None if inputs.val_idx is None
            else gather(x, y, inputs.val_idx, inputs.val_padding))
+    feedback = (None if inputs.feedback_idx is None
+                else gather(x, y, inputs.feedback_idx, inputs.feedback_padding))
     round_key = jax.random.fold_in(base_key, round_)
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(inputs.client_ids)
     steps = inputs.train_idx.shape[1]
-    deltas = all_deltas(state.params, ClientBatches(train, val), keys,
-                        inputs.expected_batch, round_ * steps)
+    deltas, gains = all_deltas(state.params, ClientBatches(train, val, feedback),
+                               keys, inputs.expected_batch, inputs.hparams,
+                               round_ * steps)
     mean_delta = weighted_average(deltas, inputs.client_weights)
-    state = server_update(state, mean_delta, server_optimizer)
+    new = server_update(state, mean_delta, server_optimizer)
     if update_carried is not None:
-      params = dict(state.params, carried=update_carried(state.params["carried"]))
-      state = state._replace(params=params)
-    return state
+      params = dict(new.params, carried=update_carried(new.params["carried"]))
+      new = new._replace(params=params)
+    # aggregate=False (FEATHERS's exploration rounds) keeps the stored state:
+    # the round only measures its clients' gains.
+    new = jax.tree.map(lambda a, b: jnp.where(aggregate, a, b), new, state)
+    return new, gains
 
   return round_fn

@@ -75,8 +75,8 @@ def poisson_batches(rows: np.ndarray, sampling_rate: float, steps: int,
 def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
                  round_: int, steps: int, sampling_rate: float,
                  batch_sizes: tuple[int, int], train_arch: bool,
-                 train_on_all_local_data: bool, client_multiple: int = 1
-                 ) -> RoundInputs:
+                 train_on_all_local_data: bool, client_multiple: int = 1,
+                 feedback_size: int = 0) -> RoundInputs:
   """Batches of one round for `clients`, padded to a multiple of devices.
 
   Args:
@@ -90,6 +90,8 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     train_on_all_local_data: weight steps read train and val rows (used once
       the architecture is fixed and the validation split is free).
     client_multiple: pad the client axis to a multiple of this.
+    feedback_size: if > 0, also give every client's whole validation split,
+      padded to this size, for hyperparameter feedback.
   """
   m = -(-len(clients) // client_multiple) * client_multiple
   out = {
@@ -98,7 +100,10 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
       "val_idx": np.zeros((m, steps, batch_sizes[1]), np.int32),
       "val_padding": np.ones((m, steps, batch_sizes[1]), bool),
   }
-  expected = np.ones((m, 2), np.float32)
+  expected = np.ones((m, 3), np.float32)
+  if feedback_size:
+    out["feedback_idx"] = np.zeros((m, feedback_size), np.int32)
+    out["feedback_padding"] = np.ones((m, feedback_size), bool)
   weights = np.zeros(m, np.float32)
   ids = np.full(m, -1, np.int32)
   sizes = splits.sizes()
@@ -114,6 +119,11 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
       out[f"{name}_idx"][slot], out[f"{name}_padding"][slot] = poisson_batches(
           rows, sampling_rate, steps, batch_sizes[stream], rng)
       expected[slot, stream] = max(sampling_rate * len(rows), 1e-6)
+    if feedback_size:
+      val = splits.val[k]
+      out["feedback_idx"][slot, :len(val)] = val
+      out["feedback_padding"][slot, :len(val)] = False
+      expected[slot, 2] = max(len(val), 1)
     weights[slot] = sizes[k]
     ids[slot] = k
   if not train_arch:

@@ -287,7 +287,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         batch_sizes=phase.batch_sizes, train_arch=phase.train_arch,
         train_on_all_local_data=not phase.train_arch,
         client_multiple=phase.devices)
-    state = phase.round_fn(state, federation.x, federation.y, inputs,
+    state, _ = phase.round_fn(state, federation.x, federation.y, inputs,
                            base_key, round_)
     acc, loss = accuracy_and_loss(
         lambda x: phase.apply_fn(state.params["weights"],
