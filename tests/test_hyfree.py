@@ -106,7 +106,7 @@ def test_accountant_total_matches_direct_dp_accounting_composition():
   assert plan.counts(12) == {
       "weight_steps_search": 9, "probe_steps_search": 3,
       "arch_steps_search": 12, "weight_steps_train": 18,
-      "probe_steps_train": 6}
+      "probe_steps_train": 6, "hp_feedback": 0}
 
 
 def test_calibration_splits_the_budget():

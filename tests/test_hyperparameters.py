@@ -113,3 +113,56 @@ def test_feedback_noise_std():
   draws = jax.vmap(lambda k: feedback.privatized_gain(
       jnp.zeros(3), jnp.zeros(3), jnp.zeros(3, bool), 0.5, 2.0, k, 20.0))(keys)
   assert float(jnp.std(draws)) == pytest.approx(2.0 * 0.5 / 20.0, rel=0.05)
+
+
+def test_accountant_total_with_feedback_matches_direct_composition():
+  from jax_privacy import accounting as jp_accounting  # pylint: disable=g-import-not-at-top
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+  from fedsearch.runner.plan import NoiseMultipliers, make_plan  # pylint: disable=g-import-not-at-top
+  # 6 clients, 3 per round, 10 rounds of which 4 search; 2 local steps.
+  schedule = np.array([[0, 1, 2], [3, 4, 5], [0, 2, 4], [1, 3, 5], [0, 1, 2],
+                       [0, 1, 3], [2, 4, 5], [0, 2, 3], [1, 4, 5], [0, 3, 5]])
+  plan = make_plan(schedule, search_rounds=4, local_steps=2, sampling_rate=0.3,
+                   num_clients=6, epsilon=3.0, delta=1e-5,
+                   truncation_delta_fraction=0.1, accountant="rdp",
+                   feedback=True, feedback_fraction=0.2)
+  sigmas = NoiseMultipliers(gradient=2.0, feedback=6.0)
+  # Component-wise max over clients: search participations max 2 (client 0
+  # in rounds 0 and 2 ...), training participations max 4 (client 0).
+  counts = plan.counts(10)
+  search = int(np.bincount(schedule[:4].ravel(), minlength=6).max())
+  train = int(np.bincount(schedule[4:].ravel(), minlength=6).max())
+  assert counts["hp_feedback"] == search
+  acc = dp_accounting.rdp.RdpAccountant(
+      orders=jp_accounting.RdpAccountantConfig().orders)
+  step = dp_accounting.PoissonSampledDpEvent(0.3, dp_accounting.GaussianDpEvent(2.0))
+  acc.compose(step, 2 * search)  # Weight steps.
+  acc.compose(step, 2 * search)  # Architecture steps.
+  acc.compose(step, 2 * train)
+  acc.compose(dp_accounting.GaussianDpEvent(6.0), search)  # Whole val split.
+  assert plan.spent(sigmas, 10) == pytest.approx(
+      acc.get_epsilon(plan.accounting_delta), rel=1e-9)
+  # Calibration: gradients within 80 % of ε, the feedback fills it up.
+  calibrated = plan.noise_multipliers(0.0)
+  breakdown = plan.breakdown(calibrated)
+  assert breakdown["gradients_only"] == pytest.approx(2.4, rel=1e-3)
+  assert breakdown["total"] == pytest.approx(3.0, rel=1e-3)
+  assert breakdown["total"] <= 3.0 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["feathers", "fedex", "random"])
+def test_strategies_share_one_interface(name):
+  strategy = hp.strategy.make_strategy(name, period=4, gamma=1.0)
+  state = strategy.init(5)
+  for r in range(6):
+    state, ids, aggregate = strategy.choose(state, jax.random.key(r), 4)
+    assert ids.shape == (4,) and aggregate.dtype == jnp.bool_
+    # Configuration 3 always gains most.
+    gains = jnp.where(ids == 3, 1.0, 0.0)
+    state = strategy.update(state, ids, gains, jnp.ones(4), aggregate)
+  assert 0 <= int(strategy.best(state)) < 5
+
+
+def test_unknown_strategy_is_refused():
+  with pytest.raises(ConfigError, match="hpo.strategy"):
+    hp.strategy.make_strategy("grid")

@@ -61,6 +61,32 @@ def test_end_to_end_learns_at_epsilon_3(tmp_path):
   assert summary["test_accuracy"] > 0.45  # Chance is 0.1.
 
 
+@pytest.mark.parametrize("strategy", ["feathers", "fedex"])
+def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
+    tmp_path, strategy):
+  config = _small_config(**{"hpo.strategy": strategy, "hpo.pool_size": 4,
+                            "hpo.period": 2, "hpo.gamma": 1.0,
+                            "federated.search_rounds": 3})
+  straight = runner.run(config, tmp_path / "a", report=lambda _: None)
+  assert straight["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
+  breakdown = straight["epsilon_breakdown"]
+  assert breakdown["gradients_only"] == pytest.approx(
+      0.9 * config.privacy.epsilon, rel=1e-3)
+  assert 0 < breakdown["hp_feedback_only"] < breakdown["total"]
+  assert straight["releases_of_most_exposed_client"]["hp_feedback"] == 3
+  chosen = straight["hyperparameters"]["chosen"]
+  assert 1e-3 <= chosen["learning_rate"] <= 1e-1  # From the pool's range.
+  lines = [json.loads(l) for l in
+           (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  assert all("hp_mean_gain" in l for l in lines[:3])
+  if strategy == "feathers":  # Exploration rounds only measure.
+    assert [l["hp_measure_only"] for l in lines[:3]] == [True, False, True]
+  runner.run(config, tmp_path / "b", report=lambda _: None, stop_after_round=2)
+  resumed = runner.run(config, tmp_path / "b", report=lambda _: None)
+  assert resumed["hyperparameters"] == straight["hyperparameters"]
+  assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"])
+
+
 def test_exported_model_reloads_and_reproduces_the_test_accuracy(tmp_path):
   config = _small_config()
   summary = runner.run(config, tmp_path, report=lambda _: None)
@@ -123,6 +149,8 @@ def _cli(*flags):
     ("--config.dataset=imagenet", "dataset="),
     ("--config.privacy.accountant=moments", "privacy.accountant"),
     ("--config.federated.server_momentum=1.5", "federated.server_momentum"),
+    ("--config.hpo.strategy=grid", "hpo.strategy"),
+    ("--config.client.optimizer=adamw", "client.optimizer"),
 ])
 def test_bad_flag_values_give_one_clear_line(tmp_path, flag, expected):
   result = _cli(flag, f"--workdir={tmp_path}")

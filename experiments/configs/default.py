@@ -89,5 +89,29 @@ def get_config() -> ml_collections.ConfigDict:
   config.hyfree.kappa = 0.01  # σ_g = (1 + κ)·σ_ref; the loss probes get the rest
   config.hyfree.gamma = 0.01  # automatic clipping g/(‖g‖ + γ)
 
+  # Hyperparameter search jointly with the architecture (search rounds); the
+  # training rounds then use the chosen configuration. Each search round, a
+  # client reports its validation-loss decrease, clipped per example to
+  # ±feedback_clip and noised (σ calibrated so the feedback spends
+  # feedback_epsilon_fraction of ε; the gradients get the rest).
+  config.hpo = ml_collections.ConfigDict()
+  config.hpo.strategy = "none"  # none | feathers | fedex | random
+  config.hpo.pool_size = 40
+  config.hpo.period = 15  # FEATHERS: rounds between exploration phases
+  config.hpo.gamma = 6.0  # FEATHERS: phase length = round(γ·entropy)
+  config.hpo.alpha = 0.5  # FEATHERS: reward step
+  config.hpo.fedex_step = 1.0  # FedEx: exponentiated-gradient step size
+  config.hpo.feedback_clip = 0.5
+  config.hpo.feedback_epsilon_fraction = 0.1
+  # {name: {scale, low, high | choices}}; names from client hyperparameters.
+  # FEATHERS's ranges.
+  config.hpo.space = {
+      "learning_rate": {"scale": "log", "low": 1e-3, "high": 1e-1},
+      "weight_decay": {"scale": "log", "low": 1e-6, "high": 1e-4},
+      "momentum": {"scale": "uniform", "low": 0.6, "high": 1.0},
+      "arch_learning_rate": {"scale": "log", "low": 1e-4, "high": 1e-2},
+      "arch_weight_decay": {"scale": "log", "low": 1e-4, "high": 1e-2},
+  }
+
   config.checkpoint_every = 1  # rounds
   return config

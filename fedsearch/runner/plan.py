@@ -40,6 +40,7 @@ from fedsearch.privacy import accounting
 class NoiseMultipliers:
   gradient: float  # σ (σ_g for HyFreeDP), weight and architecture steps alike
   loss: float = math.inf  # σ_l of each HyFreeDP loss probe
+  feedback: float = math.inf  # σ_f of each hyperparameter-feedback release
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,8 @@ class PrivacyPlan:
   probe_every: int = 0  # K of HyFreeDP; 0 = no loss probes (DP-SGD)
   releases_per_probe: int = 0
   kappa: float = 0.01
+  feedback: bool = False  # a hyperparameter gain per search participation
+  feedback_fraction: float = 0.1  # share of ε the feedback may spend
 
   @property
   def accounting_delta(self) -> float:
@@ -64,15 +67,16 @@ class PrivacyPlan:
   def counts(self, rounds_done: int) -> dict[str, int]:
     """Releases of each kind, component-wise max over clients."""
     kinds = ("weight_steps_search", "probe_steps_search", "arch_steps_search",
-             "weight_steps_train", "probe_steps_train")
+             "weight_steps_train", "probe_steps_train", "hp_feedback")
     per_client = np.zeros((self.num_clients, len(kinds)), np.int64)
     for round_ in range(min(rounds_done, len(self.schedule))):
       first = round_ * self.local_steps
       probes = sum(1 for g in range(first, first + self.local_steps)
                    if self.probe_every and g % self.probe_every == 0)
       search = round_ < self.search_rounds
-      row = ([self.local_steps - probes, probes, self.local_steps, 0, 0]
-             if search else [0, 0, 0, self.local_steps - probes, probes])
+      row = ([self.local_steps - probes, probes, self.local_steps, 0, 0,
+              int(self.feedback)]
+             if search else [0, 0, 0, self.local_steps - probes, probes, 0])
       per_client[self.schedule[round_]] += row
     return dict(zip(kinds, per_client.max(axis=0).tolist()))
 
@@ -88,6 +92,12 @@ class PrivacyPlan:
     for name, count in counts.items():
       is_probe = name.startswith("probe")
       if is_probe and not self.probe_every:
+        continue
+      if name == "hp_feedback":
+        # The gain reads the client's whole validation split: no sampling.
+        if self.feedback:
+          streams.append(accounting.ReleaseStream(name, 1.0, count,
+                                                  sigmas.feedback))
         continue
       streams.append(accounting.ReleaseStream(
           name, q, count, probe if is_probe else sigmas.gradient))
@@ -106,6 +116,12 @@ class PrivacyPlan:
     out = {"total": self.spent(sigmas, rounds),
            "gradients_only": self.spent(
                NoiseMultipliers(sigmas.gradient), rounds)}
+    if self.feedback:
+      count = self.counts(rounds)["hp_feedback"]
+      out["hp_feedback_only"] = accounting.epsilon(
+          [accounting.ReleaseStream("hp_feedback", 1.0, count,
+                                    sigmas.feedback)],
+          self.accounting_delta, self.accountant)
     if self.probe_every:
       probes = sum(v for k, v in self.counts(rounds).items()
                    if k.startswith("probe"))
@@ -123,9 +139,14 @@ class PrivacyPlan:
     is then taken as σ_g.
     """
     rounds = len(self.schedule)
-    calibrate = lambda make: accounting.calibrate_noise_multiplier(
-        lambda sigma: self.streams(make(sigma), rounds), self.epsilon,
-        self.accounting_delta, self.accountant)
+    # Gradients (and loss probes) first, within their share of ε; the
+    # hyperparameter feedback then gets exactly the rest.
+    gradient_epsilon = self.epsilon * (
+        1 - self.feedback_fraction if self.feedback else 1)
+    calibrate = lambda make, target=gradient_epsilon: (
+        accounting.calibrate_noise_multiplier(
+            lambda sigma: self.streams(make(sigma), rounds), target,
+            self.accounting_delta, self.accountant))
     if given > 0:
       gradient = given
     else:
@@ -133,7 +154,7 @@ class PrivacyPlan:
       if self.probe_every:
         gradient *= 1.0 + self.kappa
     if self.probe_every:
-      if self.spent(NoiseMultipliers(gradient), rounds) >= self.epsilon:
+      if self.spent(NoiseMultipliers(gradient), rounds) >= gradient_epsilon:
         raise ConfigError(
             f"the gradients alone spend privacy.epsilon={self.epsilon} with"
             f" σ_g={gradient:.4f}, leaving nothing for the loss probes; raise"
@@ -142,6 +163,13 @@ class PrivacyPlan:
           gradient, calibrate(lambda s: NoiseMultipliers(gradient, s)))
     else:
       sigmas = NoiseMultipliers(gradient)
+    if self.feedback:
+      if self.spent(sigmas, rounds) >= self.epsilon:
+        raise ConfigError(
+            f"privacy.noise_multiplier={given} leaves no budget for the"
+            " hyperparameter feedback; raise it or set it to 0 to calibrate")
+      sigmas = dataclasses.replace(sigmas, feedback=calibrate(
+          lambda s: dataclasses.replace(sigmas, feedback=s), self.epsilon))
     eps = self.spent(sigmas, rounds)
     if eps > self.epsilon * (1 + 1e-6):
       raise ConfigError(
@@ -171,7 +199,8 @@ class PrivacyPlan:
 def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               num_clients, epsilon, delta, truncation_delta_fraction,
               accountant, probe_every=0, releases_per_probe=0,
-              kappa=0.01) -> PrivacyPlan:
+              kappa=0.01, feedback=False,
+              feedback_fraction=0.1) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -182,9 +211,13 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
     raise ConfigError("privacy.truncation_delta_fraction must be in (0, 1),"
                       f" got {truncation_delta_fraction}")
   accounting.accountant_config(accountant)  # Validates the name.
+  if feedback and not 0 < feedback_fraction < 1:
+    raise ConfigError("hpo.feedback_epsilon_fraction must be in (0, 1), got"
+                      f" {feedback_fraction}")
   if probe_every and kappa <= 0:
     raise ConfigError(f"hyfree.kappa must be > 0, got {kappa}")
   return PrivacyPlan(schedule, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
                      truncation_delta_fraction * delta, accountant,
-                     probe_every, releases_per_probe, kappa)
+                     probe_every, releases_per_probe, kappa, feedback,
+                     feedback_fraction)

@@ -24,6 +24,8 @@ from fedsearch import data as data_lib
 from fedsearch import federated as fed
 from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
+from fedsearch import hyperparameters as hp_lib
+from fedsearch.hyperparameters import strategy as hp_strategy
 from fedsearch.privacy import auto_lr
 from fedsearch.runner.plan import NoiseMultipliers, PrivacyPlan, make_plan
 from fedsearch.runner.workdir import Workdir, write_atomic
@@ -99,7 +101,25 @@ def build_plan(config) -> PrivacyPlan:
                    probe_every=lr_config.probe_every if lr_config else 0,
                    releases_per_probe=(lr_config.releases_per_probe
                                        if lr_config else 0),
-                   kappa=config.hyfree.kappa)
+                   kappa=config.hyfree.kappa,
+                   feedback=config.hpo.strategy != "none",
+                   feedback_fraction=config.hpo.feedback_epsilon_fraction)
+
+
+def hpo_from(config):
+  """(strategy or None, pool {name: (P,) values} or None)."""
+  h = config.hpo
+  strategy = hp_strategy.make_strategy(
+      h.strategy, period=h.period, gamma=h.gamma, alpha=h.alpha,
+      fedex_step=h.fedex_step)
+  if strategy is None:
+    return None, None
+  space = hp_lib.space_from_dict(h.space.to_dict())
+  unknown = {p.name for p in space} - set(fed.TUNABLE)
+  if unknown:
+    raise ConfigError(f"hpo.space: {sorted(unknown)} cannot be tuned; allowed:"
+                      f" {list(fed.TUNABLE)}")
+  return strategy, hp_lib.draw_pool(space, h.pool_size, config.seed)
 
 
 def auto_lr_config(config, loss_noise_multiplier: float = 1.0
@@ -134,6 +154,8 @@ def client_config(config, sigmas: NoiseMultipliers) -> fed.ClientConfig:
       weight_decay=c.weight_decay, arch_learning_rate=c.arch_learning_rate,
       arch_weight_decay=c.arch_weight_decay, nan_safe=config.privacy.nan_safe,
       optimizer=c.optimizer, auto_clip_gamma=config.hyfree.gamma,
+      feedback_clip=config.hpo.feedback_clip,
+      feedback_noise_multiplier=sigmas.feedback,
       **({"auto_lr": lr_config} if lr_config else {}))
 
 
@@ -264,6 +286,19 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     return (genotype, derived_phase(genotype),
             to_derived_state(supernet_state, genotype))
 
+  strategy, pool = hpo_from(config)
+  hpo_state = (strategy.init(config.hpo.pool_size) if strategy else None)
+  feedback_size = max(map(len, federation.splits.val))
+
+  def hparams_for(ids):
+    # Host arrays, like the rest of RoundInputs: jit places them.
+    ids = np.asarray(ids)
+    return {name: np.asarray(values[ids], np.float32)
+            for name, values in pool.items()}
+
+  def checkpoint(state, hpo_state):
+    return {"server": state, "hpo": hpo_state} if strategy else state
+
   rounds_done = work.latest_round()
   genotype, state, phase = None, search_state, search
   if rounds_done > f.search_rounds or (rounds_done == f.search_rounds and
@@ -272,23 +307,44 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     phase = derived_phase(genotype)
     state = to_derived_state(search_state, genotype)
   if rounds_done:
-    state = work.restore_state(rounds_done, state)
+    restored = work.restore_state(rounds_done, checkpoint(state, hpo_state))
+    state, hpo_state = ((restored["server"], restored["hpo"]) if strategy
+                        else (restored, None))
     report(f"resuming after round {rounds_done}")
   metrics = [m for m in work.metrics() if m["round"] <= rounds_done]
 
   state = place(state)
   base_key = jax.random.key(config.seed + 1)
+  hpo_key = jax.random.key(config.seed + 2)
   for round_ in range(rounds_done, total_rounds):
     if round_ == f.search_rounds and genotype is None:
       genotype, phase, state = finish_search(state)
+    searching_hps = strategy is not None and phase.train_arch
     inputs = fed.round_inputs(
         federation.splits, plan.schedule[round_], seed=config.seed,
         round_=round_, steps=f.local_steps, sampling_rate=f.sampling_rate,
         batch_sizes=phase.batch_sizes, train_arch=phase.train_arch,
         train_on_all_local_data=not phase.train_arch,
-        client_multiple=phase.devices)
-    state, _ = phase.round_fn(state, federation.x, federation.y, inputs,
-                           base_key, round_)
+        client_multiple=phase.devices,
+        feedback_size=feedback_size if searching_hps else 0)
+    aggregate = True
+    if searching_hps:
+      hpo_state, ids, aggregate = strategy.choose(
+          hpo_state, jax.random.fold_in(hpo_key, round_),
+          len(inputs.client_ids))
+      aggregate = bool(aggregate)
+      inputs = inputs._replace(hparams=hparams_for(ids))
+    elif strategy is not None:  # Training: everyone uses the chosen config.
+      ids = jnp.full(len(inputs.client_ids), strategy.best(hpo_state))
+      inputs = inputs._replace(hparams=hparams_for(ids))
+    state, gains = phase.round_fn(state, federation.x, federation.y, inputs,
+                                  base_key, round_, aggregate)
+    if searching_hps:
+      # The gains come back sharded over the client mesh; the controller
+      # is small host-side work on the default device.
+      gains = np.asarray(gains)
+      hpo_state = strategy.update(hpo_state, np.asarray(ids), gains,
+                                  inputs.client_weights, aggregate)
     acc, loss = accuracy_and_loss(
         lambda x: phase.apply_fn(state.params["weights"],
                                  state.params["arch"], x),
@@ -297,6 +353,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     record = {"round": round_ + 1, "phase": phase.name,
               "monitor_accuracy": acc, "monitor_loss": loss, "epsilon": eps,
               "elapsed_s": time.time() - start}
+    if searching_hps:
+      weights = np.asarray(inputs.client_weights)
+      record["hp_measure_only"] = not bool(aggregate)
+      record["hp_mean_gain"] = float(
+          np.sum(weights * np.asarray(gains)) / np.sum(weights))
+      record["hp_best_index"] = int(strategy.best(hpo_state))
     if "carried" in state.params:
       lr_state = state.params["carried"]["auto_lr"]
       record["learning_rate"] = float(jnp.exp(lr_state.log_learning_rate))
@@ -305,7 +367,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     report(f"round {round_ + 1:3d}/{total_rounds} [{phase.name}] loss"
            f" {loss:.4f} acc {acc:.4f} ε {eps:.3f}")
     last_of_phase = round_ + 1 in (f.search_rounds, total_rounds)
-    work.save_state(round_ + 1, state, force=last_of_phase)
+    work.save_state(round_ + 1, checkpoint(state, hpo_state),
+                    force=last_of_phase)
     work.write_metrics(metrics)
     if stop_after_round is not None and round_ + 1 >= stop_after_round:
       work.close()
@@ -345,6 +408,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       "releases_of_most_exposed_client": {s.name: s.count for s in streams},
       "rounds": total_rounds,
       "devices": phase.devices,
+      **({"hyperparameters": {
+          "strategy": config.hpo.strategy,
+          "pool_size": config.hpo.pool_size,
+          "chosen_index": int(strategy.best(hpo_state)),
+          "chosen": {name: float(values[int(strategy.best(hpo_state))])
+                     for name, values in pool.items()},
+          "feedback_noise_multiplier": sigmas.feedback,
+          "feedback_clip": config.hpo.feedback_clip}} if strategy else {}),
       "wall_time_s": time.time() - start,
   }
   work.close()
