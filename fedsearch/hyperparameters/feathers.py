@@ -64,18 +64,25 @@ def choose(state: FeathersState, key, num_clients: int, *, period: int = 15,
   return new, ids, exploring
 
 
-def config_gains(config_ids: jax.Array, gains: jax.Array, weights: jax.Array,
-                 pool_size: int) -> tuple[jax.Array, jax.Array]:
-  """(Σ_{k: c_k=j} w_k gain_k with w normalised over the round, used mask)."""
-  w = weights / jnp.sum(weights)
-  one_hot = jax.nn.one_hot(config_ids, pool_size) * (weights > 0)[:, None]
-  return one_hot.T @ (w * gains), jnp.any(one_hot > 0, axis=0)
+def per_config_sums(config_ids: jax.Array, values: jax.Array,
+                    weights: jax.Array, pool_size: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """(Σ_{k: c_k=j} w_k·v_k, Σ_{k: c_k=j} w_k) for every configuration j.
+
+  Clients of weight 0 (padding) count for nothing.
+  """
+  weighted = jax.nn.one_hot(config_ids, pool_size) * weights[:, None]
+  return weighted.T @ values, weighted.sum(axis=0)
 
 
 def update(state: FeathersState, config_ids: jax.Array, gains: jax.Array,
            weights: jax.Array, *, alpha: float = 0.5) -> FeathersState:
   """Reward update after an exploration round (call only for those)."""
-  gain, used = config_gains(config_ids, gains, weights, state.rewards.shape[0])
+  # Weights normalised over the round's clients, as in FEATHERS's Σ_k w_k.
+  gain, used_weight = per_config_sums(config_ids, gains,
+                                      weights / jnp.sum(weights),
+                                      state.rewards.shape[0])
+  used = used_weight > 0
   rewards = jnp.where(used, state.rewards + alpha * (gain - state.rewards),
                       alpha * state.rewards)
   return state._replace(rewards=rewards)

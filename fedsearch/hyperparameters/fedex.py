@@ -13,6 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedsearch.hyperparameters.feathers import per_config_sums
+
 
 class FedExState(NamedTuple):
   probs: jax.Array  # (pool,) θ
@@ -39,9 +41,10 @@ def update(state: FedExState, config_ids: jax.Array, gains: jax.Array,
   explodes and none is lost for good.
   """
   w = weights / jnp.sum(weights)
-  one_hot = jax.nn.one_hot(config_ids, state.probs.shape[0]) * (weights > 0)[:, None]
   baseline = jnp.where(state.rounds > 0, state.baseline, jnp.sum(w * gains))
-  grad = (one_hot.T @ (w * (gains - baseline))) / state.probs
+  weighted_advantage, _ = per_config_sums(config_ids, gains - baseline, w,
+                                          state.probs.shape[0])
+  grad = weighted_advantage / state.probs
   logits = jnp.log(state.probs) + step_size * grad
   probs = jnp.maximum(jax.nn.softmax(logits), min_prob)
   probs = probs / jnp.sum(probs)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feathers, fedex
+from fedsearch.hyperparameters.feathers import per_config_sums
 
 
 class Strategy(NamedTuple):
@@ -33,10 +34,6 @@ class RandomSearchState(NamedTuple):
   weight_sums: jax.Array  # (pool,) Σ of the weights behind them
 
 
-def _weighted_one_hot(ids, weights, pool_size):
-  return jax.nn.one_hot(ids, pool_size) * weights[:, None]
-
-
 def random_search() -> Strategy:
   """Uniform draws every round; the best mean gain wins."""
   def init(pool_size):
@@ -48,9 +45,10 @@ def random_search() -> Strategy:
 
   def update(state, ids, gains, weights, aggregate):
     del aggregate
-    hot = _weighted_one_hot(ids, weights, state.gain_sums.shape[0])
-    return RandomSearchState(state.gain_sums + hot.T @ gains,
-                             state.weight_sums + hot.sum(axis=0))
+    gain_sums, weight_sums = per_config_sums(ids, gains, weights,
+                                             state.gain_sums.shape[0])
+    return RandomSearchState(state.gain_sums + gain_sums,
+                             state.weight_sums + weight_sums)
 
   def best(state):
     mean = jnp.where(state.weight_sums > 0,
