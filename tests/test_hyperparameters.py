@@ -8,17 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import default
 from fedsearch import hyperparameters as hp
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feathers, fedex, feedback
 
 
 def test_pool_is_reproducible_and_within_ranges():
-  a = hp.draw_pool(hp.FEATHERS_SPACE, 200, seed=3)
-  b = hp.draw_pool(hp.FEATHERS_SPACE, 200, seed=3)
+  # The main job's default space: FEATHERS's ranges.
+  space = hp.space_from_dict(default.get_config().hpo.space.to_dict())
+  a = hp.draw_pool(space, 200, seed=3)
+  b = hp.draw_pool(space, 200, seed=3)
   chex.assert_trees_all_equal(a, b)
   assert not np.array_equal(a["learning_rate"],
-                            hp.draw_pool(hp.FEATHERS_SPACE, 200, seed=4)["learning_rate"])
+                            hp.draw_pool(space, 200, seed=4)["learning_rate"])
   assert np.all((a["learning_rate"] >= 1e-3) & (a["learning_rate"] <= 1e-1))
   assert np.all((a["momentum"] >= 0.6) & (a["momentum"] <= 1.0))
   # Log scale: about half the draws below the geometric midpoint 1e-2.

@@ -5,6 +5,7 @@ from fedsearch.federated.client import ClientBatches
 from fedsearch.federated.client import ClientConfig
 from fedsearch.federated.client import OPTIMIZERS
 from fedsearch.federated.client import TUNABLE
+from fedsearch.federated.client import check_optimizer
 from fedsearch.federated.client import make_local_update
 from fedsearch.federated.round import RoundInputs
 from fedsearch.federated.round import client_mesh
@@ -21,7 +22,7 @@ from fedsearch.federated.server import weighted_average
 __all__ = [
     "Batches", "ClientBatches", "ClientConfig", "ClientSplits", "OPTIMIZERS",
     "RoundInputs", "TUNABLE",
-    "ServerState", "client_mesh", "client_schedule", "make_local_update",
+    "ServerState", "check_optimizer", "client_mesh", "client_schedule", "make_local_update",
     "make_round", "round_inputs", "server_init", "server_update",
     "split_clients", "weighted_average",
 ]

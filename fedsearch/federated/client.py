@@ -25,11 +25,16 @@ import optax
 
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feedback
-
 from fedsearch.privacy import auto_lr, clipped_grad_sum, private_optimizer
 from fedsearch.privacy.auto_lr import AutoLRConfig
 
 OPTIMIZERS = ("dpsgd", "hyfree")
+
+
+def check_optimizer(name: str) -> None:
+  if name not in OPTIMIZERS:
+    raise ConfigError(f"client.optimizer={name!r} is not allowed; choose one"
+                      f" of {list(OPTIMIZERS)}")
 
 
 class Batches(NamedTuple):
@@ -81,9 +86,7 @@ class ClientConfig:
   feedback_noise_multiplier: float = 1.0
 
   def __post_init__(self):
-    if self.optimizer not in OPTIMIZERS:
-      raise ConfigError(f"client.optimizer={self.optimizer!r} is not allowed;"
-                        f" choose one of {list(OPTIMIZERS)}")
+    check_optimizer(self.optimizer)
 
 
 def per_example_loss(apply_fn: Callable) -> Callable:
@@ -145,7 +148,7 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
                                config.arch_b2)))
     weights, arch = params["weights"], params["arch"]
     carried = params.get("carried")
-    eta = jnp.exp(carried["auto_lr"].log_learning_rate) if hyfree else 1.0
+    eta = carried["auto_lr"].learning_rate if hyfree else 1.0
 
     def probe(weights, arch, updates, train, step):
       def loss_at(step_size):

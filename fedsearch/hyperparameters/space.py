@@ -50,17 +50,6 @@ class Hyperparameter:
     return rng.uniform(self.low, self.high, size)
 
 
-# FEATHERS's ranges (Seng et al.): lr 10^U(-3,-1), weight decay 10^U(-6,-4),
-# momentum U(0.6, 1), arch lr 10^U(-4,-2), arch weight decay 10^U(-4,-2).
-FEATHERS_SPACE: tuple[Hyperparameter, ...] = (
-    Hyperparameter("learning_rate", "log", 1e-3, 1e-1),
-    Hyperparameter("weight_decay", "log", 1e-6, 1e-4),
-    Hyperparameter("momentum", "uniform", 0.6, 1.0),
-    Hyperparameter("arch_learning_rate", "log", 1e-4, 1e-2),
-    Hyperparameter("arch_weight_decay", "log", 1e-4, 1e-2),
-)
-
-
 def space_from_dict(spec: Mapping[str, Mapping]) -> tuple[Hyperparameter, ...]:
   """{name: {scale, low, high | choices}} -> space, with field-named errors."""
   space = []

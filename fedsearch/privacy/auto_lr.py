@@ -78,8 +78,12 @@ class AutoLRConfig:
 
 
 class AutoLRState(NamedTuple):
-  log_learning_rate: jax.Array  # log η: clients' fits are averaged in log space
+  log_learning_rate: jax.Array  # log η, so that η stays positive
   loss_clip: jax.Array  # R_l
+
+  @property
+  def learning_rate(self) -> jax.Array:
+    return jnp.exp(self.log_learning_rate)
 
 
 class ProbeReport(NamedTuple):
@@ -148,7 +152,7 @@ def next_learning_rate(eta, a, b, config: AutoLRConfig) -> jax.Array:
 def update(state: AutoLRState, probe_losses: jax.Array,
            config: AutoLRConfig) -> AutoLRState:
   """New state from privatised losses at η·probe_scales (post-processing)."""
-  eta = jnp.exp(state.log_learning_rate)
+  eta = state.learning_rate
   scales = jnp.asarray(config.probe_scales, jnp.float32)
   a, b = fit_quadratic(scales * eta, probe_losses)
   new_eta = next_learning_rate(eta, a, b, config)
@@ -166,7 +170,7 @@ def probe_losses(loss_at, state: AutoLRState, config: AutoLRConfig,
   `loss_at(step) -> (per_example_loss, padding, expected_batch)` evaluates
   the batch at θ + step·u.
   """
-  eta = jnp.exp(state.log_learning_rate)
+  eta = state.learning_rate
   keys = jax.random.split(key, config.releases_per_probe)
   values = []
   for s, k in zip(config.probe_scales, keys):

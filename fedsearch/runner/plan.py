@@ -113,18 +113,18 @@ class PrivacyPlan:
   def breakdown(self, sigmas: NoiseMultipliers) -> dict[str, float]:
     """ε of the gradients alone, of the loss probes alone, and of both."""
     rounds = len(self.schedule)
+    counts = self.counts(rounds)
     out = {"total": self.spent(sigmas, rounds),
            "gradients_only": self.spent(
                NoiseMultipliers(sigmas.gradient), rounds)}
     if self.feedback:
-      count = self.counts(rounds)["hp_feedback"]
+      count = counts["hp_feedback"]
       out["hp_feedback_only"] = accounting.epsilon(
           [accounting.ReleaseStream("hp_feedback", 1.0, count,
                                     sigmas.feedback)],
           self.accounting_delta, self.accountant)
     if self.probe_every:
-      probes = sum(v for k, v in self.counts(rounds).items()
-                   if k.startswith("probe"))
+      probes = sum(v for k, v in counts.items() if k.startswith("probe"))
       loss_only = sigmas.loss / math.sqrt(self.releases_per_probe)
       out["loss_probes_only"] = accounting.epsilon(
           [accounting.ReleaseStream("loss_probes", self.sampling_rate, probes,

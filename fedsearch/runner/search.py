@@ -125,9 +125,7 @@ def hpo_from(config):
 def auto_lr_config(config, loss_noise_multiplier: float = 1.0
                    ) -> auto_lr.AutoLRConfig | None:
   """HyFreeDP's learning-rate constants, or None for plain DP-SGD."""
-  if config.client.optimizer not in fed.OPTIMIZERS:
-    raise ConfigError(f"client.optimizer={config.client.optimizer!r} is not"
-                      f" allowed; choose one of {list(fed.OPTIMIZERS)}")
+  fed.check_optimizer(config.client.optimizer)
   if config.client.optimizer != "hyfree":
     return None
   h = config.hyfree
@@ -361,7 +359,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       record["hp_best_index"] = int(strategy.best(hpo_state))
     if "carried" in state.params:
       lr_state = state.params["carried"]["auto_lr"]
-      record["learning_rate"] = float(jnp.exp(lr_state.log_learning_rate))
+      record["learning_rate"] = float(lr_state.learning_rate)
       record["loss_clip"] = float(lr_state.loss_clip)
     metrics.append(record)
     report(f"round {round_ + 1:3d}/{total_rounds} [{phase.name}] loss"
@@ -382,6 +380,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       federation.test_y)
   work.save_final_weights(weights)
   streams = plan.streams(sigmas, total_rounds)
+  chosen = int(strategy.best(hpo_state)) if strategy else None
   summary = {
       "dataset": config.dataset,
       "partition": f"{f.partition}" + (f"(alpha={f.dirichlet_alpha})"
@@ -400,8 +399,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       "delta_truncation": plan.truncation_delta,
       "noise_multiplier": sigmas.gradient,
       **({"loss_noise_multiplier": sigmas.loss,
-          "final_learning_rate": float(jnp.exp(
-              state.params["carried"]["auto_lr"].log_learning_rate))}
+          "final_learning_rate": float(
+              state.params["carried"]["auto_lr"].learning_rate)}
          if plan.probe_every else {}),
       "optimizer": config.client.optimizer,
       "accountant": plan.accountant,
@@ -411,8 +410,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       **({"hyperparameters": {
           "strategy": config.hpo.strategy,
           "pool_size": config.hpo.pool_size,
-          "chosen_index": int(strategy.best(hpo_state)),
-          "chosen": {name: float(values[int(strategy.best(hpo_state))])
+          "chosen_index": chosen,
+          "chosen": {name: float(values[chosen])
                      for name, values in pool.items()},
           "feedback_noise_multiplier": sigmas.feedback,
           "feedback_clip": config.hpo.feedback_clip}} if strategy else {}),
