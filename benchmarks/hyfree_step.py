@@ -9,7 +9,6 @@ the target is <= 1.1.
   python -m benchmarks.hyfree_step [--batch=256] [--repeats=20]
 """
 
-import platform
 import statistics
 import time
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import reporting
 from experiments.configs import default
 from fedsearch import data, federated as fed, search_space as ss
 from fedsearch.privacy import auto_lr
@@ -61,9 +61,8 @@ def main(argv):
                                  {"weights": weights, "arch": arch}, True),
   }
   lr_config = auto_lr.AutoLRConfig(probe_every=steps)
-  print(f"{time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}"
-        f" {jax.devices()[0].platform} x{len(jax.devices())} jax {jax.__version__};"
-        f" batch {batch}, {steps} steps per call, K={steps}")
+  print(f"{reporting.machine_line()}; batch {batch}, {steps} steps per call,"
+        f" K={steps}")
   print("| model | DP-SGD ms/step | HyFreeDP ms/step | ratio |")
   print("|---|---|---|---|")
   for name, (apply_fn, params, train_arch) in cases.items():

@@ -10,16 +10,10 @@ the same accountant (its share of ε in the last column).
 Appends the markdown table to --out (default: print only).
 """
 
-import pathlib
-import platform
-import tempfile
-import time
-
-import jax
 from absl import app, flags
 
+from experiments import reporting
 from experiments.configs import default
-from fedsearch import runner
 from fedsearch.errors import ConfigError, DataFileError
 
 _PRESET = flags.DEFINE_enum(
@@ -67,8 +61,7 @@ def main(argv):
   try:
     for strategy in _STRATEGIES.value:
       config = preset_config(_PRESET.value, strategy)
-      with tempfile.TemporaryDirectory() as workdir:
-        s = runner.run(config, workdir, report=lambda _: None)
+      s = reporting.run_in_scratch(config)
       chosen = s.get("hyperparameters", {}).get("chosen", {
           "learning_rate": config.client.learning_rate,
           "arch_learning_rate": config.client.arch_learning_rate})
@@ -85,8 +78,7 @@ def main(argv):
       f" {base.federated.partition} clients, (ε, δ) = ({base.privacy.epsilon},"
       f" {base.privacy.delta}), seed {_SEED.value}",
       "",
-      f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()},"
-      f" {jax.devices()[0].platform} x{len(jax.devices())}, jax {jax.__version__}",
+      reporting.machine_line(),
       "",
       "| hyperparameters | test accuracy | total ε | ε of feedback alone |"
       " client lr | arch lr | wall s |",
@@ -100,13 +92,7 @@ def main(argv):
         f"| {label[strategy]} | {100 * acc:.1f} % | {eps:.3f} | {fb} |"
         f" {chosen['learning_rate']:.3g} | {chosen['arch_learning_rate']:.3g} |"
         f" {wall:.0f} |")
-  table = "\n".join(lines + [""])
-  print(table)
-  if _OUT.value:
-    path = pathlib.Path(_OUT.value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-      f.write(table + "\n")
+  reporting.emit("\n".join(lines + [""]), _OUT.value)
 
 
 if __name__ == "__main__":

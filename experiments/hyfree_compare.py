@@ -13,16 +13,11 @@ Writes the markdown table to --out (default: print only).
 """
 
 import dataclasses
-import pathlib
-import platform
-import tempfile
-import time
 
-import jax
 from absl import app, flags
 
+from experiments import reporting
 from experiments.configs import default
-from fedsearch import runner
 from fedsearch.errors import ConfigError, DataFileError
 from fedsearch.privacy import accounting
 from fedsearch.runner import search as search_lib
@@ -64,11 +59,6 @@ class Row:
   wall_s: float
 
 
-def run_one(config) -> dict:
-  with tempfile.TemporaryDirectory() as workdir:
-    return runner.run(config, workdir, report=lambda _: None)
-
-
 def grid_epsilon(config, runs: int) -> float:
   """ε of `runs` runs of this schedule on the same data, composed."""
   plan = search_lib.build_plan(config)
@@ -86,7 +76,7 @@ def main(argv):
     for lr in _GRID.value:
       config = preset_config(_PRESET.value)
       config.client.learning_rate = float(lr)
-      s = run_one(config)
+      s = reporting.run_in_scratch(config)
       rows.append(Row("DP-SGD", f"lr {lr}", s["test_accuracy"], s["epsilon"],
                       None, s["wall_time_s"]))
       print(rows[-1], flush=True)
@@ -94,7 +84,7 @@ def main(argv):
       config = preset_config(_PRESET.value)
       config.client.optimizer = "hyfree"
       config.hyfree.initial_learning_rate = eta0
-      s = run_one(config)
+      s = reporting.run_in_scratch(config)
       rows.append(Row("HyFreeDP", f"η0 {eta0:g}, K {config.hyfree.probe_every},"
                       f" κ {config.hyfree.kappa}", s["test_accuracy"],
                       s["epsilon"], s["final_learning_rate"], s["wall_time_s"]))
@@ -108,8 +98,7 @@ def main(argv):
       f"### {_PRESET.value} at (ε, δ) = ({base.privacy.epsilon},"
       f" {base.privacy.delta}), seed {_SEED.value}",
       "",
-      f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()},"
-      f" {jax.devices()[0].platform} x{len(jax.devices())}, jax {jax.__version__}",
+      reporting.machine_line(),
       "",
       "| method | setting | test accuracy | ε of this run | final η | wall s |",
       "|---|---|---|---|---|---|",
@@ -121,13 +110,7 @@ def main(argv):
   lines += ["", f"Best grid point: {best.setting} ({100 * best.accuracy:.1f} %)."
             f" Choosing it costs the whole grid: {len(_GRID.value)} private runs"
             f" composed spend ε = {grid_eps:.2f}, not {base.privacy.epsilon}.", ""]
-  table = "\n".join(lines)
-  print(table)
-  if _OUT.value:
-    path = pathlib.Path(_OUT.value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-      f.write(table + "\n")
+  reporting.emit("\n".join(lines), _OUT.value)
 
 
 if __name__ == "__main__":

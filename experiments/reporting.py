@@ -1,0 +1,32 @@
+"""What the comparison scripts share: scratch runs, the machine line, output."""
+
+import pathlib
+import platform
+import tempfile
+import time
+
+import jax
+
+from fedsearch import runner
+
+
+def run_in_scratch(config) -> dict:
+  """One whole main-job run in a throw-away workdir; returns its summary."""
+  with tempfile.TemporaryDirectory() as workdir:
+    return runner.run(config, workdir, report=lambda _: None)
+
+
+def machine_line() -> str:
+  """Date, processor, backend and device count, jax version."""
+  return (f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()},"
+          f" {jax.devices()[0].platform} x{len(jax.devices())}, jax {jax.__version__}")
+
+
+def emit(table: str, out: str) -> None:
+  """Prints the table and, if `out` is set, appends it to that file."""
+  print(table)
+  if out:
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+      f.write(table + "\n")
