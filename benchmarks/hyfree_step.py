@@ -54,7 +54,7 @@ def main(argv):
   model = ss.derived_model(space, genotype)
   cases = {
       "derived model (train step)": (
-          lambda w, a, xb: model.apply({"params": w}, xb),
+          lambda w, a, xb, key=None: model.apply({"params": w}, xb),
           {"weights": ss.extract_weights(weights, space, genotype, x.shape[1:]),
            "arch": {}}, False),
       "supernet (search step)": (ss.supernet_apply(space),

@@ -94,7 +94,7 @@ def test_exported_model_reloads_and_reproduces_the_test_accuracy(tmp_path):
   space = ss.SearchSpace(**summary["space"])
   model = ss.derived_model(space, genotype)
   like = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1)))["params"]
-  weights = runner.load_final_weights(tmp_path, like)
+  weights = runner.load_weights(tmp_path, like)
   ds = load_dataset("digits")
   logits = model.apply({"params": weights},
                        normalize("digits", ds.test_x, ds.pixel_max))
@@ -118,8 +118,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   genotype = ss.Genotype.from_json((tmp_path / "a" / "genotype.json").read_text())
   model = ss.derived_model(ss.SearchSpace(**straight["space"]), genotype)
   like = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1)))["params"]
-  chex.assert_trees_all_equal(runner.load_final_weights(tmp_path / "a", like),
-                              runner.load_final_weights(tmp_path / "b", like))
+  chex.assert_trees_all_equal(runner.load_weights(tmp_path / "a", like),
+                              runner.load_weights(tmp_path / "b", like))
 
 
 def test_refuses_a_noise_multiplier_that_overspends(tmp_path):

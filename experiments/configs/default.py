@@ -32,6 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
   # with flatten); DPNAS's gap head is for 32x32 inputs.
   config.space.head = "flatten"  # gap | flatten
 
+  # Architecture search strategy (fedsearch/search_space/strategies.py):
+  # darts: the mixture supernet, alternating DARTS steps, then retraining
+  # (train_rounds). one_stage: Direct Federated NAS, one sampled child per
+  # client step, the most likely child deployed with its trained weights;
+  # train_rounds is then an optional DP fine-tune.
+  config.nas = ml_collections.ConfigDict()
+  config.nas.strategy = "darts"  # darts | one_stage
+
   config.federated = ml_collections.ConfigDict()
   config.federated.num_clients = 10
   config.federated.clients_per_round = 10

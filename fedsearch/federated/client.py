@@ -7,6 +7,15 @@ train split. Both steps are DP-SGD steps: per-example clipped gradient sum,
 Gaussian noise of std σC, mean over the expected batch size, then the
 optimiser. Nothing else computed from the client's data leaves this function.
 
+One-stage strategies (`one_stage=True`, Direct Federated NAS) instead take
+one joint step per local step on the train batch: the per-example gradient
+of (weights, architecture) is clipped as one vector and noised once, so a
+step is one Gaussian release with multiplier σ. The architecture part enters
+the clipping scaled by C/C_a, so after the shared noise N(0, (σC)²) is
+divided back it carries std σ·C_a, as in the alternating form. Every step's
+model may be a sampled child: it is drawn from the step's own key (per
+client, per step).
+
 With `optimizer="hyfree"` the weight steps are HyFreeDP's: automatic
 clipping, the base optimiser at unit learning rate, and a step size η from
 `privacy.auto_lr`. Every K global steps a client releases privatised loss
@@ -90,26 +99,29 @@ class ClientConfig:
 
 
 def per_example_loss(apply_fn: Callable) -> Callable:
-  def loss(weights, arch, x, y):
-    logits = apply_fn(weights, arch, x)
+  def loss(weights, arch, x, y, key):
+    logits = apply_fn(weights, arch, x, key)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
   return loss
 
 
 def cross_entropy_loss(apply_fn: Callable) -> Callable:
   per_example = per_example_loss(apply_fn)
-  return lambda weights, arch, x, y: per_example(weights, arch, x, y).mean()
+  return lambda *args: per_example(*args).mean()
 
 
 def make_local_update(apply_fn: Callable, config: ClientConfig,
-                      train_arch: bool) -> Callable:
+                      train_arch: bool, one_stage: bool = False) -> Callable:
   """Builds `local_update(params, batches, key, expected_batch, first_step)`.
 
   Args:
-    apply_fn: `apply_fn(weights, arch_params, x) -> logits`.
+    apply_fn: `apply_fn(weights, arch_params, x, key) -> logits`; `key` is
+      the step's (a sampled child is drawn from it; others ignore it).
     config: local hyperparameters and DP constants.
     train_arch: whether the architecture parameters are trained (search
       phase) or left as they are (training a derived model).
+    one_stage: with `train_arch`, update weights and architecture jointly on
+      the train batch (see the module docstring); `batches.val` is unused.
 
   `params` is {'weights': ..., 'arch': ...} (plus {'carried': {'auto_lr':
   ...}} for HyFreeDP); `expected_batch` is (train, val, feedback) floats: q
@@ -128,12 +140,21 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
                                  "auto" if hyfree else "flat",
                                  config.auto_clip_gamma)
   arch_grad = clipped_grad_sum(loss, 1, config.arch_clip_norm, config.nan_safe)
+  arch_scale = config.clip_norm / config.arch_clip_norm
+  scale = lambda tree, factor: jax.tree.map(lambda a: a * factor, tree)
+  joint_grad = clipped_grad_sum(
+      lambda w, scaled_arch, *rest: loss(w, scale(scaled_arch, arch_scale),
+                                         *rest),
+      (0, 1), config.clip_norm, config.nan_safe,
+      "auto" if hyfree else "flat", config.auto_clip_gamma)
+  alternating_arch = train_arch and not one_stage
   weight_stddev = config.noise_multiplier * config.clip_norm
   arch_stddev = config.noise_multiplier * config.arch_clip_norm
 
   def local_update(params, batches: ClientBatches, key, expected_batch,
                    first_step, hparams=None):
-    weight_key, arch_key, probe_key, feedback_key = jax.random.split(key, 4)
+    (weight_key, arch_key, probe_key, feedback_key, model_key,
+     feedback_model_key) = jax.random.split(key, 6)
     h = {name: getattr(config, name) for name in TUNABLE}
     h.update(hparams or {})
     weight_opt = private_optimizer(
@@ -150,25 +171,33 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
     carried = params.get("carried")
     eta = carried["auto_lr"].learning_rate if hyfree else 1.0
 
-    def probe(weights, arch, updates, train, step):
+    def probe(weights, arch, updates, train, step, step_key):
       def loss_at(step_size):
         moved = optax.apply_updates(
             weights, jax.tree.map(lambda u: step_size * u, updates))
-        return (example_losses(moved, arch, train.x, train.y), train.padding,
-                expected_batch[0])
+        return (example_losses(moved, arch, train.x, train.y, step_key),
+                train.padding, expected_batch[0])
       return auto_lr.probe_losses(loss_at, carried["auto_lr"], lr_config,
                                   jax.random.fold_in(probe_key, step))
 
     def step(carry, batch):
       weights, arch, weight_state, arch_state, report, index = carry
       train, val = batch
-      if train_arch:
-        g = arch_grad(weights, arch, val.x, val.y,
+      step_key = jax.random.fold_in(model_key, index)
+      if alternating_arch:
+        g = arch_grad(weights, arch, val.x, val.y, step_key,
                       is_padding_example=val.padding)
         updates, arch_state = arch_opt.update(g, arch_state, arch)
         arch = optax.apply_updates(arch, updates)
-      g = weight_grad(weights, arch, train.x, train.y,
-                      is_padding_example=train.padding)
+      if train_arch and one_stage:
+        g, scaled_arch_g = joint_grad(
+            weights, scale(arch, 1 / arch_scale), train.x, train.y, step_key,
+            is_padding_example=train.padding)
+        arch_updates, arch_state = arch_opt.update(
+            scale(scaled_arch_g, 1 / arch_scale), arch_state, arch)
+      else:
+        g = weight_grad(weights, arch, train.x, train.y, step_key,
+                        is_padding_example=train.padding)
       updates, weight_state = weight_opt.update(g, weight_state, weights)
       if hyfree:
         global_step = first_step + index
@@ -177,17 +206,19 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
         report = jax.lax.cond(
             global_step % lr_config.probe_every == 0,
             lambda: auto_lr.ProbeReport(
-                probe(weights, arch, updates, train, global_step),
+                probe(weights, arch, updates, train, global_step, step_key),
                 jnp.ones_like(report.probed)),
             lambda: report)
         updates = jax.tree.map(lambda u: eta * u, updates)
       weights = optax.apply_updates(weights, updates)
+      if train_arch and one_stage:
+        arch = optax.apply_updates(arch, arch_updates)
       return (weights, arch, weight_state, arch_state, report, index + 1), None
 
     report = carried["report"] if hyfree else None
     carry = (weights, arch, weight_opt.init(weights), arch_opt.init(arch),
              report, jnp.int32(0))
-    xs = (batches.train, batches.val if train_arch else None)
+    xs = (batches.train, batches.val if alternating_arch else None)
     (weights, arch, _, _, report, _), _ = jax.lax.scan(step, carry, xs)
     new = {"weights": weights, "arch": arch}
     if hyfree:
@@ -195,9 +226,12 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
     gain = None
     if batches.feedback is not None:
       fb = batches.feedback
+      # Before and after are measured on the same child.
       gain = feedback.privatized_gain(
-          example_losses(params["weights"], params["arch"], fb.x, fb.y),
-          example_losses(weights, arch, fb.x, fb.y), fb.padding,
+          example_losses(params["weights"], params["arch"], fb.x, fb.y,
+                         feedback_model_key),
+          example_losses(weights, arch, fb.x, fb.y, feedback_model_key),
+          fb.padding,
           config.feedback_clip, config.feedback_noise_multiplier,
           feedback_key, expected_batch[2])
     return new, gain

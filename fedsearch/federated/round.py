@@ -1,6 +1,9 @@
 """One federated round, vectorised over clients and sharded over devices.
 
-The m sampled clients run `local_update` under `jax.vmap`; with a mesh, the
+The m sampled clients run `local_update` under `jax.vmap` (or, when clients
+run different programs, e.g. each its own sampled child, in sequence with
+`lax.map`: a vmapped `lax.switch` on a per-client index would compute every
+branch); with a mesh, the
 client axis is also split over the mesh's `clients` axis with `jax.shard_map`
 (each device vmaps over its share), and the weighted average over clients
 becomes a cross-device reduction. Results equal the single-device round to
@@ -50,13 +53,16 @@ def client_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
 def make_round(local_update: Callable, server_optimizer: optax.GradientTransformation,
                mesh: jax.sharding.Mesh | None = None,
-               update_carried: Callable | None = None) -> Callable:
+               update_carried: Callable | None = None,
+               shared_program: bool = True) -> Callable:
   """Returns jitted `round_fn(state, x, y, inputs, base_key, round, aggregate)`.
 
   It returns (new state, per-client privatised gains or None).
 
   `update_carried`, if given, maps the aggregated `params['carried']` to its
   next value on the server (e.g. HyFreeDP's learning-rate fit).
+  `shared_program=False` maps the clients of a device in sequence (see the
+  module docstring).
 
   `x`, `y` are all examples, device-resident; the round gathers its batches
   from them by index, so only indices cross from the host each round.
@@ -67,7 +73,10 @@ def make_round(local_update: Callable, server_optimizer: optax.GradientTransform
       new, gain = local_update(params, batches, key, expected, first_step,
                                hparams)
       return jax.tree.map(jnp.subtract, new, params), gain
-    return jax.vmap(one_client)(batches, keys, expected, hparams)
+    if shared_program:
+      return jax.vmap(one_client)(batches, keys, expected, hparams)
+    return jax.lax.map(lambda args: one_client(*args),
+                       (batches, keys, expected, hparams))
 
   all_deltas = client_deltas
   if mesh is not None:

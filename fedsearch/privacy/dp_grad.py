@@ -41,16 +41,19 @@ def auto_clip_transform(clip_norm: float, gamma: float) -> Callable:
   return transform
 
 
-def clipped_grad_sum(loss_fn: Callable, argnums: int, clip_norm: float,
+def clipped_grad_sum(loss_fn: Callable, argnums: int | tuple[int, ...],
+                     clip_norm: float,
                      nan_safe: bool = True, clipping: str = "flat",
                      gamma: float = 0.01
                      ) -> jax_privacy.clipping.BoundedSensitivityCallable:
   """Sum over the batch of per-example gradients clipped to `clip_norm`.
 
   Args:
-    loss_fn: `loss_fn(weights, arch_params, x, y) -> scalar` mean loss of a
-      batch; it is called on batches of one example.
-    argnums: 0 differentiates the weights, 1 the architecture parameters.
+    loss_fn: `loss_fn(weights, arch_params, x, y, *rest) -> scalar` mean
+      loss of a batch; it is called on batches of one example (`rest`, e.g.
+      the step's model key, is shared by the batch).
+    argnums: 0 differentiates the weights, 1 the architecture parameters,
+      (0, 1) both, clipped as one vector.
     clip_norm: per-example L2 bound C (the sensitivity of the sum).
     nan_safe: see the module docstring.
     clipping: "flat" (min(1, C/‖g‖)) or "auto" (C/(‖g‖+γ)).

@@ -2,6 +2,6 @@
 
 from fedsearch.runner.plan import PrivacyPlan
 from fedsearch.runner.search import run
-from fedsearch.runner.workdir import load_final_weights
+from fedsearch.runner.workdir import load_weights
 
-__all__ = ["PrivacyPlan", "load_final_weights", "run"]
+__all__ = ["PrivacyPlan", "load_weights", "run"]

@@ -10,7 +10,9 @@ a given σ against it, and says what ε has been spent after any round.
 Releases per participation of a client, all Poisson(q)-subsampled Gaussians
 on its own examples:
   search phase: `local_steps` weight steps (train split) and `local_steps`
-    architecture steps (validation split);
+    architecture steps (validation split), or, for one-stage strategies
+    (`arch_steps=False`), `local_steps` joint steps, whose architecture
+    gradient is part of the weight step's release;
   training phase: `local_steps` weight steps (all local data).
 With HyFreeDP, a weight step whose global index is a multiple of K also
 releases `releases_per_probe` privatised losses of the same batch; that step
@@ -59,6 +61,7 @@ class PrivacyPlan:
   kappa: float = 0.01
   feedback: bool = False  # a hyperparameter gain per search participation
   feedback_fraction: float = 0.1  # share of ε the feedback may spend
+  arch_steps: bool = True  # separate architecture releases while searching
 
   @property
   def accounting_delta(self) -> float:
@@ -74,8 +77,8 @@ class PrivacyPlan:
       probes = sum(1 for g in range(first, first + self.local_steps)
                    if self.probe_every and g % self.probe_every == 0)
       search = round_ < self.search_rounds
-      row = ([self.local_steps - probes, probes, self.local_steps, 0, 0,
-              int(self.feedback)]
+      row = ([self.local_steps - probes, probes,
+              self.local_steps * self.arch_steps, 0, 0, int(self.feedback)]
              if search else [0, 0, 0, self.local_steps - probes, probes, 0])
       per_client[self.schedule[round_]] += row
     return dict(zip(kinds, per_client.max(axis=0).tolist()))
@@ -183,7 +186,8 @@ class PrivacyPlan:
     """Poisson batches drawn in the whole run (all clients, all streams)."""
     m = self.schedule.shape[1]
     train_rounds = len(self.schedule) - self.search_rounds
-    return m * self.local_steps * (2 * self.search_rounds + train_rounds)
+    return m * self.local_steps * ((1 + self.arch_steps) * self.search_rounds
+                                    + train_rounds)
 
   def padded_batch_size(self, split_sizes) -> int:
     """Static batch size for Poisson batches over splits of these sizes.
@@ -200,7 +204,7 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               num_clients, epsilon, delta, truncation_delta_fraction,
               accountant, probe_every=0, releases_per_probe=0,
               kappa=0.01, feedback=False,
-              feedback_fraction=0.1) -> PrivacyPlan:
+              feedback_fraction=0.1, arch_steps=True) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -220,4 +224,4 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
                      truncation_delta_fraction * delta, accountant,
                      probe_every, releases_per_probe, kappa, feedback,
-                     feedback_fraction)
+                     feedback_fraction, arch_steps)

@@ -1,11 +1,15 @@
 """The main job: a federated DP architecture search ending in a trained model.
 
 Phase 1 (search rounds): clients train the supernet's weights and the
-architecture logits (first-order DARTS, both DP). Phase 2 (train rounds): the
-genotype derived from the aggregated logits is fixed and its model, starting
-from the supernet's weights, is trained by DP FedAvg. Both phases draw on one
-privacy budget calibrated before round one. Test data is read once, at the
-end, for the report.
+architecture parameters, both DP, with the strategy `nas.strategy` names
+(`search_space/strategies.py`): the DARTS mixture (alternating first-order
+DARTS steps) or one-stage sampled children (Direct Federated NAS). At its end
+the derived genotype is deployed with the weights it already has
+(`deployed_weights/`). Phase 2 (train rounds, optional for one-stage): the
+genotype is fixed and its model, starting from those weights, is trained by
+DP FedAvg (retraining for DARTS, a fine-tune for one-stage). Both phases draw
+on one privacy budget calibrated before round one. Test data is read once,
+at the end, for the report of both the deployed and the final model.
 """
 
 import dataclasses
@@ -28,7 +32,8 @@ from fedsearch import hyperparameters as hp_lib
 from fedsearch.hyperparameters import strategy as hp_strategy
 from fedsearch.privacy import auto_lr
 from fedsearch.runner.plan import NoiseMultipliers, PrivacyPlan, make_plan
-from fedsearch.runner.workdir import Workdir, write_atomic
+from fedsearch.runner.workdir import Workdir, load_weights, write_atomic
+from fedsearch.search_space import strategies
 
 # FedAvg(M) with server momentum, or FedAdam (Reddi et al. 2021).
 _SERVER_OPTIMIZERS = {
@@ -103,7 +108,14 @@ def build_plan(config) -> PrivacyPlan:
                                        if lr_config else 0),
                    kappa=config.hyfree.kappa,
                    feedback=config.hpo.strategy != "none",
-                   feedback_fraction=config.hpo.feedback_epsilon_fraction)
+                   feedback_fraction=config.hpo.feedback_epsilon_fraction,
+                   arch_steps=not nas_strategy_is_one_stage(config))
+
+
+def nas_strategy_is_one_stage(config) -> bool:
+  # Traits are static per strategy; a throwaway space reads them.
+  return strategies.make_strategy(config.nas.strategy,
+                                  ss.SearchSpace()).one_stage
 
 
 def hpo_from(config):
@@ -191,24 +203,37 @@ def accuracy_and_loss(predict: Callable, x, y, batch: int = 1024):
 
 
 class _Phase:
-  """What differs between search and training: model, round, inputs."""
+  """What differs between search and training: model, round, inputs.
 
-  def __init__(self, name, apply_fn, train_arch, config, sigmas,
-               mesh, plan, splits):
+  `strategy` is the architecture search strategy while searching, None once
+  the genotype is fixed (`apply_fn` is then the derived model).
+  """
+
+  def __init__(self, name, apply_fn, strategy, config, sigmas, mesh, plan,
+               splits):
     self.name = name
-    self.apply_fn = jax.jit(apply_fn)
-    self.train_arch = train_arch
+    self.train_arch = strategy is not None
+    one_stage = self.train_arch and strategy.one_stage
+    self.predict_fn = jax.jit(strategy.predict if strategy else apply_fn)
+    # Alternating strategies step the architecture on validation batches.
+    self.val_batches = self.train_arch and not one_stage
+    # Without architecture steps the validation split is free for the
+    # weights, unless the hyperparameter feedback reads it.
+    self.all_local_data = not self.train_arch or (
+        one_stage and config.hpo.strategy == "none")
     clients = client_config(config, sigmas)
     self.round_fn = fed.make_round(
-        fed.make_local_update(apply_fn, clients, train_arch),
+        fed.make_local_update(apply_fn, clients, self.train_arch, one_stage),
         server_optimizer(config), mesh,
         (functools.partial(auto_lr.apply_report, config=clients.auto_lr)
-         if clients.optimizer == "hyfree" else None))
-    if train_arch:
-      self.batch_sizes = (plan.padded_batch_size(map(len, splits.train)),
-                          plan.padded_batch_size(map(len, splits.val)))
-    else:
-      self.batch_sizes = (plan.padded_batch_size(splits.sizes()), 1)
+         if clients.optimizer == "hyfree" else None),
+        shared_program=strategy.shared_program if strategy else True)
+    train_sizes = (splits.sizes() if self.all_local_data
+                   else list(map(len, splits.train)))
+    self.batch_sizes = (
+        plan.padded_batch_size(train_sizes),
+        plan.padded_batch_size(map(len, splits.val)) if self.val_batches
+        else 1)
     self.devices = 1 if mesh is None else mesh.size
 
 
@@ -238,8 +263,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   mesh = make_mesh(config)
   f = config.federated
   total_rounds = f.search_rounds + f.train_rounds
-  search = _Phase("search", ss.supernet_apply(space), True, config, sigmas,
-                  mesh, plan, federation.splits)
+  nas = strategies.make_strategy(config.nas.strategy, space)
+  search = _Phase("search", nas.apply, nas, config, sigmas, mesh, plan,
+                  federation.splits)
   loss_sigma = (f", loss probes σ_l={sigmas.loss:.4f}"
                 if plan.probe_every else "")
   report(f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for (ε, δ)=({plan.epsilon},"
@@ -252,13 +278,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
              if plan.probe_every else {})
   search_state = fed.server_init(
       {"weights": ss.init_supernet(space, init_key, federation.input_shape),
-       "arch": ss.init_arch_params(space, key=arch_key), **carried},
+       "arch": nas.init(arch_key), **carried},
       server_opt)
 
   def derived_phase(genotype):
-    model = ss.derived_model(space, genotype)
-    return _Phase("train", lambda w, a, x: model.apply({"params": w}, x),
-                  False, config, sigmas, mesh, plan, federation.splits)
+    return _Phase("train", ss.derived_apply(space, genotype), None, config,
+                  sigmas, mesh, plan, federation.splits)
 
   def place(server_state):
     # Restored or freshly built arrays may be committed to one device; the
@@ -278,11 +303,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                  server_opt))
 
   def finish_search(supernet_state):
-    genotype = ss.derive(supernet_state.params["arch"], space)
+    genotype = nas.derive(supernet_state.params["arch"])
+    state = to_derived_state(supernet_state, genotype)
+    # Weights first: a genotype file on disk means the deployment is complete.
+    work.save_weights("deployed", state.params["weights"])
     write_atomic(work.genotype_file, genotype.to_json())
     report(f"derived genotype: {genotype.edges}")
-    return (genotype, derived_phase(genotype),
-            to_derived_state(supernet_state, genotype))
+    return genotype, derived_phase(genotype), state
 
   strategy, pool = hpo_from(config)
   hpo_state = (strategy.init(config.hpo.pool_size) if strategy else None)
@@ -321,8 +348,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     inputs = fed.round_inputs(
         federation.splits, plan.schedule[round_], seed=config.seed,
         round_=round_, steps=f.local_steps, sampling_rate=f.sampling_rate,
-        batch_sizes=phase.batch_sizes, train_arch=phase.train_arch,
-        train_on_all_local_data=not phase.train_arch,
+        batch_sizes=phase.batch_sizes, train_arch=phase.val_batches,
+        train_on_all_local_data=phase.all_local_data,
         client_multiple=phase.devices,
         feedback_size=feedback_size if searching_hps else 0)
     aggregate = True
@@ -344,8 +371,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       hpo_state = strategy.update(hpo_state, np.asarray(ids), gains,
                                   inputs.client_weights, aggregate)
     acc, loss = accuracy_and_loss(
-        lambda x: phase.apply_fn(state.params["weights"],
-                                 state.params["arch"], x),
+        lambda x: phase.predict_fn(state.params["weights"],
+                                   state.params["arch"], x),
         federation.monitor_x, federation.monitor_y)
     eps = plan.spent(sigmas, round_ + 1)
     record = {"round": round_ + 1, "phase": phase.name,
@@ -375,10 +402,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   if genotype is None:  # No training rounds: deploy the supernet's weights.
     genotype, phase, state = finish_search(state)
   weights = state.params["weights"]
-  test_acc, test_loss = accuracy_and_loss(
-      lambda x: phase.apply_fn(weights, {}, x), federation.test_x,
+  test_on = lambda w: accuracy_and_loss(
+      lambda x: phase.predict_fn(w, {}, x), federation.test_x,
       federation.test_y)
-  work.save_final_weights(weights)
+  test_acc, test_loss = test_on(weights)
+  deployed_acc, _ = test_on(load_weights(work.path, weights, "deployed"))
+  work.save_weights("final", weights)
   streams = plan.streams(sigmas, total_rounds)
   chosen = int(strategy.best(hpo_state)) if strategy else None
   summary = {
@@ -389,6 +418,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       "clients_per_round": f.clients_per_round,
       "genotype": json.loads(genotype.to_json()),
       "space": space.to_dict(),
+      "input_shape": list(federation.input_shape),
+      "nas_strategy": config.nas.strategy,
+      # The derived model with the weights the search left it, before any
+      # training round, and the ε spent up to then.
+      "deployed_test_accuracy": deployed_acc,
+      "deployed_epsilon": plan.spent(sigmas, f.search_rounds),
       "model_parameters": int(sum(x.size for x in jax.tree.leaves(weights))),
       "test_accuracy": test_acc,
       "test_loss": test_loss,

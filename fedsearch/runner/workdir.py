@@ -5,6 +5,8 @@ Layout:
   checkpoints/<r>/   server state after r finished rounds (orbax)
   genotype.json      the derived genotype, once the search phase is over
   metrics.jsonl      one line per finished round
+  deployed_weights/  the derived model's weights as the search left them
+                     (before any training rounds), with genotype.json
   final_weights/     the derived model's weights (orbax), at the end
   summary.json       written last: its presence marks a finished run
 Every file is written under a temporary name and renamed, and orbax
@@ -78,8 +80,9 @@ class Workdir:
     write_atomic(self.path / "metrics.jsonl",
                  "".join(json.dumps(m) + "\n" for m in records))
 
-  def save_final_weights(self, weights) -> None:
-    target = self.path / "final_weights"
+  def save_weights(self, which: str, weights) -> None:
+    """Writes `{which}_weights/` (which: deployed | final)."""
+    target = self.path / f"{which}_weights"
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target, weights, force=True)
     checkpointer.wait_until_finished()
@@ -89,8 +92,8 @@ class Workdir:
     self._checkpoints.close()
 
 
-def load_final_weights(path, like):
-  """Restores weights written by `save_final_weights` into `like`'s structure."""
+def load_weights(path, like, which: str = "final"):
+  """Restores weights written by `save_weights` into `like`'s structure."""
   return ocp.StandardCheckpointer().restore(
-      pathlib.Path(path).absolute() / "final_weights",
+      pathlib.Path(path).absolute() / f"{which}_weights",
       jax.tree.map(ocp.utils.to_shape_dtype_struct, like))

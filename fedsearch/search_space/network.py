@@ -1,7 +1,11 @@
 """The supernet and the standalone models derived from it, as one Flax module.
 
 `CellNetwork(space)` is the supernet: every edge computes the mixture
-sum_o w[e, o] * op_o(x) with mixing weights passed in at call time.
+sum_o w[e, o] * op_o(x) with mixing weights passed in at call time, or, given
+`edge_choices` (one op index per edge, a sampled child), only w[e, k] *
+op_k(x) for the chosen k, through `lax.switch`: the other ops are not
+computed at all, as long as the choice is not batched (it is one per client
+step, shared by that step's examples).
 `CellNetwork(space, genotype)` is the derived model: each kept edge runs its
 one op. Both name an op's parameters `cell{c}/edge{e}_{op}/...`, so the derived
 model's weights are a sub-tree of the supernet's and transfer by path.
@@ -23,7 +27,7 @@ class Cell(nn.Module):
   genotype: Genotype | None = None
 
   @nn.compact
-  def __call__(self, x, edge_weights=None):
+  def __call__(self, x, edge_weights=None, edge_choices=None):
     space = self.space
     factories = ops.OP_SETS[space.op_set]
     act = ops.ACTIVATIONS[space.activation]
@@ -36,6 +40,10 @@ class Cell(nn.Module):
         if self.genotype is not None:
           chosen = self.genotype.op_on(to, src)
           candidates = [] if chosen is None else [chosen]
+        elif edge_choices is not None:
+          node = node + edge_weights[e, edge_choices[e]] * self._sampled_edge(
+              states[src], e, edge_choices[e], factories)
+          continue
         else:
           candidates = space.op_names
         for op in candidates:
@@ -49,20 +57,34 @@ class Cell(nn.Module):
       states.append(node)
     return jnp.concatenate(states[1:], axis=-1)
 
+  def _sampled_edge(self, x, e, choice, factories):
+    # The ops are created here, outside the switch, so their parameters keep
+    # the paths they have in the mixture (`edge{e}_{op}`).
+    space = self.space
+    modules = [factories[op](self.channels, space.groups, space.activation,
+                             f"edge{e}_{op}") for op in space.op_names]
+    branches = [
+        (lambda mdl, x: jnp.zeros_like(x)) if op == "none"
+        else (lambda mdl, x, module=module: module(x))
+        for op, module in zip(space.op_names, modules)
+    ]
+    return nn.switch(choice, branches, self, x)
+
 
 class CellNetwork(nn.Module):
   """Supernet (genotype=None) or derived model (genotype given).
 
   Call as `apply({'params': w}, x, edge_weights)` for the supernet, where
-  `edge_weights` has shape (num_edges, num_ops), or `apply({'params': w}, x)`
-  for a derived model. Inputs are NHWC float images.
+  `edge_weights` has shape (num_edges, num_ops), as `apply({'params': w}, x,
+  edge_weights, edge_choices)` for the sampled child (int (num_edges,)), or
+  `apply({'params': w}, x)` for a derived model. Inputs are NHWC float images.
   """
 
   space: SearchSpace
   genotype: Genotype | None = None
 
   @nn.compact
-  def __call__(self, x, edge_weights=None):
+  def __call__(self, x, edge_weights=None, edge_choices=None):
     space = self.space
     if self.genotype is None and edge_weights is None:
       raise ValueError("the supernet needs edge_weights")
@@ -72,7 +94,7 @@ class CellNetwork(nn.Module):
     x = nn.GroupNorm(num_groups=space.groups, name="stem_norm")(x)
     for c in range(space.cells):
       x = Cell(space, space.cell_channels(c), self.genotype, name=f"cell{c}")(
-          x, edge_weights)
+          x, edge_weights, edge_choices)
       if min(x.shape[-3:-1]) >= 2:
         x = layers.max_pool_2x2(x)
     x = ops.ACTIVATIONS[space.activation](x)
@@ -89,10 +111,15 @@ def mixing_weights(arch_params: dict[str, jax.Array]) -> jax.Array:
 
 
 def supernet_apply(space: SearchSpace):
-  """Returns the pure function `apply(weights, arch_params, x) -> logits`."""
+  """The DARTS mixture `apply(weights, arch_params, x, key=None) -> logits`.
+
+  Every model function takes a key (the sampled strategies draw their child
+  from it); the mixture and derived models ignore it.
+  """
   net = CellNetwork(space)
 
-  def apply(weights, arch_params, x):
+  def apply(weights, arch_params, x, key=None):
+    del key
     return net.apply({"params": weights}, x, mixing_weights(arch_params))
 
   return apply
@@ -108,6 +135,17 @@ def init_supernet(space: SearchSpace, key: jax.Array, input_shape) -> dict:
 
 def derived_model(space: SearchSpace, genotype: Genotype) -> CellNetwork:
   return CellNetwork(space, genotype)
+
+
+def derived_apply(space: SearchSpace, genotype: Genotype):
+  """The derived model as `apply(weights, arch_params, x, key=None)`."""
+  model = derived_model(space, genotype)
+
+  def apply(weights, arch_params=None, x=None, key=None):
+    del arch_params, key
+    return model.apply({"params": weights}, x)
+
+  return apply
 
 
 def extract_weights(supernet_weights: dict, space: SearchSpace,

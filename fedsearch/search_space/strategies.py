@@ -1,0 +1,142 @@
+"""Architecture search strategies behind one protocol.
+
+A strategy says how one supernet step sees the architecture and what is
+deployed at the end:
+
+  init(key) -> arch_params                      the searched parameters
+  apply(weights, arch_params, x, key) -> logits one step's forward pass; its
+                                                gradient w.r.t. arch_params
+                                                is the strategy's estimator
+  predict(weights, arch_params, x) -> logits    the current architecture's
+                                                prediction (progress only)
+  derive(arch_params) -> Genotype               the architecture deployed
+
+The client trains whatever `apply` exposes with its private optimiser (the
+`update` half of the pair: one DP step on the gradient `apply` defines), so
+the federated round runs every strategy with the same code. Two static
+traits tell it how:
+  one_stage: weights and architecture are updated together from the same
+    train batch, in one clipped and noised release per step (no separate
+    validation-split architecture step), and the derived child keeps the
+    weights it trained with (no retraining stage is needed).
+  shared_program: every client runs the same program in a step. A sampled
+    child differs per client; under `vmap` a batched `lax.switch` index
+    becomes a select that computes every branch, so such strategies run the
+    clients of a device in sequence (`lax.map`) and each client's step,
+    vectorised over its examples, computes only its sampled ops.
+
+Strategies:
+  darts: the continuous relaxation (DARTS; FEATHERS/FedNAS): every op on
+    every edge, weighted by softmax(α); DARTS derivation rule.
+  one_stage: Direct Federated NAS / DSNAS. Each step samples one op per
+    edge, k_e ~ softmax(α_e), from the step's own key, and runs only the
+    sampled child. The edge's output is multiplied by a gate g_e whose value
+    is exactly 1 and whose gradient is ∇_α log p_e(k_e) = onehot(k_e) − p_e,
+    so the architecture gradient is DSNAS's estimator
+      ĝ_α = Σ_e (∂L/∂g_e) · (onehot(k_e) − p_e).
+    Why this one: it costs nothing beyond the sampled child's backward pass
+    (∂L/∂g_e is the inner product of the edge output with its cotangent),
+    and unlike straight-through Gumbel-softmax it has no temperature to
+    tune and the forward pass is the deployed child exactly. Its bias: it is
+    unbiased for ∇_α E_k[L] when L is linear in each gate; in general it is
+    unbiased for ∇_α E_k[∂L/∂g|_{g=1}] instead (a first-order Taylor
+    credit, tested on a toy in tests/test_strategies.py). Deployed: the most
+    likely child (argmax per edge, `none` included, so dropped edges stay
+    dropped), with the weights it shares with the supernet.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedsearch.errors import ConfigError
+from fedsearch.search_space import genotype as genotype_lib
+from fedsearch.search_space.network import CellNetwork, supernet_apply
+from fedsearch.search_space.space import SearchSpace
+
+
+class SearchStrategy(NamedTuple):
+  init: Callable[[jax.Array], dict]
+  apply: Callable[..., jax.Array]
+  predict: Callable[..., jax.Array]
+  derive: Callable[[dict], genotype_lib.Genotype]
+  one_stage: bool
+  shared_program: bool
+
+
+def sample_choices(arch_params: dict, key: jax.Array) -> jax.Array:
+  """One op index per edge, k_e ~ softmax(α_e)."""
+  return jax.random.categorical(key, arch_params["normal"], axis=-1)
+
+
+def gated_one_hot(arch_params: dict, choices: jax.Array) -> jax.Array:
+  """(E, O) one-hot on `choices`, valued exactly 1 on the chosen op, whose
+  gradient w.r.t. α is the score ∇ log p_e(k_e) (DSNAS's gate)."""
+  log_p = jax.nn.log_softmax(arch_params["normal"], axis=-1)
+  chosen = jnp.take_along_axis(log_p, choices[:, None], axis=-1)[:, 0]
+  gate = jnp.exp(chosen - jax.lax.stop_gradient(chosen))
+  one_hot = jax.nn.one_hot(choices, log_p.shape[-1], dtype=log_p.dtype)
+  return one_hot * gate[:, None]
+
+
+def choices_genotype(choices, space: SearchSpace) -> genotype_lib.Genotype:
+  """The child that runs these op indices (edges on `none` dropped)."""
+  names = space.op_names
+  choices = np.asarray(choices)
+  edges = tuple(
+      (to, src, names[choices[space.edge_index(to, src)]])
+      for to, src in space.edges
+      if names[choices[space.edge_index(to, src)]] != "none")
+  return genotype_lib.Genotype(space.op_set, space.nodes, edges)
+
+
+def most_likely_child(arch_params: dict, space: SearchSpace
+                      ) -> genotype_lib.Genotype:
+  return choices_genotype(np.argmax(np.asarray(arch_params["normal"]), -1),
+                          space)
+
+
+def darts(space: SearchSpace) -> SearchStrategy:
+  apply = supernet_apply(space)
+  return SearchStrategy(
+      init=lambda key: genotype_lib.init_arch_params(space, key=key),
+      apply=apply, predict=apply,
+      derive=lambda arch: genotype_lib.derive(arch, space),
+      one_stage=False, shared_program=True)
+
+
+def one_stage(space: SearchSpace) -> SearchStrategy:
+  net = CellNetwork(space)
+
+  def run_child(weights, arch_params, x, choices):
+    return net.apply({"params": weights}, x,
+                     gated_one_hot(arch_params, choices), choices)
+
+  def apply(weights, arch_params, x, key):
+    return run_child(weights, arch_params, x,
+                     sample_choices(jax.lax.stop_gradient(arch_params), key))
+
+  def predict(weights, arch_params, x, key=None):
+    del key
+    return run_child(weights, arch_params, x,
+                     jnp.argmax(arch_params["normal"], axis=-1))
+
+  return SearchStrategy(
+      # DSNAS starts from uniform op probabilities.
+      init=lambda key: genotype_lib.init_arch_params(space),
+      apply=apply, predict=predict,
+      derive=lambda arch: most_likely_child(arch, space),
+      one_stage=True, shared_program=False)
+
+
+STRATEGIES = {"darts": darts, "one_stage": one_stage}
+
+
+def make_strategy(name: str, space: SearchSpace) -> SearchStrategy:
+  if name not in STRATEGIES:
+    raise ConfigError(f"nas.strategy={name!r} is not allowed; choose one of"
+                      f" {sorted(STRATEGIES)}")
+  return STRATEGIES[name](space)
