@@ -91,6 +91,42 @@ def test_four_devices_equal_one_device(optimizer):
   assert max(jax.tree.leaves(moved)) > 1e-4
 
 
+def test_one_stage_round_maps_clients_in_sequence_and_shards_them():
+  # Each client samples its own child, so the round maps clients in
+  # sequence (lax.map); it must equal the vmapped round (which computes
+  # every branch and selects) and its 4-device form.
+  x, y, splits, params, _ = _setup()
+  space = ss.SearchSpace(channels=4, nodes=1, cells=1)
+  strategy = ss.make_strategy("one_stage", space)
+  params = dict(params, arch=strategy.init(None))
+  local = fed.make_local_update(strategy.apply, fed.ClientConfig(), True,
+                                one_stage=True)
+  clients = [0, 2, 3, 5, 6]
+  opt = optax.sgd(1.0)
+  state = fed.server_init(params, opt)
+  key = jax.random.key(3)
+
+  def inputs(multiple):
+    return fed.round_inputs(
+        splits, np.asarray(clients), seed=0, round_=1, steps=2,
+        sampling_rate=0.2, batch_sizes=(24, 1), train_arch=False,
+        train_on_all_local_data=True, client_multiple=multiple)
+
+  vectorised, _ = fed.make_round(local, opt)(state, x, y, inputs(1), key, 1)
+  in_sequence, _ = fed.make_round(local, opt, shared_program=False)(
+      state, x, y, inputs(1), key, 1)
+  sharded, _ = fed.make_round(local, opt, fed.client_mesh(4),
+                              shared_program=False)(
+      state, x, y, inputs(4), key, 1)
+  chex.assert_trees_all_close(in_sequence.params, vectorised.params,
+                              rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(sharded.params, vectorised.params,
+                              rtol=1e-5, atol=1e-6)
+  # The joint step moved the architecture too.
+  assert float(jnp.abs(in_sequence.params["arch"]["normal"]
+                       - params["arch"]["normal"]).max()) > 1e-4
+
+
 @pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
 def test_local_update_jit_equals_eager(optimizer):
   x, y, splits, params, local = _setup(optimizer)

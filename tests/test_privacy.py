@@ -41,6 +41,26 @@ def test_clipped_per_example_norms_are_bounded(clip_norm):
       dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE) == clip_norm
 
 
+def test_joint_clipping_bounds_weights_and_architecture_together():
+  # One-stage steps release (weights, architecture) gradients of the same
+  # example as one vector: its joint norm, not each part's, is at most C.
+  def loss(w, arch, x, y):
+    return jnp.mean((x @ w + arch * x.sum(-1) - y) ** 2)
+  x = jax.random.normal(jax.random.key(0), (12, 5)) * 10
+  y = jax.random.normal(jax.random.key(1), (12,))
+  grad_sum = privacy.clipped_grad_sum(loss, (0, 1), 1.0)
+  for i in range(12):
+    g_w, g_a = grad_sum(jnp.ones(5), jnp.array(0.5), x[i:i + 1], y[i:i + 1])
+    raw_w, raw_a = jax.grad(loss, (0, 1))(jnp.ones(5), jnp.array(0.5),
+                                          x[i:i + 1], y[i:i + 1])
+    joint = float(jnp.sqrt(jnp.sum(g_w ** 2) + g_a ** 2))
+    assert joint <= 1.0 + 1e-5
+    # Both parts scaled by the same factor: the direction is kept.
+    factor = min(1.0, 1.0 / float(jnp.sqrt(jnp.sum(raw_w ** 2) + raw_a ** 2)))
+    chex.assert_trees_all_close((g_w, g_a), (raw_w * factor, raw_a * factor),
+                                rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("clip_norm,gamma", [(1.0, 0.01), (0.5, 1.0)])
 def test_auto_clipping_normalises_below_the_bound(clip_norm, gamma):
   # Scales from 1e-3 to 1e3: tiny gradients too are normalised (no min(1, .)).

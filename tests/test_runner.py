@@ -102,6 +102,32 @@ def test_exported_model_reloads_and_reproduces_the_test_accuracy(tmp_path):
   assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
 
 
+def test_one_stage_search_deploys_its_child_without_retraining(tmp_path):
+  config = _small_config(**{"nas.strategy": "one_stage",
+                            "federated.search_rounds": 3,
+                            "federated.train_rounds": 0})
+  summary = runner.run(config, tmp_path, report=lambda _: None)
+  # One joint release per local step: no separate architecture steps.
+  assert summary["releases_of_most_exposed_client"] == {
+      "weight_steps_search": 6, "arch_steps_search": 0,
+      "weight_steps_train": 0}
+  assert summary["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
+  assert summary["deployed_epsilon"] == summary["epsilon"]
+  assert summary["deployed_test_accuracy"] == summary["test_accuracy"]
+  # The export (genotype JSON + weights) reloads into the standalone model.
+  genotype = ss.Genotype.from_json((tmp_path / "genotype.json").read_text())
+  space = ss.SearchSpace(**summary["space"])
+  model = ss.derived_model(space, genotype)
+  like = model.init(jax.random.key(0),
+                    np.zeros((1, *summary["input_shape"])))["params"]
+  weights = runner.load_weights(tmp_path, like, "deployed")
+  ds = load_dataset("digits")
+  logits = model.apply({"params": weights},
+                       normalize("digits", ds.test_x, ds.pixel_max))
+  accuracy = float(np.mean(np.argmax(logits, -1) == ds.test_y))
+  assert accuracy == pytest.approx(summary["deployed_test_accuracy"], abs=1e-6)
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   config = _small_config()
   straight = runner.run(config, tmp_path / "a", report=lambda _: None)
