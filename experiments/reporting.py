@@ -1,13 +1,13 @@
 """What the comparison scripts share: scratch runs, the machine line, output."""
 
 import pathlib
-import platform
 import tempfile
 import time
 
 import jax
 
 from fedsearch import runner
+from fedsearch.search_space import cost
 
 
 def run_in_scratch(config) -> dict:
@@ -17,9 +17,9 @@ def run_in_scratch(config) -> dict:
 
 
 def machine_line() -> str:
-  """Date, processor, backend and device count, jax version."""
-  return (f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()},"
-          f" {jax.devices()[0].platform} x{len(jax.devices())}, jax {jax.__version__}")
+  """Date, hardware, jax version."""
+  return (f"{time.strftime('%Y-%m-%d')}, {cost.hardware_name()},"
+          f" jax {jax.__version__}")
 
 
 def emit(table: str, out: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 from experiments.configs import default
 from fedsearch import runner
 from fedsearch import search_space as ss
+from fedsearch.search_space import cost
 from fedsearch.data import load_dataset, normalize
 from fedsearch.errors import ConfigError
 
@@ -106,7 +107,15 @@ def test_one_stage_search_deploys_its_child_without_retraining(tmp_path):
   config = _small_config(**{"nas.strategy": "one_stage",
                             "federated.search_rounds": 3,
                             "federated.train_rounds": 0})
+  # A parameter budget only parameter-free ops fit: a hard constraint.
+  space = ss.SearchSpace(num_classes=10, **config.space.to_dict())
+  fixed = cost.build_cost_table(space, (8, 8, 1), 4, 1).fixed["params"]
+  config.nas.cost_metric = "params"
+  config.nas.cost_penalty = 0.5
+  config.nas.cost_budget = fixed + 1
   summary = runner.run(config, tmp_path, report=lambda _: None)
+  assert summary["cost_table"]["deployed"] <= fixed + 1
+  assert summary["deployed_cost"]["params"] == summary["model_parameters"]
   # One joint release per local step: no separate architecture steps.
   assert summary["releases_of_most_exposed_client"] == {
       "weight_steps_search": 6, "arch_steps_search": 0,

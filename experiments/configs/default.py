@@ -39,6 +39,17 @@ def get_config() -> ml_collections.ConfigDict:
   # train_rounds is then an optional DP fine-tune.
   config.nas = ml_collections.ConfigDict()
   config.nas.strategy = "darts"  # darts | one_stage
+  # Hardware awareness (fedsearch/search_space/cost.py): the architecture
+  # objective gains cost_penalty·E[cost]/max cost, and with cost_budget > 0
+  # also budget_weight·max(0, E[cost] − budget)/max cost; the deployed child
+  # is then made to fit the budget (hard). Costs from cost_table (a JSON
+  # written by experiments/op_costs.py on the target machine), or measured
+  # here when it is "".
+  config.nas.cost_metric = "flops"  # params | flops | latency_ms
+  config.nas.cost_penalty = 0.0
+  config.nas.cost_budget = 0.0
+  config.nas.budget_weight = 10.0
+  config.nas.cost_table = ""
 
   config.federated = ml_collections.ConfigDict()
   config.federated.num_clients = 10

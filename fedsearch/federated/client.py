@@ -110,8 +110,17 @@ def cross_entropy_loss(apply_fn: Callable) -> Callable:
   return lambda *args: per_example(*args).mean()
 
 
+def add_gradient_of(penalty: Callable) -> optax.GradientTransformation:
+  """Adds ∇penalty(params) to the updates (a data-independent term)."""
+  def update(updates, state, params):
+    return jax.tree.map(jnp.add, updates, jax.grad(penalty)(params)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update)
+
+
 def make_local_update(apply_fn: Callable, config: ClientConfig,
-                      train_arch: bool, one_stage: bool = False) -> Callable:
+                      train_arch: bool, one_stage: bool = False,
+                      arch_penalty: Callable | None = None) -> Callable:
   """Builds `local_update(params, batches, key, expected_batch, first_step)`.
 
   Args:
@@ -122,6 +131,9 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
       phase) or left as they are (training a derived model).
     one_stage: with `train_arch`, update weights and architecture jointly on
       the train batch (see the module docstring); `batches.val` is unused.
+    arch_penalty: optional `arch_params -> scalar` added to the architecture
+      objective (e.g. an expected-cost penalty). It must not read data: its
+      gradient joins after the noise, as post-processing.
 
   `params` is {'weights': ..., 'arch': ...} (plus {'carried': {'auto_lr':
   ...}} for HyFreeDP); `expected_batch` is (train, val, feedback) floats: q
@@ -164,7 +176,8 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
                               h["momentum"])))
     arch_opt = private_optimizer(
         arch_stddev, arch_key, expected_batch[1],
-        optax.chain(optax.add_decayed_weights(h["arch_weight_decay"]),
+        optax.chain(*([add_gradient_of(arch_penalty)] if arch_penalty else []),
+                    optax.add_decayed_weights(h["arch_weight_decay"]),
                     optax.adam(h["arch_learning_rate"], config.arch_b1,
                                config.arch_b2)))
     weights, arch = params["weights"], params["arch"]

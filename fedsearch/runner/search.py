@@ -33,6 +33,7 @@ from fedsearch.hyperparameters import strategy as hp_strategy
 from fedsearch.privacy import auto_lr
 from fedsearch.runner.plan import NoiseMultipliers, PrivacyPlan, make_plan
 from fedsearch.runner.workdir import Workdir, load_weights, write_atomic
+from fedsearch.search_space import cost as cost_lib
 from fedsearch.search_space import strategies
 
 # FedAvg(M) with server momentum, or FedAdam (Reddi et al. 2021).
@@ -202,6 +203,33 @@ def accuracy_and_loss(predict: Callable, x, y, batch: int = 1024):
   return correct / max(len(y), 1), loss / max(len(y), 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+  table: cost_lib.CostTable
+  penalty: Callable  # arch_params -> scalar, added to the architecture loss
+
+
+def cost_model(config, space, input_shape) -> CostModel | None:
+  """The op cost table and penalty, when `nas.cost_*` asks for them."""
+  n = config.nas
+  cost_lib.check_metric(n.cost_metric)
+  for field in ("cost_penalty", "cost_budget", "budget_weight"):
+    if n[field] < 0:
+      raise ConfigError(f"nas.{field} must be >= 0, got {n[field]}")
+  if n.cost_penalty == 0 and n.cost_budget == 0:
+    return None
+  if n.cost_table:
+    table = cost_lib.CostTable.from_json(open(n.cost_table).read())
+    if table.op_names != space.op_names:
+      raise ConfigError(f"nas.cost_table={n.cost_table!r} was built for ops"
+                        f" {list(table.op_names)}, not this space's")
+  else:
+    table = cost_lib.build_cost_table(space, input_shape)
+  return CostModel(table, cost_lib.cost_penalty(
+      table, n.cost_metric, space.num_edges, n.cost_penalty, n.cost_budget,
+      n.budget_weight))
+
+
 class _Phase:
   """What differs between search and training: model, round, inputs.
 
@@ -210,7 +238,7 @@ class _Phase:
   """
 
   def __init__(self, name, apply_fn, strategy, config, sigmas, mesh, plan,
-               splits):
+               splits, arch_penalty=None):
     self.name = name
     self.train_arch = strategy is not None
     one_stage = self.train_arch and strategy.one_stage
@@ -223,7 +251,8 @@ class _Phase:
         one_stage and config.hpo.strategy == "none")
     clients = client_config(config, sigmas)
     self.round_fn = fed.make_round(
-        fed.make_local_update(apply_fn, clients, self.train_arch, one_stage),
+        fed.make_local_update(apply_fn, clients, self.train_arch, one_stage,
+                              arch_penalty),
         server_optimizer(config), mesh,
         (functools.partial(auto_lr.apply_report, config=clients.auto_lr)
          if clients.optimizer == "hyfree" else None),
@@ -264,8 +293,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   f = config.federated
   total_rounds = f.search_rounds + f.train_rounds
   nas = strategies.make_strategy(config.nas.strategy, space)
+  costs = cost_model(config, space, federation.input_shape)
   search = _Phase("search", nas.apply, nas, config, sigmas, mesh, plan,
-                  federation.splits)
+                  federation.splits, costs.penalty if costs else None)
   loss_sigma = (f", loss probes σ_l={sigmas.loss:.4f}"
                 if plan.probe_every else "")
   report(f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for (ε, δ)=({plan.epsilon},"
@@ -303,7 +333,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                  server_opt))
 
   def finish_search(supernet_state):
-    genotype = nas.derive(supernet_state.params["arch"])
+    arch = supernet_state.params["arch"]
+    genotype = nas.derive(arch)
+    if costs and config.nas.cost_budget > 0:
+      genotype = strategies.choices_genotype(cost_lib.fit_budget(
+          strategies.genotype_choices(genotype, space), arch, costs.table,
+          config.nas.cost_metric, config.nas.cost_budget), space)
     state = to_derived_state(supernet_state, genotype)
     # Weights first: a genotype file on disk means the deployment is complete.
     work.save_weights("deployed", state.params["weights"])
@@ -424,6 +459,16 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       # training round, and the ε spent up to then.
       "deployed_test_accuracy": deployed_acc,
       "deployed_epsilon": plan.spent(sigmas, f.search_rounds),
+      "deployed_cost": {
+          **cost_lib.measure_model(space, genotype, federation.input_shape),
+          "hardware": cost_lib.hardware_name()},
+      **({"cost_table": {"metric": config.nas.cost_metric,
+                         "penalty": config.nas.cost_penalty,
+                         "budget": config.nas.cost_budget,
+                         "hardware": costs.table.hardware,
+                         "deployed": costs.table.child_cost(
+                             strategies.genotype_choices(genotype, space),
+                             config.nas.cost_metric)}} if costs else {}),
       "model_parameters": int(sum(x.size for x in jax.tree.leaves(weights))),
       "test_accuracy": test_acc,
       "test_loss": test_loss,

@@ -93,6 +93,16 @@ def choices_genotype(choices, space: SearchSpace) -> genotype_lib.Genotype:
   return genotype_lib.Genotype(space.op_set, space.nodes, edges)
 
 
+def genotype_choices(genotype: genotype_lib.Genotype, space: SearchSpace
+                     ) -> np.ndarray:
+  """Op index per edge of a genotype (`none` on dropped edges)."""
+  names = space.op_names
+  choices = np.full(space.num_edges, names.index("none"))
+  for to, src, op in genotype.edges:
+    choices[space.edge_index(to, src)] = names.index(op)
+  return choices
+
+
 def most_likely_child(arch_params: dict, space: SearchSpace
                       ) -> genotype_lib.Genotype:
   return choices_genotype(np.argmax(np.asarray(arch_params["normal"]), -1),
