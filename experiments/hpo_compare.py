@@ -15,6 +15,7 @@ from absl import app, flags
 from experiments import reporting
 from experiments.configs import default
 from fedsearch.errors import ConfigError, DataFileError
+from fedsearch.runner import search as job
 
 _PRESET = flags.DEFINE_enum(
     "preset", "digits_quick", ["digits_quick", "fmnist_feathers"],
@@ -64,7 +65,7 @@ def main(argv):
       s = reporting.run_in_scratch(config)
       chosen = s.get("hyperparameters", {}).get("chosen", {
           "learning_rate": config.client.learning_rate,
-          "arch_learning_rate": config.client.arch_learning_rate})
+          "arch_learning_rate": job.arch_learning_rate(config)})
       feedback_eps = s["epsilon_breakdown"].get("hp_feedback_only")
       rows.append((strategy, s["test_accuracy"], s["epsilon"], feedback_eps,
                    chosen, s["wall_time_s"]))

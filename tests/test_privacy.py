@@ -61,6 +61,19 @@ def test_joint_clipping_bounds_weights_and_architecture_together():
                                 rtol=1e-5, atol=1e-6)
 
 
+def test_noise_goes_only_where_the_mask_allows():
+  opt = privacy.private_optimizer(2.0, jax.random.key(0), 1.0,
+                                  optax.identity())
+  grads = {"used": jnp.ones(20000), "unused": jnp.zeros(20000)}
+  state = opt.init(grads)
+  noised, _ = opt.update(grads, state, grads,
+                         noise_mask={"used": True, "unused": False})
+  np.testing.assert_array_equal(noised["unused"], 0.0)
+  assert float(jnp.std(noised["used"])) == pytest.approx(2.0, rel=0.03)
+  everywhere, _ = opt.update(grads, state, grads)
+  assert float(jnp.std(everywhere["unused"])) == pytest.approx(2.0, rel=0.03)
+
+
 @pytest.mark.parametrize("clip_norm,gamma", [(1.0, 0.01), (0.5, 1.0)])
 def test_auto_clipping_normalises_below_the_bound(clip_norm, gamma):
   # Scales from 1e-3 to 1e3: tiny gradients too are normalised (no min(1, .)).

@@ -147,6 +147,24 @@ def test_per_example_gradients_of_a_sampled_child_compute_only_its_ops():
   assert convs(ss.supernet_apply(space), weights) > 5 * fixed
 
 
+def test_child_mask_marks_exactly_the_parameters_the_child_uses():
+  space = _space()
+  weights = ss.init_supernet(space, jax.random.key(0), _SHAPE)
+  arch = ss.init_arch_params(space, scale=2.0, key=jax.random.key(1))
+  key = jax.random.key(2)
+  mask = strategies.one_stage(space).active_weights(weights, arch, key)
+  x = jax.random.normal(jax.random.key(3), (2, *_SHAPE))
+  grads = jax.grad(lambda w: jnp.sum(
+      strategies.one_stage(space).apply(w, arch, x, key) ** 2))(weights)
+  for active, grad in zip(jax.tree.leaves(mask), jax.tree.leaves(grads)):
+    if not active:  # Unused parameters have exactly zero gradient ...
+      assert not np.any(np.asarray(grad))
+  # ... and the used ones are marked (some have nonzero gradient).
+  used = [bool(np.any(np.asarray(g))) for g in jax.tree.leaves(grads)]
+  assert all(m for m, u in zip(jax.tree.leaves(mask), used) if u)
+  assert 0 < sum(map(bool, jax.tree.leaves(mask))) < len(used)
+
+
 def test_strategies_share_one_protocol_and_names_are_checked():
   space = _space()
   for name in strategies.STRATEGIES:

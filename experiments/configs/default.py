@@ -81,7 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.client.learning_rate = 1.0
   config.client.momentum = 0.9
   config.client.weight_decay = 0.0
-  config.client.arch_learning_rate = 3e-2
+  # 0: the strategy's default (darts 3e-2; one_stage 1.0, see strategies.py).
+  config.client.arch_learning_rate = 0.0
   config.client.arch_weight_decay = 1e-3
 
   config.privacy = ml_collections.ConfigDict()

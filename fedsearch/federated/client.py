@@ -120,7 +120,8 @@ def add_gradient_of(penalty: Callable) -> optax.GradientTransformation:
 
 def make_local_update(apply_fn: Callable, config: ClientConfig,
                       train_arch: bool, one_stage: bool = False,
-                      arch_penalty: Callable | None = None) -> Callable:
+                      arch_penalty: Callable | None = None,
+                      active_weights: Callable | None = None) -> Callable:
   """Builds `local_update(params, batches, key, expected_batch, first_step)`.
 
   Args:
@@ -134,6 +135,9 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
     arch_penalty: optional `arch_params -> scalar` added to the architecture
       objective (e.g. an expected-cost penalty). It must not read data: its
       gradient joins after the noise, as post-processing.
+    active_weights: optional `(weights, arch, step_key) -> tree of bools`,
+      the parameters the step's model uses (a sampled child's); the weight
+      noise is added only there (see `privacy.dp_grad.masked_noise`).
 
   `params` is {'weights': ..., 'arch': ...} (plus {'carried': {'auto_lr':
   ...}} for HyFreeDP); `expected_batch` is (train, val, feedback) floats: q
@@ -211,7 +215,10 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
       else:
         g = weight_grad(weights, arch, train.x, train.y, step_key,
                         is_padding_example=train.padding)
-      updates, weight_state = weight_opt.update(g, weight_state, weights)
+      noise_mask = (active_weights(weights, arch, step_key) if active_weights
+                    else None)
+      updates, weight_state = weight_opt.update(g, weight_state, weights,
+                                                noise_mask=noise_mask)
       if hyfree:
         global_step = first_step + index
         # The step index is the same for every client, so under vmap this

@@ -25,6 +25,7 @@ C, which is then a no-op but keeps the sensitivity C formally guaranteed
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import jax_privacy
 import optax
 from jax_privacy import noise_addition
@@ -74,12 +75,37 @@ def clipped_grad_sum(loss_fn: Callable, argnums: int | tuple[int, ...],
       nan_safe=nan_safe, pre_clipping_transform=pre_clipping)
 
 
+def masked_noise(privatizer: optax.GradientTransformation
+                 ) -> optax.GradientTransformationExtraArgs:
+  """`privatizer`, with noise only on the leaves where `noise_mask` is True.
+
+  For coordinates whose per-example gradients are exactly zero on every
+  dataset (parameters of ops a sampled child does not run), the clipped sum
+  is the constant 0, which reveals nothing: noise there protects nothing and
+  only buries those parameters. The mask must not depend on the data (the
+  sampled child is drawn from the step's key and the privatised
+  architecture parameters); the sensitivity of the rest is unchanged.
+  """
+  def update(updates, state, params=None, *, noise_mask=None, **extra_args):
+    del extra_args
+    noisy, state = privatizer.update(updates, state, params)
+    if noise_mask is None:
+      return noisy, state
+    return jax.tree.map(lambda u, n, keep: jnp.where(keep, n, u), updates,
+                        noisy, noise_mask), state
+  return optax.GradientTransformationExtraArgs(privatizer.init, update)
+
+
 def private_optimizer(stddev: float, key, expected_batch_size,
                       optimizer: optax.GradientTransformation
                       ) -> optax.GradientTransformation:
-  """Noise on the clipped sum, then the mean over the expected batch, then `optimizer`."""
+  """Noise on the clipped sum, then the mean over the expected batch, then `optimizer`.
+
+  `update(..., noise_mask=tree of bools)` limits the noise (`masked_noise`).
+  """
   return optax.chain(
-      noise_addition.gaussian_privatizer(stddev=stddev, prng_key=key),
+      masked_noise(noise_addition.gaussian_privatizer(stddev=stddev,
+                                                      prng_key=key)),
       optax.scale(1.0 / expected_batch_size),
       optimizer,
   )

@@ -110,13 +110,21 @@ def build_plan(config) -> PrivacyPlan:
                    kappa=config.hyfree.kappa,
                    feedback=config.hpo.strategy != "none",
                    feedback_fraction=config.hpo.feedback_epsilon_fraction,
-                   arch_steps=not nas_strategy_is_one_stage(config))
+                   arch_steps=not nas_traits(config).one_stage)
 
 
-def nas_strategy_is_one_stage(config) -> bool:
-  # Traits are static per strategy; a throwaway space reads them.
-  return strategies.make_strategy(config.nas.strategy,
-                                  ss.SearchSpace()).one_stage
+def nas_traits(config) -> strategies.SearchStrategy:
+  """The configured strategy's static traits (on a stand-in space)."""
+  return strategies.make_strategy(config.nas.strategy, ss.SearchSpace())
+
+
+def arch_learning_rate(config) -> float:
+  """`client.arch_learning_rate`, or the strategy's default when it is 0."""
+  if config.client.arch_learning_rate < 0:
+    raise ConfigError("client.arch_learning_rate must be >= 0 (0: the"
+                      f" strategy's default), got {config.client.arch_learning_rate}")
+  return (config.client.arch_learning_rate
+          or nas_traits(config).arch_learning_rate)
 
 
 def hpo_from(config):
@@ -162,7 +170,7 @@ def client_config(config, sigmas: NoiseMultipliers) -> fed.ClientConfig:
       arch_clip_norm=config.privacy.arch_clip_norm,
       noise_multiplier=sigmas.gradient,
       learning_rate=c.learning_rate, momentum=c.momentum,
-      weight_decay=c.weight_decay, arch_learning_rate=c.arch_learning_rate,
+      weight_decay=c.weight_decay, arch_learning_rate=arch_learning_rate(config),
       arch_weight_decay=c.arch_weight_decay, nan_safe=config.privacy.nan_safe,
       optimizer=c.optimizer, auto_clip_gamma=config.hyfree.gamma,
       feedback_clip=config.hpo.feedback_clip,
@@ -251,8 +259,9 @@ class _Phase:
         one_stage and config.hpo.strategy == "none")
     clients = client_config(config, sigmas)
     self.round_fn = fed.make_round(
-        fed.make_local_update(apply_fn, clients, self.train_arch, one_stage,
-                              arch_penalty),
+        fed.make_local_update(
+            apply_fn, clients, self.train_arch, one_stage, arch_penalty,
+            strategy.active_weights if strategy else None),
         server_optimizer(config), mesh,
         (functools.partial(auto_lr.apply_report, config=clients.auto_lr)
          if clients.optimizer == "hyfree" else None),
