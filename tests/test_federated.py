@@ -127,6 +127,38 @@ def test_one_stage_round_maps_clients_in_sequence_and_shards_them():
                        - params["arch"]["normal"]).max()) > 1e-4
 
 
+def test_searched_local_steps_and_rates_equal_rounds_of_that_shape():
+  # Clients drawing fewer local steps than the static count take exactly
+  # the round they would take with that count: the extra steps change
+  # nothing (and release nothing).
+  x, y, splits, params, local = _setup()
+  opt = optax.sgd(1.0)
+  state = fed.server_init(params, opt)
+  round_fn = fed.make_round(local, opt)
+
+  def inputs(steps, **per_client):
+    return fed.round_inputs(
+        splits, np.asarray([1, 4]), seed=0, round_=2, steps=steps,
+        sampling_rate=0.3, batch_sizes=(24, 12), train_arch=True,
+        train_on_all_local_data=False, **per_client)
+
+  searched = inputs(3, client_steps=np.array([1, 1]),
+                    client_rates=np.array([0.3, 0.3]))
+  assert searched.active_steps.tolist() == [[True, False, False]] * 2
+  one_step, _ = round_fn(state, x, y, inputs(1), jax.random.key(0), 2)
+  padded, _ = round_fn(state, x, y, searched, jax.random.key(0), 2)
+  chex.assert_trees_all_close(padded.params, one_step.params, rtol=1e-6,
+                              atol=1e-7)
+  # Per-client rates set each client's expected batch (the DP normaliser).
+  rates = inputs(2, client_steps=np.array([2, 1]),
+                 client_rates=np.array([0.5, 0.25]))
+  np.testing.assert_allclose(
+      rates.expected_batch[:, 0],
+      [0.5 * len(splits.train[1]), 0.25 * len(splits.train[4])], rtol=1e-6)
+
+  assert rates.train_padding[1, 1].all()
+
+
 @pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
 def test_local_update_jit_equals_eager(optimizer):
   x, y, splits, params, local = _setup(optimizer)

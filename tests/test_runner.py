@@ -88,6 +88,32 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   assert resumed["test_accuracy"] == pytest.approx(straight["test_accuracy"])
 
 
+def test_search_over_local_steps_and_sampling_rate_charges_the_maxima(
+    tmp_path):
+  config = _small_config(**{"hpo.strategy": "random", "hpo.pool_size": 4,
+                            "federated.search_rounds": 2,
+                            "federated.train_rounds": 1})
+  config.hpo.space = {
+      "learning_rate": {"scale": "log", "low": 0.1, "high": 1.0},
+      "local_steps": {"scale": "categorical", "choices": [1, 3]},
+      "sampling_rate": {"scale": "uniform", "low": 0.4, "high": 0.8},
+  }
+  summary = runner.run(config, tmp_path, report=lambda _: None)
+  _, pool = runner.search.hpo_from(config)
+  max_steps = int(max(pool["local_steps"]))
+  releases = summary["releases_of_most_exposed_client"]
+  # Every client is charged the pool's largest step count (and rate).
+  assert releases["weight_steps_search"] == 2 * max_steps
+  assert releases["weight_steps_train"] == max_steps
+  assert summary["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
+  chosen = summary["hyperparameters"]["chosen"]
+  assert chosen["local_steps"] in (1, 3)
+  assert 0.4 <= chosen["sampling_rate"] <= 0.8
+  config.hpo.space.local_steps = {"scale": "uniform", "low": 1, "high": 3}
+  with pytest.raises(ConfigError, match="hpo.space.local_steps"):
+    runner.run(config, tmp_path / "bad", report=lambda _: None)
+
+
 def test_exported_model_reloads_and_reproduces_the_test_accuracy(tmp_path):
   config = _small_config()
   summary = runner.run(config, tmp_path, report=lambda _: None)

@@ -10,6 +10,7 @@ from fedsearch.federated.client import make_local_update
 from fedsearch.federated.round import RoundInputs
 from fedsearch.federated.round import client_mesh
 from fedsearch.federated.round import make_round
+from fedsearch.federated.sampling import ROUND_HYPERPARAMETERS
 from fedsearch.federated.sampling import ClientSplits
 from fedsearch.federated.sampling import client_schedule
 from fedsearch.federated.sampling import round_inputs
@@ -21,7 +22,7 @@ from fedsearch.federated.server import weighted_average
 
 __all__ = [
     "Batches", "ClientBatches", "ClientConfig", "ClientSplits", "OPTIMIZERS",
-    "RoundInputs", "TUNABLE",
+    "ROUND_HYPERPARAMETERS", "RoundInputs", "TUNABLE",
     "ServerState", "check_optimizer", "client_mesh", "client_schedule", "make_local_update",
     "make_round", "round_inputs", "server_init", "server_update",
     "split_clients", "weighted_average",

@@ -60,6 +60,10 @@ class ClientBatches(NamedTuple):
   # The whole validation split, x (V, ...): the rows a hyperparameter gain is
   # measured on. None when no feedback is asked for.
   feedback: Batches | None = None
+  # (S,) bool, a prefix of Trues: which of the S local steps this client
+  # takes (a searched `local_steps` below S); None: all of them. A step not
+  # taken releases nothing and changes nothing.
+  active_steps: jax.Array | None = None
 
 
 # Client hyperparameters a search may set per client (traced values that
@@ -198,6 +202,20 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
                                   jax.random.fold_in(probe_key, step))
 
     def step(carry, batch):
+      train, val, active = batch
+      new_carry, _ = dp_step(carry, (train, val))
+      if active is None:
+        return new_carry, None
+      # The steps taken are a prefix, so the optimiser states after the last
+      # one are never used (they start fresh next round): only the
+      # parameters and the probe report need keeping.
+      weights, arch, weight_state, arch_state, report, index = new_carry
+      kept = jax.tree.map(lambda new, old: jnp.where(active, new, old),
+                          (weights, arch, report),
+                          (carry[0], carry[1], carry[4]))
+      return (kept[0], kept[1], weight_state, arch_state, kept[2], index), None
+
+    def dp_step(carry, batch):
       weights, arch, weight_state, arch_state, report, index = carry
       train, val = batch
       step_key = jax.random.fold_in(model_key, index)
@@ -238,7 +256,8 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
     report = carried["report"] if hyfree else None
     carry = (weights, arch, weight_opt.init(weights), arch_opt.init(arch),
              report, jnp.int32(0))
-    xs = (batches.train, batches.val if alternating_arch else None)
+    xs = (batches.train, batches.val if alternating_arch else None,
+          batches.active_steps)
     (weights, arch, _, _, report, _), _ = jax.lax.scan(step, carry, xs)
     new = {"weights": weights, "arch": arch}
     if hyfree:

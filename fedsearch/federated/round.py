@@ -43,6 +43,7 @@ class RoundInputs(NamedTuple):
   feedback_idx: np.ndarray | None = None  # (m, V): whole validation split
   feedback_padding: np.ndarray | None = None
   hparams: dict | None = None  # {name: (m,) float32} per-client overrides
+  active_steps: np.ndarray | None = None  # (m, S) bool; None: every step
 
 
 def client_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -107,7 +108,10 @@ def make_round(local_update: Callable, server_optimizer: optax.GradientTransform
     round_key = jax.random.fold_in(base_key, round_)
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(inputs.client_ids)
     steps = inputs.train_idx.shape[1]
-    deltas, gains = all_deltas(state.params, ClientBatches(train, val, feedback),
+    batches = ClientBatches(train, val, feedback,
+                            None if inputs.active_steps is None
+                            else jnp.asarray(inputs.active_steps))
+    deltas, gains = all_deltas(state.params, batches,
                                keys, inputs.expected_batch, inputs.hparams,
                                round_ * steps)
     mean_delta = weighted_average(deltas, inputs.client_weights)

@@ -17,6 +17,10 @@ from fedsearch.federated.round import RoundInputs
 
 _TRAIN, _VAL = 0, 1
 
+# Hyperparameters a search may draw per client that shape the round itself
+# (host-side batches), as opposed to the traced client.TUNABLE values.
+ROUND_HYPERPARAMETERS = ("local_steps", "sampling_rate")
+
 
 @dataclasses.dataclass(frozen=True)
 class ClientSplits:
@@ -76,7 +80,8 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
                  round_: int, steps: int, sampling_rate: float,
                  batch_sizes: tuple[int, int], train_arch: bool,
                  train_on_all_local_data: bool, client_multiple: int = 1,
-                 feedback_size: int = 0) -> RoundInputs:
+                 feedback_size: int = 0, client_steps=None,
+                 client_rates=None) -> RoundInputs:
   """Batches of one round for `clients`, padded to a multiple of devices.
 
   Args:
@@ -92,6 +97,9 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     client_multiple: pad the client axis to a multiple of this.
     feedback_size: if > 0, also give every client's whole validation split,
       padded to this size, for hyperparameter feedback.
+    client_steps, client_rates: optional per-slot local steps (<= `steps`,
+      the static count) and Poisson rates (searched hyperparameters); the
+      accountant must be given their maxima.
   """
   m = -(-len(clients) // client_multiple) * client_multiple
   out = {
@@ -107,7 +115,15 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
   weights = np.zeros(m, np.float32)
   ids = np.full(m, -1, np.int32)
   sizes = splits.sizes()
+  active = np.zeros((m, steps), bool) if client_steps is not None else None
   for slot, k in enumerate(clients):
+    k_steps = steps if client_steps is None else int(client_steps[slot])
+    k_rate = sampling_rate if client_rates is None else float(client_rates[slot])
+    if not 1 <= k_steps <= steps or not 0 < k_rate <= 1:
+      raise ValueError(f"client {k}: {k_steps} local steps (static {steps})"
+                       f" or sampling rate {k_rate} out of range")
+    if active is not None:
+      active[slot, :k_steps] = True
     train_rows = splits.train[k]
     if train_on_all_local_data:
       train_rows = np.sort(np.concatenate([train_rows, splits.val[k]]))
@@ -116,9 +132,10 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
       streams.append(("val", splits.val[k], _VAL))
     for name, rows, stream in streams:
       rng = np.random.default_rng([seed, round_, int(k), stream])
-      out[f"{name}_idx"][slot], out[f"{name}_padding"][slot] = poisson_batches(
-          rows, sampling_rate, steps, batch_sizes[stream], rng)
-      expected[slot, stream] = max(sampling_rate * len(rows), 1e-6)
+      (out[f"{name}_idx"][slot, :k_steps],
+       out[f"{name}_padding"][slot, :k_steps]) = poisson_batches(
+           rows, k_rate, k_steps, batch_sizes[stream], rng)
+      expected[slot, stream] = max(k_rate * len(rows), 1e-6)
     if feedback_size:
       val = splits.val[k]
       out["feedback_idx"][slot, :len(val)] = val
@@ -129,4 +146,4 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
   if not train_arch:
     out["val_idx"] = out["val_padding"] = None
   return RoundInputs(expected_batch=expected, client_weights=weights,
-                     client_ids=ids, **out)
+                     client_ids=ids, active_steps=active, **out)

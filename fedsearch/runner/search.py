@@ -98,8 +98,9 @@ def build_plan(config) -> PrivacyPlan:
                                  f.search_rounds + f.train_rounds, config.seed)
   p = config.privacy
   lr_config = auto_lr_config(config)
+  steps, rate = round_shape(config)
   return make_plan(schedule, search_rounds=f.search_rounds,
-                   local_steps=f.local_steps, sampling_rate=f.sampling_rate,
+                   local_steps=steps, sampling_rate=rate,
                    num_clients=f.num_clients, epsilon=p.epsilon,
                    delta=p.delta,
                    truncation_delta_fraction=p.truncation_delta_fraction,
@@ -136,11 +137,37 @@ def hpo_from(config):
   if strategy is None:
     return None, None
   space = hp_lib.space_from_dict(h.space.to_dict())
-  unknown = {p.name for p in space} - set(fed.TUNABLE)
+  allowed = (*fed.TUNABLE, *fed.ROUND_HYPERPARAMETERS)
+  unknown = {p.name for p in space} - set(allowed)
   if unknown:
     raise ConfigError(f"hpo.space: {sorted(unknown)} cannot be tuned; allowed:"
-                      f" {list(fed.TUNABLE)}")
-  return strategy, hp_lib.draw_pool(space, h.pool_size, config.seed)
+                      f" {list(allowed)}")
+  pool = hp_lib.draw_pool(space, h.pool_size, config.seed)
+  if "local_steps" in pool:
+    steps = pool["local_steps"]
+    if np.any(steps < 1) or np.any(steps != np.round(steps)):
+      raise ConfigError("hpo.space.local_steps must draw integers >= 1; use"
+                        " a categorical scale, e.g. choices [1, 2, 4]")
+  if "sampling_rate" in pool and not np.all(
+      (pool["sampling_rate"] > 0) & (pool["sampling_rate"] <= 1)):
+    raise ConfigError("hpo.space.sampling_rate must lie in (0, 1]")
+  return strategy, pool
+
+
+def round_shape(config) -> tuple[int, float]:
+  """Static local steps and the Poisson rate the accountant charges.
+
+  When a search draws them per client (`local_steps`, `sampling_rate` in
+  `hpo.space`), every client is charged the pool's maxima, whatever it
+  drew: an upper bound that keeps the plan data-independent.
+  """
+  f = config.federated
+  _, pool = hpo_from(config)
+  pool = pool or {}
+  steps = int(max(pool["local_steps"])) if "local_steps" in pool else f.local_steps
+  rate = (float(max(pool["sampling_rate"])) if "sampling_rate" in pool
+          else f.sampling_rate)
+  return steps, rate
 
 
 def auto_lr_config(config, loss_noise_multiplier: float = 1.0
@@ -389,23 +416,28 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if round_ == f.search_rounds and genotype is None:
       genotype, phase, state = finish_search(state)
     searching_hps = strategy is not None and phase.train_arch
+    clients = plan.schedule[round_]
+    slots = -(-len(clients) // phase.devices) * phase.devices
+    aggregate, ids = True, None
+    if searching_hps:
+      hpo_state, ids, aggregate = strategy.choose(
+          hpo_state, jax.random.fold_in(hpo_key, round_), slots)
+      aggregate = bool(aggregate)
+    elif strategy is not None:  # Training: everyone uses the chosen config.
+      ids = np.full(slots, int(strategy.best(hpo_state)))
+    values = hparams_for(ids) if ids is not None else {}
     inputs = fed.round_inputs(
-        federation.splits, plan.schedule[round_], seed=config.seed,
-        round_=round_, steps=f.local_steps, sampling_rate=f.sampling_rate,
+        federation.splits, clients, seed=config.seed,
+        round_=round_, steps=plan.local_steps,
+        sampling_rate=plan.sampling_rate,
         batch_sizes=phase.batch_sizes, train_arch=phase.val_batches,
         train_on_all_local_data=phase.all_local_data,
         client_multiple=phase.devices,
-        feedback_size=feedback_size if searching_hps else 0)
-    aggregate = True
-    if searching_hps:
-      hpo_state, ids, aggregate = strategy.choose(
-          hpo_state, jax.random.fold_in(hpo_key, round_),
-          len(inputs.client_ids))
-      aggregate = bool(aggregate)
-      inputs = inputs._replace(hparams=hparams_for(ids))
-    elif strategy is not None:  # Training: everyone uses the chosen config.
-      ids = jnp.full(len(inputs.client_ids), strategy.best(hpo_state))
-      inputs = inputs._replace(hparams=hparams_for(ids))
+        feedback_size=feedback_size if searching_hps else 0,
+        client_steps=values.pop("local_steps", None),
+        client_rates=values.pop("sampling_rate", None))
+    if ids is not None:
+      inputs = inputs._replace(hparams=values)
     state, gains = phase.round_fn(state, federation.x, federation.y, inputs,
                                   base_key, round_, aggregate)
     if searching_hps:
