@@ -41,7 +41,7 @@ _ONE_STAGE_TRAIN_ROUNDS = flags.DEFINE_integer(
 
 def _round_cost(config, strategy_name):
   """(median seconds per round, peak bytes) of one search round."""
-  config = dict_copy(config)
+  config = config.copy_and_resolve_references()
   config.nas.strategy = strategy_name
   federation = job.build_federation(config)
   space = job.search_space_from(config, federation.num_classes)
@@ -79,10 +79,6 @@ def _round_cost(config, strategy_name):
   return statistics.median(times), peak
 
 
-def dict_copy(config):
-  return config.copy_and_resolve_references()
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -108,12 +104,12 @@ def main(argv):
         f" | ε | DARTS child before retraining | a − b |")
   print("|---|---|---|---|---|---|---|")
   for seed in map(int, _SEEDS.value):
-    one = dict_copy(config)
+    one = config.copy_and_resolve_references()
     one.seed = seed
     one.nas.strategy = "one_stage"
     one.federated.train_rounds = _ONE_STAGE_TRAIN_ROUNDS.value
     one.federated.search_rounds = rounds - _ONE_STAGE_TRAIN_ROUNDS.value
-    darts = dict_copy(config)
+    darts = config.copy_and_resolve_references()
     darts.seed = seed
     darts.nas.strategy = "darts"
     a = reporting.run_in_scratch(one)

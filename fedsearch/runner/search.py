@@ -111,12 +111,7 @@ def build_plan(config) -> PrivacyPlan:
                    kappa=config.hyfree.kappa,
                    feedback=config.hpo.strategy != "none",
                    feedback_fraction=config.hpo.feedback_epsilon_fraction,
-                   arch_steps=not nas_traits(config).one_stage)
-
-
-def nas_traits(config) -> strategies.SearchStrategy:
-  """The configured strategy's static traits (on a stand-in space)."""
-  return strategies.make_strategy(config.nas.strategy, ss.SearchSpace())
+                   arch_steps=not strategies.traits(config.nas.strategy).one_stage)
 
 
 def arch_learning_rate(config) -> float:
@@ -125,7 +120,7 @@ def arch_learning_rate(config) -> float:
     raise ConfigError("client.arch_learning_rate must be >= 0 (0: the"
                       f" strategy's default), got {config.client.arch_learning_rate}")
   return (config.client.arch_learning_rate
-          or nas_traits(config).arch_learning_rate)
+          or strategies.traits(config.nas.strategy).arch_learning_rate)
 
 
 def hpo_from(config):

@@ -66,18 +66,42 @@ from fedsearch.search_space.network import CellNetwork, supernet_apply
 from fedsearch.search_space.space import SearchSpace
 
 
-class SearchStrategy(NamedTuple):
-  init: Callable[[jax.Array], dict]
-  apply: Callable[..., jax.Array]
-  predict: Callable[..., jax.Array]
-  derive: Callable[[dict], genotype_lib.Genotype]
-  active_weights: Callable[..., dict | None]
+class Traits(NamedTuple):
+  """What the round and the runner need to know of a strategy, by name."""
+
   one_stage: bool
   shared_program: bool
   # Default Adam step of the architecture parameters. A sampled step sees
   # one child, so its logits must move much further per step than DARTS's
   # for the distribution to settle within a federated budget of tens of
   # steps (digits, ε=3: 3e-2 → 20 %, 0.3 → 52 %, 1.0 → 79 % deployed).
+  arch_learning_rate: float
+
+
+TRAITS = {
+    "darts": Traits(one_stage=False, shared_program=True,
+                    arch_learning_rate=3e-2),
+    "one_stage": Traits(one_stage=True, shared_program=False,
+                        arch_learning_rate=1.0),
+}
+
+
+def traits(name: str) -> Traits:
+  if name not in TRAITS:
+    raise ConfigError(f"nas.strategy={name!r} is not allowed; choose one of"
+                      f" {sorted(TRAITS)}")
+  return TRAITS[name]
+
+
+class SearchStrategy(NamedTuple):
+  init: Callable[[jax.Array], dict]
+  apply: Callable[..., jax.Array]
+  predict: Callable[..., jax.Array]
+  derive: Callable[[dict], genotype_lib.Genotype]
+  active_weights: Callable[..., dict | None]
+  # The fields of `Traits`.
+  one_stage: bool
+  shared_program: bool
   arch_learning_rate: float
 
 
@@ -147,7 +171,7 @@ def darts(space: SearchSpace) -> SearchStrategy:
       apply=apply, predict=apply,
       derive=lambda arch: genotype_lib.derive(arch, space),
       active_weights=lambda weights, arch, key: None,
-      one_stage=False, shared_program=True, arch_learning_rate=3e-2)
+      **TRAITS["darts"]._asdict())
 
 
 def one_stage(space: SearchSpace) -> SearchStrategy:
@@ -173,14 +197,12 @@ def one_stage(space: SearchSpace) -> SearchStrategy:
       derive=lambda arch: most_likely_child(arch, space),
       active_weights=lambda weights, arch, key: child_weights_mask(
           weights, sample_choices(arch, key), space),
-      one_stage=True, shared_program=False, arch_learning_rate=1.0)
+      **TRAITS["one_stage"]._asdict())
 
 
 STRATEGIES = {"darts": darts, "one_stage": one_stage}
 
 
 def make_strategy(name: str, space: SearchSpace) -> SearchStrategy:
-  if name not in STRATEGIES:
-    raise ConfigError(f"nas.strategy={name!r} is not allowed; choose one of"
-                      f" {sorted(STRATEGIES)}")
+  traits(name)  # Validates the name.
   return STRATEGIES[name](space)
