@@ -96,7 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.noise_multiplier = 0.0
   # Part of δ set aside for truncating Poisson batches to a static size.
   config.privacy.truncation_delta_fraction = 0.1
-  config.privacy.nan_safe = True
+  config.privacy.nan_safe = True  # vmap backend; ghost is always NaN-safe
+  # Per-example clipping of weight steps: vmap (jax-privacy, per-example
+  # gradients) | ghost (per-example norms without per-example gradients).
+  config.privacy.dp_backend = "vmap"
 
   # HyFreeDP (client.optimizer=hyfree); constants from Liu, Bu et al. 2025.
   config.hyfree = ml_collections.ConfigDict()

@@ -34,10 +34,12 @@ import optax
 
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feedback
-from fedsearch.privacy import auto_lr, clipped_grad_sum, private_optimizer
+from fedsearch.privacy import auto_lr, clipped_grad_sum, ghost
+from fedsearch.privacy import private_optimizer
 from fedsearch.privacy.auto_lr import AutoLRConfig
 
 OPTIMIZERS = ("dpsgd", "hyfree")
+DP_BACKENDS = ("vmap", "ghost")
 
 
 def check_optimizer(name: str) -> None:
@@ -98,8 +100,17 @@ class ClientConfig:
   feedback_clip: float = 0.5
   feedback_noise_multiplier: float = 1.0
 
+  # How weight steps clip per example: "vmap" (jax-privacy, per-example
+  # gradients) or "ghost" (per-example norms from layer inputs and output
+  # cotangents, then a weighted backward pass; privacy.ghost). Architecture
+  # and one-stage joint steps always use "vmap".
+  dp_backend: str = "vmap"
+
   def __post_init__(self):
     check_optimizer(self.optimizer)
+    if self.dp_backend not in DP_BACKENDS:
+      raise ConfigError(f"privacy.dp_backend={self.dp_backend!r} is not"
+                        f" allowed; choose one of {list(DP_BACKENDS)}")
 
 
 def per_example_loss(apply_fn: Callable) -> Callable:
@@ -107,6 +118,32 @@ def per_example_loss(apply_fn: Callable) -> Callable:
     logits = apply_fn(weights, arch, x, key)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
   return loss
+
+
+def probed_example_loss(apply_fn: Callable) -> Callable:
+  """Per-example losses through the model's norm-probed twin (ghost DP)."""
+  probed = getattr(apply_fn, "probed", None)
+  if probed is None:
+    raise ConfigError(
+        "privacy.dp_backend='ghost' needs a model built with"
+        " search_space.network.with_norm_probes (its layers from"
+        " search_space.layers); this model has none: use 'vmap'")
+
+  def loss(weights, probes, arch, x, y, key):
+    logits, probes = probed(weights, probes, arch, x, key)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y), probes
+  return loss
+
+
+def weight_grad_sum(apply_fn: Callable, config: "ClientConfig"):
+  """The clipped per-example weight-gradient sum of `config.dp_backend`."""
+  clipping = "auto" if config.optimizer == "hyfree" else "flat"
+  if config.dp_backend == "ghost":
+    return ghost.clipped_grad_sum(probed_example_loss(apply_fn),
+                                  config.clip_norm, clipping,
+                                  config.auto_clip_gamma)
+  return clipped_grad_sum(cross_entropy_loss(apply_fn), 0, config.clip_norm,
+                          config.nan_safe, clipping, config.auto_clip_gamma)
 
 
 def cross_entropy_loss(apply_fn: Callable) -> Callable:
@@ -156,9 +193,9 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
   lr_config = config.auto_lr
   loss = cross_entropy_loss(apply_fn)
   example_losses = per_example_loss(apply_fn)
-  weight_grad = clipped_grad_sum(loss, 0, config.clip_norm, config.nan_safe,
-                                 "auto" if hyfree else "flat",
-                                 config.auto_clip_gamma)
+  # One-stage search steps are joint (below); their model may have no probes.
+  weight_grad = (None if train_arch and one_stage
+                 else weight_grad_sum(apply_fn, config))
   arch_grad = clipped_grad_sum(loss, 1, config.arch_clip_norm, config.nan_safe)
   arch_scale = config.clip_norm / config.arch_clip_norm
   scale = lambda tree, factor: jax.tree.map(lambda a: a * factor, tree)

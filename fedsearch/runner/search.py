@@ -194,6 +194,7 @@ def client_config(config, sigmas: NoiseMultipliers) -> fed.ClientConfig:
       learning_rate=c.learning_rate, momentum=c.momentum,
       weight_decay=c.weight_decay, arch_learning_rate=arch_learning_rate(config),
       arch_weight_decay=c.arch_weight_decay, nan_safe=config.privacy.nan_safe,
+      dp_backend=config.privacy.dp_backend,
       optimizer=c.optimizer, auto_clip_gamma=config.hyfree.gamma,
       feedback_clip=config.hpo.feedback_clip,
       feedback_noise_multiplier=sigmas.feedback,

@@ -5,11 +5,21 @@ gradients that `vmap(grad)` turns every convolution into, to slow generic
 kernels: on 8x8 inputs a depthwise conv's per-example gradient ran 17x slower
 as `lax.conv_general_dilated` than as the sum of shifted slices used here
 (see benchmarks/README.md). All layers are stride 1, 'SAME'-padded, NHWC.
+
+Every parametrised layer computes its parametrised part through
+`privacy.ghost` (a plain expression unless the model is applied with norm
+probes), so the ghost DP backend can bound each example's gradient without
+materialising it. Parameter names and initialisers are Flax's (`kernel`,
+`bias`, `scale`), so the models keep their parameter trees.
 """
+
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from fedsearch.privacy import ghost
 
 
 def _shifts(x: jax.Array, kernel: int, dilation: int, pad_value: float = 0.0):
@@ -25,6 +35,12 @@ def _shifts(x: jax.Array, kernel: int, dilation: int, pad_value: float = 0.0):
                          j * dilation:j * dilation + w, :]
 
 
+def _im2col(x: jax.Array, kernel: int) -> jax.Array:
+  if kernel == 1:
+    return x
+  return jnp.concatenate([s for _, _, s in _shifts(x, kernel, 1)], axis=-1)
+
+
 class Conv(nn.Module):
   """Dense kxk convolution via im2col: concatenated shifts @ kernel."""
 
@@ -37,15 +53,36 @@ class Conv(nn.Module):
     cin = x.shape[-1]
     k = self.param("kernel", nn.initializers.lecun_normal(),
                    (self.kernel, self.kernel, cin, self.features))
-    if self.kernel == 1:
-      patches = x
-    else:
-      patches = jnp.concatenate([s for _, _, s in _shifts(x, self.kernel, 1)],
-                                axis=-1)
-    y = patches @ k.reshape(-1, self.features)
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-    return y
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,))
+            if self.use_bias else None)
+    return ghost.affine(self, x, k.reshape(-1, self.features), bias,
+                        functools.partial(_im2col, kernel=self.kernel))
+
+
+class Dense(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.param("kernel", nn.initializers.lecun_normal(),
+                   (x.shape[-1], self.features))
+    b = self.param("bias", nn.initializers.zeros, (self.features,))
+    return ghost.affine(self, x, k, b)
+
+
+class GroupNorm(nn.Module):
+  """Flax's GroupNorm, with its affine part as a probed layer."""
+
+  num_groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    normalised = nn.GroupNorm(num_groups=self.num_groups, use_bias=False,
+                              use_scale=False)(x)
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    return ghost.scale_shift(self, normalised, scale, bias)
 
 
 class DepthwiseConv(nn.Module):
@@ -59,7 +96,9 @@ class DepthwiseConv(nn.Module):
     c = x.shape[-1]
     k = self.param("kernel", nn.initializers.lecun_normal(
         in_axis=(0, 1), out_axis=3), (self.kernel, self.kernel, 1, c))
-    return sum(s * k[i, j, 0] for i, j, s in _shifts(x, self.kernel, self.dilation))
+    shifts = functools.partial(_shifts, kernel=self.kernel,
+                               dilation=self.dilation)
+    return ghost.taps(self, x, k, shifts)
 
 
 def max_pool_3x3(x):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from fedsearch.privacy import ghost
 from fedsearch.search_space import layers, ops
 from fedsearch.search_space.genotype import Genotype, check_genotype
 from fedsearch.search_space.space import SearchSpace
@@ -32,7 +33,7 @@ class Cell(nn.Module):
     factories = ops.OP_SETS[space.op_set]
     act = ops.ACTIVATIONS[space.activation]
     x = layers.Conv(self.channels, name="preprocess")(act(x))
-    states = [nn.GroupNorm(num_groups=space.groups, name="preprocess_norm")(x)]
+    states = [layers.GroupNorm(space.groups, name="preprocess_norm")(x)]
     for to in range(1, space.nodes + 1):
       node = jnp.zeros_like(states[0])
       for src in range(to):
@@ -91,7 +92,7 @@ class CellNetwork(nn.Module):
     if self.genotype is not None:
       check_genotype(self.genotype, space)
     x = layers.Conv(space.stem_multiplier * space.channels, 3, name="stem")(x)
-    x = nn.GroupNorm(num_groups=space.groups, name="stem_norm")(x)
+    x = layers.GroupNorm(space.groups, name="stem_norm")(x)
     for c in range(space.cells):
       x = Cell(space, space.cell_channels(c), self.genotype, name=f"cell{c}")(
           x, edge_weights, edge_choices)
@@ -102,12 +103,36 @@ class CellNetwork(nn.Module):
       x = jnp.mean(x, axis=(-3, -2))
     else:
       x = x.reshape(x.shape[:-3] + (-1,))
-    return nn.Dense(space.num_classes, name="classifier")(x)
+    return layers.Dense(space.num_classes, name="classifier")(x)
 
 
 def mixing_weights(arch_params: dict[str, jax.Array]) -> jax.Array:
   """DARTS continuous relaxation: softmax over each edge's op logits."""
   return jax.nn.softmax(arch_params["normal"], axis=-1)
+
+
+def with_norm_probes(module: nn.Module, call_args):
+  """`apply(weights, arch, x, key=None)` of `module`, and its probed twin.
+
+  `call_args(arch, x, key)` gives the module's call arguments. The twin,
+  `apply.probed(weights, probes, arch, x, key=None) -> (logits, probes)`,
+  runs the same model with the ghost DP backend's norm probes (created as
+  zeros when `probes` is None; see `privacy.ghost`).
+  """
+  def apply(weights, arch_params, x, key=None):
+    return module.apply({"params": weights}, *call_args(arch_params, x, key))
+
+  def probed(weights, probes, arch_params, x, key=None):
+    args = call_args(arch_params, x, key)
+    if probes is None:
+      logits, variables = module.apply({"params": weights}, *args,
+                                       mutable=[ghost.PROBES])
+      return logits, variables[ghost.PROBES]
+    return module.apply({"params": weights, ghost.PROBES: probes},
+                        *args), probes
+
+  apply.probed = probed
+  return apply
 
 
 def supernet_apply(space: SearchSpace):
@@ -116,13 +141,8 @@ def supernet_apply(space: SearchSpace):
   Every model function takes a key (the sampled strategies draw their child
   from it); the mixture and derived models ignore it.
   """
-  net = CellNetwork(space)
-
-  def apply(weights, arch_params, x, key=None):
-    del key
-    return net.apply({"params": weights}, x, mixing_weights(arch_params))
-
-  return apply
+  return with_norm_probes(
+      CellNetwork(space), lambda arch, x, key: (x, mixing_weights(arch)))
 
 
 def init_supernet(space: SearchSpace, key: jax.Array, input_shape) -> dict:
@@ -139,13 +159,8 @@ def derived_model(space: SearchSpace, genotype: Genotype) -> CellNetwork:
 
 def derived_apply(space: SearchSpace, genotype: Genotype):
   """The derived model as `apply(weights, arch_params, x, key=None)`."""
-  model = derived_model(space, genotype)
-
-  def apply(weights, arch_params=None, x=None, key=None):
-    del arch_params, key
-    return model.apply({"params": weights}, x)
-
-  return apply
+  return with_norm_probes(derived_model(space, genotype),
+                          lambda arch, x, key: (x,))
 
 
 def extract_weights(supernet_weights: dict, space: SearchSpace,

@@ -64,7 +64,7 @@ class ActConvNorm(nn.Module):
     x = ACTIVATIONS[self.activation](x)
     x = layers.DepthwiseConv(self.kernel, self.dilation, name="depthwise")(x)
     x = layers.Conv(self.channels, name="pointwise")(x)
-    return nn.GroupNorm(num_groups=self.groups, name="norm")(x)
+    return layers.GroupNorm(self.groups, name="norm")(x)
 
 
 class SepConv(nn.Module):
