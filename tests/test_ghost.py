@@ -12,7 +12,7 @@ import pytest
 from fedsearch import search_space as ss
 from fedsearch.federated import client
 from fedsearch.errors import ConfigError
-from fedsearch.privacy import dp_grad, ghost
+from fedsearch.privacy import auto_lr, dp_grad, ghost
 from fedsearch.search_space import layers
 from fedsearch.search_space.network import with_norm_probes
 
@@ -149,8 +149,8 @@ def test_supernet_and_derived_model_match_the_vmap_backend(op_set):
       (ss.supernet_apply(space), weights),
       (ss.derived_apply(space, genotype),
        ss.extract_weights(weights, space, genotype, (6, 6, 1)))]:
-    expected = dp_grad.clipped_grad_sum(client.cross_entropy_loss(apply), 0,
-                                        0.1)(w, arch, x, y, None)
+    expected = jax.jit(dp_grad.clipped_grad_sum(
+        client.cross_entropy_loss(apply), 0, 0.1))(w, arch, x, y, None)
     got = jax.jit(ghost.clipped_grad_sum(client.probed_example_loss(apply),
                                          0.1))(w, arch, x, y, None)
     chex.assert_trees_all_close(got, expected, rtol=2e-5, atol=1e-7)
@@ -162,3 +162,33 @@ def test_backend_is_checked_and_needs_a_probed_model():
   with pytest.raises(ConfigError, match="dp_backend='ghost'.*'vmap'"):
     client.weight_grad_sum(lambda w, a, x, key=None: x,
                            client.ClientConfig(dp_backend="ghost"))
+
+
+@pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
+def test_a_client_update_is_the_same_with_either_backend(optimizer):
+  # Search phase on the supernet: architecture steps (always vmap) and weight
+  # steps (the backend under test), same keys, so the same noise.
+  space = ss.SearchSpace(channels=4, nodes=1, cells=1, num_classes=3,
+                         head="flatten")
+  x, y = _batch(6, (6, 6, 1), seed=3)
+  steps = 2
+  train = client.Batches(jnp.stack([x] * steps), jnp.stack([y] * steps),
+                         jnp.zeros((steps, 6), bool).at[:, -1].set(True))
+  batches = client.ClientBatches(train, train)
+  params = {"weights": ss.init_supernet(space, jax.random.key(0), (6, 6, 1)),
+            "arch": ss.init_arch_params(space, key=jax.random.key(1))}
+  lr_config = auto_lr.AutoLRConfig(probe_every=1)
+  if optimizer == "hyfree":
+    params["carried"] = auto_lr.init_carried(lr_config)
+  results = []
+  for backend in ("vmap", "ghost"):
+    config = client.ClientConfig(noise_multiplier=0.5, clip_norm=0.1,
+                                 optimizer=optimizer, auto_lr=lr_config,
+                                 dp_backend=backend)
+    local = jax.jit(client.make_local_update(ss.supernet_apply(space), config,
+                                             True))
+    results.append(local(params, batches, jax.random.key(4),
+                         jnp.array([5.0, 5.0, 5.0]), 0)[0])
+  chex.assert_trees_all_close(results[1], results[0], rtol=1e-4, atol=1e-6)
+  assert not np.allclose(results[0]["weights"]["classifier"]["kernel"],
+                         params["weights"]["classifier"]["kernel"])

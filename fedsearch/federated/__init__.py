@@ -7,6 +7,7 @@ from fedsearch.federated.client import OPTIMIZERS
 from fedsearch.federated.client import TUNABLE
 from fedsearch.federated.client import check_optimizer
 from fedsearch.federated.client import make_local_update
+from fedsearch.federated.client import weight_grad_sum
 from fedsearch.federated.round import RoundInputs
 from fedsearch.federated.round import client_mesh
 from fedsearch.federated.round import make_round
@@ -25,5 +26,5 @@ __all__ = [
     "ROUND_HYPERPARAMETERS", "RoundInputs", "TUNABLE",
     "ServerState", "check_optimizer", "client_mesh", "client_schedule", "make_local_update",
     "make_round", "round_inputs", "server_init", "server_update",
-    "split_clients", "weighted_average",
+    "split_clients", "weight_grad_sum", "weighted_average",
 ]

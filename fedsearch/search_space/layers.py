@@ -13,7 +13,7 @@ materialising it. Parameter names and initialisers are Flax's (`kernel`,
 `bias`, `scale`), so the models keep their parameter trees.
 """
 
-import functools
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,60 @@ def _im2col(x: jax.Array, kernel: int) -> jax.Array:
   return jnp.concatenate([s for _, _, s in _shifts(x, kernel, 1)], axis=-1)
 
 
+def _per_example_sum(a: jax.Array) -> jax.Array:
+  """(B, ..., C) -> (B, C): sum over the positions of each example."""
+  return a.reshape(a.shape[0], -1, a.shape[-1]).sum(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineRule:
+  """im2col(x) @ kernel (+ bias): Dense (kernel 1) and Conv."""
+
+  kernel: int = 1
+  bias: bool = True
+
+  def apply(self, x, params):
+    k = params["kernel"]
+    y = _im2col(x, self.kernel) @ k.reshape(-1, k.shape[-1])
+    return y + params["bias"] if self.bias else y
+
+  def sq_norm(self, x, g):
+    norm = ghost.matmul_sq_norm(_im2col(x, self.kernel), g)
+    return norm + ghost.summed_sq_norm(g) if self.bias else norm
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthwiseRule:
+  """Σ_taps shift_tap(x) * kernel[tap], per channel."""
+
+  kernel: int
+  dilation: int
+
+  def apply(self, x, params):
+    k = params["kernel"]
+    return sum(s * k[i, j, 0]
+               for i, j, s in _shifts(x, self.kernel, self.dilation))
+
+  def sq_norm(self, x, g):
+    total = 0.0
+    for _, _, s in _shifts(x, self.kernel, self.dilation):
+      d_tap = _per_example_sum(s * g)
+      total = total + jnp.sum(d_tap * d_tap, axis=1)
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleShiftRule:
+  """x * scale + bias per channel (GroupNorm's affine part)."""
+
+  def apply(self, x, params):
+    return x * params["scale"] + params["bias"]
+
+  def sq_norm(self, x, g):
+    d_scale = _per_example_sum(x * g)
+    return jnp.sum(d_scale * d_scale, axis=1) + ghost.summed_sq_norm(g)
+
+
 class Conv(nn.Module):
   """Dense kxk convolution via im2col: concatenated shifts @ kernel."""
 
@@ -51,12 +105,13 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
     cin = x.shape[-1]
-    k = self.param("kernel", nn.initializers.lecun_normal(),
-                   (self.kernel, self.kernel, cin, self.features))
-    bias = (self.param("bias", nn.initializers.zeros, (self.features,))
-            if self.use_bias else None)
-    return ghost.affine(self, x, k.reshape(-1, self.features), bias,
-                        functools.partial(_im2col, kernel=self.kernel))
+    params = {"kernel": self.param(
+        "kernel", nn.initializers.lecun_normal(),
+        (self.kernel, self.kernel, cin, self.features))}
+    if self.use_bias:
+      params["bias"] = self.param("bias", nn.initializers.zeros,
+                                  (self.features,))
+    return ghost.probed(self, AffineRule(self.kernel, self.use_bias), x, params)
 
 
 class Dense(nn.Module):
@@ -64,10 +119,12 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    k = self.param("kernel", nn.initializers.lecun_normal(),
-                   (x.shape[-1], self.features))
-    b = self.param("bias", nn.initializers.zeros, (self.features,))
-    return ghost.affine(self, x, k, b)
+    params = {
+        "kernel": self.param("kernel", nn.initializers.lecun_normal(),
+                             (x.shape[-1], self.features)),
+        "bias": self.param("bias", nn.initializers.zeros, (self.features,)),
+    }
+    return ghost.probed(self, AffineRule(), x, params)
 
 
 class GroupNorm(nn.Module):
@@ -80,9 +137,9 @@ class GroupNorm(nn.Module):
     normalised = nn.GroupNorm(num_groups=self.num_groups, use_bias=False,
                               use_scale=False)(x)
     c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    return ghost.scale_shift(self, normalised, scale, bias)
+    params = {"scale": self.param("scale", nn.initializers.ones, (c,)),
+              "bias": self.param("bias", nn.initializers.zeros, (c,))}
+    return ghost.probed(self, ScaleShiftRule(), normalised, params)
 
 
 class DepthwiseConv(nn.Module):
@@ -96,9 +153,8 @@ class DepthwiseConv(nn.Module):
     c = x.shape[-1]
     k = self.param("kernel", nn.initializers.lecun_normal(
         in_axis=(0, 1), out_axis=3), (self.kernel, self.kernel, 1, c))
-    shifts = functools.partial(_shifts, kernel=self.kernel,
-                               dilation=self.dilation)
-    return ghost.taps(self, x, k, shifts)
+    return ghost.probed(self, DepthwiseRule(self.kernel, self.dilation), x,
+                        {"kernel": k})
 
 
 def max_pool_3x3(x):
@@ -117,8 +173,16 @@ def avg_pool_3x3(x):
 
 
 def max_pool_2x2(x):
-  """2x2 max-pool, stride 2 (odd trailing rows/columns dropped)."""
+  """2x2 max-pool, stride 2 (odd trailing rows/columns dropped).
+
+  Written as the maximum of four strided slices, not as a reshape and a
+  max-reduction: on XLA:CPU (jax 0.10.2) the jitted gradient of the reshape
+  form after Flax's GroupNorm came out wrong (up to 100 % off against finite
+  differences and the eager gradient; right with the `cse` or `algsimp` HLO
+  pass disabled). tests/test_search_space.py checks jitted against eager
+  gradients for every op.
+  """
   h, w = x.shape[-3] // 2 * 2, x.shape[-2] // 2 * 2
-  x = x[..., :h, :w, :]
-  x = x.reshape(x.shape[:-3] + (h // 2, 2, w // 2, 2, x.shape[-1]))
-  return x.max(axis=(-4, -2))
+  corner = lambda i, j: x[..., i:h:2, j:w:2, :]
+  return jnp.maximum(jnp.maximum(corner(0, 0), corner(1, 0)),
+                     jnp.maximum(corner(0, 1), corner(1, 1)))
