@@ -137,7 +137,9 @@ def test_a_parameter_outside_the_probed_layers_is_refused():
     ghost_sum(weights, None, x, y, None)
 
 
-@pytest.mark.parametrize("op_set", ["dpnas", "darts"])
+@pytest.mark.parametrize("op_set", [
+    pytest.param("dpnas", marks=pytest.mark.slow),  # Same layers as darts.
+    "darts"])
 def test_supernet_and_derived_model_match_the_vmap_backend(op_set):
   space = ss.SearchSpace(op_set=op_set, channels=4, nodes=2, cells=1,
                          groups=2, num_classes=3, head="flatten")
@@ -164,7 +166,10 @@ def test_backend_is_checked_and_needs_a_probed_model():
                            client.ClientConfig(dp_backend="ghost"))
 
 
-@pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
+@pytest.mark.parametrize("optimizer", [
+    "dpsgd",
+    pytest.param("hyfree", marks=pytest.mark.slow),  # Auto clip: tested above.
+])
 def test_a_client_update_is_the_same_with_either_backend(optimizer):
   # Search phase on the supernet: architecture steps (always vmap) and weight
   # steps (the backend under test), same keys, so the same noise.

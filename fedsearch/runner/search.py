@@ -408,19 +408,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   state = place(state)
   base_key = jax.random.key(config.seed + 1)
   hpo_key = jax.random.key(config.seed + 2)
-  for round_ in range(rounds_done, total_rounds):
-    if round_ == f.search_rounds and genotype is None:
-      genotype, phase, state = finish_search(state)
-    searching_hps = strategy is not None and phase.train_arch
+  def host_inputs(round_, phase, ids):
     clients = plan.schedule[round_]
-    slots = -(-len(clients) // phase.devices) * phase.devices
-    aggregate, ids = True, None
-    if searching_hps:
-      hpo_state, ids, aggregate = strategy.choose(
-          hpo_state, jax.random.fold_in(hpo_key, round_), slots)
-      aggregate = bool(aggregate)
-    elif strategy is not None:  # Training: everyone uses the chosen config.
-      ids = np.full(slots, int(strategy.best(hpo_state)))
     values = hparams_for(ids) if ids is not None else {}
     inputs = fed.round_inputs(
         federation.splits, clients, seed=config.seed,
@@ -429,13 +418,47 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         batch_sizes=phase.batch_sizes, train_arch=phase.val_batches,
         train_on_all_local_data=phase.all_local_data,
         client_multiple=phase.devices,
-        feedback_size=feedback_size if searching_hps else 0,
+        feedback_size=(feedback_size if strategy is not None
+                       and phase.train_arch else 0),
         client_steps=values.pop("local_steps", None),
         client_rates=values.pop("sampling_rate", None))
-    if ids is not None:
-      inputs = inputs._replace(hparams=values)
+    return inputs._replace(hparams=values) if ids is not None else inputs
+
+  def fixed_ids(round_, phase):
+    """Every client's configuration index when none is being searched."""
+    if strategy is None:
+      return None
+    slots = -(-len(plan.schedule[round_]) // phase.devices) * phase.devices
+    return np.full(slots, int(strategy.best(hpo_state)))
+
+  prefetched = None
+  for round_ in range(rounds_done, total_rounds):
+    if round_ == f.search_rounds and genotype is None:
+      genotype, phase, state = finish_search(state)
+      prefetched = None
+    searching_hps = strategy is not None and phase.train_arch
+    aggregate, ids = True, None
+    if searching_hps:
+      slots = (-(-len(plan.schedule[round_]) // phase.devices)
+               * phase.devices)
+      hpo_state, ids, aggregate = strategy.choose(
+          hpo_state, jax.random.fold_in(hpo_key, round_), slots)
+      aggregate = bool(aggregate)
+      inputs = host_inputs(round_, phase, ids)
+    elif prefetched is not None and prefetched[0] == round_:
+      inputs = prefetched[1]
+    else:
+      inputs = host_inputs(round_, phase, fixed_ids(round_, phase))
     state, gains = phase.round_fn(state, federation.x, federation.y, inputs,
                                   base_key, round_, aggregate)
+    # The round runs asynchronously: draw the next round's batches on the
+    # host meanwhile, when they do not depend on this round's results (no
+    # controller update, same phase).
+    next_round = round_ + 1
+    if (not searching_hps and next_round < total_rounds
+        and next_round != f.search_rounds):
+      prefetched = (next_round, host_inputs(next_round, phase,
+                                            fixed_ids(next_round, phase)))
     if searching_hps:
       # The gains come back sharded over the client mesh; the controller
       # is small host-side work on the default device.
