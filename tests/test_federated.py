@@ -36,7 +36,7 @@ def test_fedavg_server_step_with_sgd_one_is_the_weighted_mean_model():
 
 
 @functools.lru_cache(maxsize=None)
-def _setup(optimizer="dpsgd"):
+def _setup(optimizer="dpsgd", dp_backend="vmap"):
   ds = data.load_dataset("digits")
   x = jnp.asarray(data.normalize("digits", ds.train_x, ds.pixel_max))
   y = jnp.asarray(ds.train_y)
@@ -46,7 +46,8 @@ def _setup(optimizer="dpsgd"):
   params = {"weights": ss.init_supernet(space, jax.random.key(0), (8, 8, 1)),
             "arch": ss.init_arch_params(space, key=jax.random.key(1))}
   config = fed.ClientConfig(noise_multiplier=1.0, optimizer=optimizer,
-                           auto_lr=AutoLRConfig(probe_every=2))
+                           auto_lr=AutoLRConfig(probe_every=2),
+                           dp_backend=dp_backend)
   if optimizer == "hyfree":
     params["carried"] = auto_lr.init_carried(config.auto_lr)
   local = fed.make_local_update(ss.supernet_apply(space), config, True)
@@ -66,10 +67,11 @@ def _inputs(splits, clients, multiple, feedback=False):
   return inputs
 
 
-@pytest.mark.parametrize("optimizer", ["dpsgd", "hyfree"])
-def test_four_devices_equal_one_device(optimizer):
+@pytest.mark.parametrize("optimizer,dp_backend", [
+    ("dpsgd", "vmap"), ("hyfree", "vmap"), ("dpsgd", "ghost")])
+def test_four_devices_equal_one_device(optimizer, dp_backend):
   assert len(jax.devices()) == 4
-  x, y, splits, params, local = _setup(optimizer)
+  x, y, splits, params, local = _setup(optimizer, dp_backend)
   clients = [0, 2, 3, 5, 6]  # 5 clients: padded to 8 on 4 devices.
   opt = optax.sgd(1.0)
   state = fed.server_init(params, opt)

@@ -205,7 +205,12 @@ def clipped_grad_sum(probed_losses: Callable, clip_norm: float,
   def grad_sum(weights, arch, x, y, *rest, is_padding_example=None):
     shapes = jax.eval_shape(
         lambda: probed_losses(weights, None, arch, x, y, *rest)[1])
-    zero_tapes = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    # Zeros that vary over the same mesh axes as the data and weights (under
+    # shard_map a tape's cotangent has their axis types, and must match).
+    anchor = jnp.zeros_like(x, shape=()) + sum(
+        jnp.zeros_like(w, shape=()) for w in jax.tree.leaves(weights)[:1])
+    zero_tapes = jax.tree.map(
+        lambda s: jnp.zeros_like(anchor, s.dtype, shape=s.shape), shapes)
     _check_covered(weights, zero_tapes)
     losses, pull = jax.vjp(
         lambda tapes: probed_losses(weights, tapes, arch, x, y, *rest)[0],
