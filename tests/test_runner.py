@@ -212,6 +212,7 @@ def _cli(*flags):
     ("--config.federated.server_momentum=1.5", "federated.server_momentum"),
     ("--config.hpo.strategy=grid", "hpo.strategy"),
     ("--config.client.optimizer=adamw", "client.optimizer"),
+    ("--config.privacy.dp_backend=opacus", "privacy.dp_backend"),
 ])
 def test_bad_flag_values_give_one_clear_line(tmp_path, flag, expected):
   result = _cli(flag, f"--workdir={tmp_path}")
@@ -219,6 +220,15 @@ def test_bad_flag_values_give_one_clear_line(tmp_path, flag, expected):
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and expected in errors[0], result.stderr
   assert not (tmp_path / "summary.json").exists()
+
+
+def test_unreadable_cost_table_is_named(tmp_path):
+  result = _cli("--config.nas.cost_penalty=0.1",
+                "--config.nas.cost_table=/nonexistent/costs.json",
+                f"--workdir={tmp_path}")
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "nas.cost_table" in errors[0], result.stderr
 
 
 def test_missing_data_file_is_named(tmp_path):

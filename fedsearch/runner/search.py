@@ -250,7 +250,14 @@ def cost_model(config, space, input_shape) -> CostModel | None:
   if n.cost_penalty == 0 and n.cost_budget == 0:
     return None
   if n.cost_table:
-    table = cost_lib.CostTable.from_json(open(n.cost_table).read())
+    try:
+      with open(n.cost_table) as f:
+        table = cost_lib.CostTable.from_json(f.read())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ConfigError(
+          f"nas.cost_table={n.cost_table!r} cannot be read as a cost table"
+          f" ({type(e).__name__}: {e}); build one with `python -m"
+          " experiments.op_costs --out=FILE` on the target machine") from e
     if table.op_names != space.op_names:
       raise ConfigError(f"nas.cost_table={n.cost_table!r} was built for ops"
                         f" {list(table.op_names)}, not this space's")
