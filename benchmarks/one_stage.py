@@ -18,9 +18,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -47,24 +44,21 @@ def _round_cost(config, strategy_name):
   space = job.search_space_from(config, federation.num_classes)
   plan = job.build_plan(config)
   strategy = ss.make_strategy(strategy_name, space)
-  # Timing only: a fixed σ, no calibration.
-  clients = job.client_config(config, job.NoiseMultipliers(1.0))
-  local = fed.make_local_update(strategy.apply, clients, True,
-                                strategy.one_stage)
-  round_fn = fed.make_round(local, optax.sgd(1.0), None,
-                            shared_program=strategy.shared_program)
+  # The main job's search phase (its batch shapes and data use), with a
+  # fixed σ: timing only, no calibration.
+  phase = job._Phase("search", strategy.apply, strategy, config,  # pylint: disable=protected-access
+                     job.NoiseMultipliers(1.0), None, plan, federation.splits)
+  round_fn = phase.round_fn
   keys = jax.random.split(jax.random.key(0))
   state = fed.server_init(
       {"weights": ss.init_supernet(space, keys[0], federation.input_shape),
-       "arch": strategy.init(keys[1])}, optax.sgd(1.0))
+       "arch": strategy.init(keys[1])}, job.server_optimizer(config))
   f = config.federated
-  splits = federation.splits
-  sizes = (plan.padded_batch_size(map(len, splits.train)),
-           plan.padded_batch_size(map(len, splits.val)))
   inputs = fed.round_inputs(
-      splits, plan.schedule[0], seed=0, round_=0, steps=f.local_steps,
-      sampling_rate=f.sampling_rate, batch_sizes=sizes,
-      train_arch=not strategy.one_stage, train_on_all_local_data=False)
+      federation.splits, plan.schedule[0], seed=0, round_=0,
+      steps=f.local_steps, sampling_rate=f.sampling_rate,
+      batch_sizes=phase.batch_sizes, train_arch=phase.val_batches,
+      train_on_all_local_data=phase.all_local_data)
   args = (state, federation.x, federation.y, inputs, jax.random.key(1), 0)
   compiled = round_fn.lower(*args).compile()
   memory = compiled.memory_analysis()
