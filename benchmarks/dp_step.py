@@ -29,7 +29,7 @@ from absl import app, flags
 from experiments import reporting
 from fedsearch import models, search_space as ss
 from fedsearch.federated import client
-from fedsearch.privacy import dp_grad, ghost
+from fedsearch.privacy import dp_grad, ghost, private_optimizer
 
 _MODELS = flags.DEFINE_list("models", ["cnn", "derived"], "cnn, derived")
 _BATCHES = flags.DEFINE_list(
@@ -64,32 +64,35 @@ def build(name: str):
   raise ValueError(f"--models: {name!r} is not one of cnn, derived")
 
 
+def clipped_sum(apply_fn, case: str):
+  """The clipped per-example gradient sum of a DP `case`."""
+  if case == "ghost":
+    return ghost.clipped_grad_sum(client.probed_example_loss(apply_fn),
+                                  CLIP_NORM)
+  if case in ("vmap", "vmap_nan_safe"):
+    return dp_grad.clipped_grad_sum(client.cross_entropy_loss(apply_fn), 0,
+                                    CLIP_NORM,
+                                    nan_safe=case == "vmap_nan_safe")
+  raise ValueError(f"--cases: {case!r} is not one of {_CASES.default}")
+
+
 def make_step(apply_fn, case: str, batch: int):
   """A jitted `(weights, x, y, key) -> weights` SGD step of `case`."""
-  mean_loss = client.cross_entropy_loss(apply_fn)
   if case == "non_dp":
-    grad = lambda w, x, y, key: jax.grad(mean_loss)(w, None, x, y, None)
+    mean_loss = client.cross_entropy_loss(apply_fn)
+
+    def step(w, x, y, key):
+      del key
+      return jax.tree.map(lambda p, g: p - LEARNING_RATE * g, w,
+                          jax.grad(mean_loss)(w, None, x, y, None))
   else:
-    if case == "ghost":
-      clipped = ghost.clipped_grad_sum(client.probed_example_loss(apply_fn),
-                                       CLIP_NORM)
-    elif case in ("vmap", "vmap_nan_safe"):
-      clipped = dp_grad.clipped_grad_sum(mean_loss, 0, CLIP_NORM,
-                                         nan_safe=case == "vmap_nan_safe")
-    else:
-      raise ValueError(f"--cases: {case!r} is not one of {_CASES.default}")
+    clipped = clipped_sum(apply_fn, case)
 
-    def grad(w, x, y, key):
-      total = clipped(w, None, x, y, None)
-      leaves, tree = jax.tree.flatten(total)
-      keys = jax.random.split(key, len(leaves))
-      noisy = [g + NOISE_MULTIPLIER * CLIP_NORM * jax.random.normal(k, g.shape)
-               for g, k in zip(leaves, keys)]
-      return jax.tree.map(lambda g: g / batch, tree.unflatten(noisy))
-
-  def step(w, x, y, key):
-    return jax.tree.map(lambda p, g: p - LEARNING_RATE * g, w,
-                        grad(w, x, y, key))
+    def step(w, x, y, key):
+      opt = private_optimizer(NOISE_MULTIPLIER * CLIP_NORM, key, batch,
+                              optax.sgd(LEARNING_RATE))
+      updates, _ = opt.update(clipped(w, None, x, y, None), opt.init(w), w)
+      return optax.apply_updates(w, updates)
 
   return jax.jit(step, donate_argnums=0)
 

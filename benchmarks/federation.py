@@ -21,9 +21,6 @@ its peak memory.
   python -m benchmarks.federation --clients=8 --steps=2 --batch=16  # CPU form
 """
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +30,7 @@ from absl import app, flags
 from experiments import reporting
 from experiments.configs import default
 from fedsearch import federated as fed, models, search_space as ss
+from fedsearch.privacy import private_optimizer
 
 _MODEL = flags.DEFINE_enum("model", "cnn", ["cnn", "supernet"],
                            "cnn: 6-conv tanh CNN, training phase; supernet:"
@@ -80,26 +78,14 @@ def _inputs(clients, steps, batch, examples, train_arch, multiple, seed=0):
       client_weights=weights, client_ids=np.arange(m, dtype=np.int32))
 
 
-def _median_seconds(fn, rounds):
-  jax.block_until_ready(fn())  # Compile.
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _peak_bytes(compiled) -> int | None:
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "peak_bytes_in_use" in stats:
     return stats["peak_bytes_in_use"]
-  analysis = compiled.memory_analysis()
-  if analysis is None:
+  if compiled.memory_analysis() is None:
     return None
-  return (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-          + analysis.output_size_in_bytes)
+  return reporting.compiled_peak_bytes(compiled)
 
 
 def main(argv):
@@ -122,7 +108,7 @@ def main(argv):
   round_fn = fed.make_round(local, server_opt, mesh)
   inputs = _inputs(clients, steps, batch, examples, train_arch, devices)
 
-  vectorised = _median_seconds(
+  vectorised = reporting.median_seconds(
       lambda: round_fn(state, x, y, inputs, key, 0)[0], _ROUNDS.value)
   compiled = round_fn.lower(state, x, y, inputs, key, 0).compile()
   peak = _peak_bytes(compiled)
@@ -152,7 +138,7 @@ def main(argv):
       total = delta if total is None else jax.tree.map(jnp.add, total, delta)
     return apply_mean(state, total)
 
-  looped = _median_seconds(loop, _ROUNDS.value)
+  looped = reporting.median_seconds(loop, _ROUNDS.value)
 
   total_batch = clients * steps * batch
   weight_grad = fed.weight_grad_sum(apply_fn, config)
@@ -161,13 +147,12 @@ def main(argv):
   def centralised_step(weights, key):
     g = weight_grad(weights, params["arch"], x[:total_batch], y[:total_batch],
                     None)
-    leaves, tree = jax.tree.flatten(g)
-    keys = jax.random.split(key, len(leaves))
-    noisy = tree.unflatten([l + config.clip_norm * jax.random.normal(k, l.shape)
-                            for l, k in zip(leaves, keys)])
-    return jax.tree.map(lambda w, n: w - 0.1 * n / total_batch, weights, noisy)
+    opt = private_optimizer(config.noise_multiplier * config.clip_norm, key,
+                            total_batch, optax.sgd(0.1))
+    updates, _ = opt.update(g, opt.init(weights), weights)
+    return optax.apply_updates(weights, updates)
 
-  central = _median_seconds(lambda: centralised_step(params["weights"], key),
+  central = reporting.median_seconds(lambda: centralised_step(params["weights"], key),
                             _ROUNDS.value)
   # Example gradients per second: a search round also takes architecture
   # steps (as many examples again); the centralised step only weight steps.

@@ -9,9 +9,6 @@ the target is <= 1.1.
   python -m benchmarks.hyfree_step [--batch=256] [--repeats=20]
 """
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,16 +22,6 @@ from fedsearch.privacy import auto_lr
 _BATCH = flags.DEFINE_integer("batch", 256, "examples per step")
 _STEPS = flags.DEFINE_integer("steps", 10, "local steps = probe period K")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "timed calls per case")
-
-
-def _time(fn, args, repeats):
-  jax.block_until_ready(fn(*args))  # Compile.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main(argv):
@@ -76,7 +63,8 @@ def main(argv):
         p["carried"] = auto_lr.init_carried(lr_config)
       local = jax.jit(fed.make_local_update(apply_fn, client, train_arch))
       args = (p, batches, jax.random.key(2), jnp.array([batch, batch], jnp.float32), 0)
-      timings[optimizer] = _time(local, args, _REPEATS.value) / steps
+      timings[optimizer] = reporting.median_seconds(
+          lambda: local(*args), _REPEATS.value) / steps
     print(f"| {name} | {1e3 * timings['dpsgd']:.2f} |"
           f" {1e3 * timings['hyfree']:.2f} |"
           f" {timings['hyfree'] / timings['dpsgd']:.3f} |", flush=True)

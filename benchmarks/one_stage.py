@@ -61,9 +61,7 @@ def _round_cost(config, strategy_name):
       train_on_all_local_data=phase.all_local_data)
   args = (state, federation.x, federation.y, inputs, jax.random.key(1), 0)
   compiled = round_fn.lower(*args).compile()
-  memory = compiled.memory_analysis()
-  peak = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
-          + memory.output_size_in_bytes)
+  peak = reporting.compiled_peak_bytes(compiled)
   jax.block_until_ready(round_fn(*args))
   times = []
   for r in range(_TIMED.value):

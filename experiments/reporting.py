@@ -1,6 +1,7 @@
 """What the comparison scripts share: scratch runs, the machine line, output."""
 
 import pathlib
+import statistics
 import tempfile
 import time
 
@@ -30,3 +31,21 @@ def emit(table: str, out: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
       f.write(table + "\n")
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """Median wall time of `fn()` (results awaited) after one warm-up call."""
+  jax.block_until_ready(fn())  # Compile.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def compiled_peak_bytes(compiled) -> int:
+  """XLA's buffer assignment of a compiled function: temps + args + outputs."""
+  memory = compiled.memory_analysis()
+  return (memory.temp_size_in_bytes + memory.argument_size_in_bytes
+          + memory.output_size_in_bytes)

@@ -102,8 +102,8 @@ class ClientConfig:
 
   # How weight steps clip per example: "vmap" (jax-privacy, per-example
   # gradients) or "ghost" (per-example norms from layer inputs and output
-  # cotangents, then a weighted backward pass; privacy.ghost). Architecture
-  # and one-stage joint steps always use "vmap".
+  # cotangents, then the clipped sum by book-keeping; privacy.ghost).
+  # Architecture and one-stage joint steps always use "vmap".
   dp_backend: str = "vmap"
 
   def __post_init__(self):
@@ -135,7 +135,7 @@ def probed_example_loss(apply_fn: Callable) -> Callable:
   return loss
 
 
-def weight_grad_sum(apply_fn: Callable, config: "ClientConfig"):
+def weight_grad_sum(apply_fn: Callable, config: ClientConfig):
   """The clipped per-example weight-gradient sum of `config.dp_backend`."""
   clipping = "auto" if config.optimizer == "hyfree" else "flat"
   if config.dp_backend == "ghost":

@@ -146,20 +146,22 @@ def summed_sq_norm(g: jax.Array) -> jax.Array:
   return jnp.sum(total * total, axis=1)
 
 
-def _check_covered(weights, tapes) -> None:
-  probed_modules = {path[:-1] for path in _flat_tapes(tapes)}
-  missing = ["/".join(path) for path in traverse_util.flatten_dict(weights)
-             if path[:-1] not in probed_modules]
+def _params_by_module(weights, tapes) -> dict:
+  """{module path: its parameters}, refusing weights of unprobed modules."""
+  by_module = {}
+  for path, value in traverse_util.flatten_dict(weights).items():
+    by_module.setdefault(path[:-1], {})[path[-1]] = value
+  probed_modules = {path[:-1] for path in tapes}
+  missing = sorted("/".join(module + (name,))
+                   for module, params in by_module.items()
+                   if module not in probed_modules for name in params)
   if missing:
     raise ValueError(
         "privacy.dp_backend='ghost' cannot bound the per-example gradient of"
         f" {missing}: these parameters do not belong to a probed layer"
         " (fedsearch.search_space.layers Dense, Conv, DepthwiseConv,"
         " GroupNorm); use privacy.dp_backend='vmap' for this model")
-
-
-def _flat_tapes(tapes) -> dict:
-  return traverse_util.flatten_dict(tapes)
+  return by_module
 
 
 def clip_factors(sq_norm: jax.Array, clip_norm: float, clipping: str,
@@ -211,25 +213,25 @@ def clipped_grad_sum(probed_losses: Callable, clip_norm: float,
         jnp.zeros_like(w, shape=()) for w in jax.tree.leaves(weights)[:1])
     zero_tapes = jax.tree.map(
         lambda s: jnp.zeros_like(anchor, s.dtype, shape=s.shape), shapes)
-    _check_covered(weights, zero_tapes)
+    params_by_module = _params_by_module(
+        weights, traverse_util.flatten_dict(zero_tapes))
     losses, pull = jax.vjp(
         lambda tapes: probed_losses(weights, tapes, arch, x, y, *rest)[0],
         zero_tapes)
-    tapes = _flat_tapes(pull(jnp.ones_like(losses))[0])
+    tapes = traverse_util.flatten_dict(pull(jnp.ones_like(losses))[0])
     sq_norm = sum(t.rule.sq_norm(t.x, t.g) for t in tapes.values())
     factor = clip_factors(sq_norm, clip_norm, clipping, gamma)
     if is_padding_example is not None:
       factor = jnp.where(is_padding_example, 0.0, factor)
     finite = jnp.isfinite(sq_norm)
-    flat_weights = traverse_util.flatten_dict(weights)
     grads = {}
     for path, t in tapes.items():
       module = path[:-1]
-      params = {p[-1]: v for p, v in flat_weights.items() if p[:-1] == module}
       x_kept = jnp.where(_rows(finite, t.x), t.x, 0)
       g_weighted = jnp.where(_rows(finite, t.g),
                              t.g * _rows(factor, t.g).astype(t.g.dtype), 0)
-      d = jax.vjp(lambda p: t.rule.apply(x_kept, p), params)[1](g_weighted)[0]
+      d = jax.vjp(lambda p: t.rule.apply(x_kept, p),
+                  params_by_module[module])[1](g_weighted)[0]
       grads.update({module + (name,): v for name, v in d.items()})
     return traverse_util.unflatten_dict(grads)
 

@@ -415,6 +415,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   state = place(state)
   base_key = jax.random.key(config.seed + 1)
   hpo_key = jax.random.key(config.seed + 2)
+  def searching_hps(phase) -> bool:
+    return strategy is not None and phase.train_arch
+
+  def client_slots(round_, phase) -> int:
+    """The round's clients padded to a multiple of the devices."""
+    return -(-len(plan.schedule[round_]) // phase.devices) * phase.devices
+
   def host_inputs(round_, phase, ids):
     clients = plan.schedule[round_]
     values = hparams_for(ids) if ids is not None else {}
@@ -425,8 +432,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         batch_sizes=phase.batch_sizes, train_arch=phase.val_batches,
         train_on_all_local_data=phase.all_local_data,
         client_multiple=phase.devices,
-        feedback_size=(feedback_size if strategy is not None
-                       and phase.train_arch else 0),
+        feedback_size=feedback_size if searching_hps(phase) else 0,
         client_steps=values.pop("local_steps", None),
         client_rates=values.pop("sampling_rate", None))
     return inputs._replace(hparams=values) if ids is not None else inputs
@@ -435,21 +441,19 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     """Every client's configuration index when none is being searched."""
     if strategy is None:
       return None
-    slots = -(-len(plan.schedule[round_]) // phase.devices) * phase.devices
-    return np.full(slots, int(strategy.best(hpo_state)))
+    return np.full(client_slots(round_, phase), int(strategy.best(hpo_state)))
 
   prefetched = None
   for round_ in range(rounds_done, total_rounds):
     if round_ == f.search_rounds and genotype is None:
       genotype, phase, state = finish_search(state)
       prefetched = None
-    searching_hps = strategy is not None and phase.train_arch
+    searching = searching_hps(phase)
     aggregate, ids = True, None
-    if searching_hps:
-      slots = (-(-len(plan.schedule[round_]) // phase.devices)
-               * phase.devices)
+    if searching:
       hpo_state, ids, aggregate = strategy.choose(
-          hpo_state, jax.random.fold_in(hpo_key, round_), slots)
+          hpo_state, jax.random.fold_in(hpo_key, round_),
+          client_slots(round_, phase))
       aggregate = bool(aggregate)
       inputs = host_inputs(round_, phase, ids)
     elif prefetched is not None and prefetched[0] == round_:
@@ -462,11 +466,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     # host meanwhile, when they do not depend on this round's results (no
     # controller update, same phase).
     next_round = round_ + 1
-    if (not searching_hps and next_round < total_rounds
+    if (not searching and next_round < total_rounds
         and next_round != f.search_rounds):
       prefetched = (next_round, host_inputs(next_round, phase,
                                             fixed_ids(next_round, phase)))
-    if searching_hps:
+    if searching:
       # The gains come back sharded over the client mesh; the controller
       # is small host-side work on the default device.
       gains = np.asarray(gains)
@@ -480,7 +484,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     record = {"round": round_ + 1, "phase": phase.name,
               "monitor_accuracy": acc, "monitor_loss": loss, "epsilon": eps,
               "elapsed_s": time.time() - start}
-    if searching_hps:
+    if searching:
       weights = np.asarray(inputs.client_weights)
       record["hp_measure_only"] = not bool(aggregate)
       record["hp_mean_gain"] = float(
