@@ -38,7 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
   # client step, the most likely child deployed with its trained weights;
   # train_rounds is then an optional DP fine-tune.
   config.nas = ml_collections.ConfigDict()
-  config.nas.strategy = "darts"  # darts | one_stage
+  # reinforce: DPNAS's controller, one sampled child per weight step and a
+  # policy-gradient step on its privatised validation accuracy.
+  config.nas.strategy = "darts"  # darts | one_stage | reinforce
+  # Retrain a found architecture instead of searching: a search's
+  # genotype.json or its workdir (needs federated.search_rounds=0).
+  config.nas.genotype = ""
   # Hardware awareness (fedsearch/search_space/cost.py): the architecture
   # objective gains cost_penalty·E[cost]/max cost, and with cost_budget > 0
   # also budget_weight·max(0, E[cost] − budget)/max cost; the deployed child
@@ -81,7 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.client.learning_rate = 1.0
   config.client.momentum = 0.9
   config.client.weight_decay = 0.0
-  # 0: the strategy's default (darts 3e-2; one_stage 1.0, see strategies.py).
+  # 0: the strategy's default (darts 3e-2, one_stage 1.0, reinforce 0.05;
+  # see strategies.py).
   config.client.arch_learning_rate = 0.0
   config.client.arch_weight_decay = 1e-3
 

@@ -6,6 +6,7 @@ from fedsearch.federated.client import ClientConfig
 from fedsearch.federated.client import OPTIMIZERS
 from fedsearch.federated.client import TUNABLE
 from fedsearch.federated.client import check_optimizer
+from fedsearch.federated.client import init_reward_baseline
 from fedsearch.federated.client import make_local_update
 from fedsearch.federated.client import weight_grad_sum
 from fedsearch.federated.round import RoundInputs
@@ -24,7 +25,8 @@ from fedsearch.federated.server import weighted_average
 __all__ = [
     "Batches", "ClientBatches", "ClientConfig", "ClientSplits", "OPTIMIZERS",
     "ROUND_HYPERPARAMETERS", "RoundInputs", "TUNABLE",
-    "ServerState", "check_optimizer", "client_mesh", "client_schedule", "make_local_update",
+    "ServerState", "check_optimizer", "client_mesh", "client_schedule",
+    "init_reward_baseline", "make_local_update",
     "make_round", "round_inputs", "server_init", "server_update",
     "split_clients", "weight_grad_sum", "weighted_average",
 ]

@@ -22,6 +22,15 @@ clipping, the base optimiser at unit learning rate, and a step size η from
 probes on the step's own batch; they go out through `params['carried']`,
 the server averages them over clients and refits η (`auto_lr.apply_report`),
 so the fit sees the clients' mean, whose noise is √m times smaller.
+
+Policy-gradient strategies (`reinforce`, DPNAS's controller) replace the
+architecture step's clipped gradient by one privatised scalar: the sampled
+child's validation accuracy on the step's batch, Σ_i correct_i + N(0, σ²)
+over the expected batch size (per-example values in {0, 1}: sensitivity 1,
+the same multiplier σ and Poisson rate as a gradient architecture step, so
+the accountant counts it as one). The policy update is computed from that
+scalar and the client's own random child alone: post-processing. The
+reward baseline travels in `params['carried']['reward_baseline']`.
 """
 
 import dataclasses
@@ -35,6 +44,7 @@ import optax
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feedback
 from fedsearch.privacy import auto_lr, clipped_grad_sum, ghost
+from fedsearch.privacy.auto_lr import privatized_mean_loss
 from fedsearch.privacy import private_optimizer
 from fedsearch.privacy.auto_lr import AutoLRConfig
 
@@ -113,6 +123,24 @@ class ClientConfig:
                         f" allowed; choose one of {list(DP_BACKENDS)}")
 
 
+def init_reward_baseline() -> dict:
+  """Moving-average reward baseline, as the server carries it: Σ dᵗ⁻ˢ(1−d)R̃_s
+  and its normaliser 1 − dᵗ (bias correction: the first reward is its own
+  baseline, so the first update has no advantage to follow)."""
+  return {"sum": jnp.float32(0.0), "weight": jnp.float32(0.0)}
+
+
+def baseline_value(baseline: dict, reward: jax.Array) -> jax.Array:
+  return jnp.where(baseline["weight"] > 0,
+                   baseline["sum"] / jnp.maximum(baseline["weight"], 1e-12),
+                   reward)
+
+
+def update_baseline(baseline: dict, reward: jax.Array, decay: float) -> dict:
+  return {"sum": decay * baseline["sum"] + (1 - decay) * reward,
+          "weight": decay * baseline["weight"] + (1 - decay)}
+
+
 def per_example_loss(apply_fn: Callable) -> Callable:
   def loss(weights, arch, x, y, key):
     logits = apply_fn(weights, arch, x, key)
@@ -162,7 +190,8 @@ def add_gradient_of(penalty: Callable) -> optax.GradientTransformation:
 def make_local_update(apply_fn: Callable, config: ClientConfig,
                       train_arch: bool, one_stage: bool = False,
                       arch_penalty: Callable | None = None,
-                      active_weights: Callable | None = None) -> Callable:
+                      active_weights: Callable | None = None,
+                      reinforce=None) -> Callable:
   """Builds `local_update(params, batches, key, expected_batch, first_step)`.
 
   Args:
@@ -179,6 +208,9 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
     active_weights: optional `(weights, arch, step_key) -> tree of bools`,
       the parameters the step's model uses (a sampled child's); the weight
       noise is added only there (see `privacy.dp_grad.masked_noise`).
+    reinforce: a `search_space.strategies.Reinforce`: architecture steps are
+      policy-gradient steps on a privatised reward (module docstring); then
+      `params['carried']['reward_baseline']` must exist.
 
   `params` is {'weights': ..., 'arch': ...} (plus {'carried': {'auto_lr':
   ...}} for HyFreeDP); `expected_batch` is (train, val, feedback) floats: q
@@ -207,6 +239,19 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
   alternating_arch = train_arch and not one_stage
   weight_stddev = config.noise_multiplier * config.clip_norm
   arch_stddev = config.noise_multiplier * config.arch_clip_norm
+  policy_gradient = alternating_arch and reinforce is not None
+
+  def reward_step(weights, arch, baseline, val, step_key, noise_key,
+                  expected):
+    """(policy gradient, next baseline, privatised reward) of one child."""
+    choices = reinforce.sample(arch, jax.random.fold_in(step_key, 1))
+    logits = reinforce.child_logits(weights, val.x, choices)
+    correct = (jnp.argmax(logits, -1) == val.y).astype(jnp.float32)
+    reward = privatized_mean_loss(correct, val.padding, 1.0,
+                                  config.noise_multiplier, noise_key, expected)
+    advantage = reward - baseline_value(baseline, reward)
+    g = jax.grad(reinforce.policy_loss)(arch, choices, advantage)
+    return g, update_baseline(baseline, reward, reinforce.baseline_decay)
 
   def local_update(params, batches: ClientBatches, key, expected_batch,
                    first_step, hparams=None):
@@ -219,12 +264,13 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
         optax.chain(optax.add_decayed_weights(h["weight_decay"]),
                     optax.sgd(1.0 if hyfree else h["learning_rate"],
                               h["momentum"])))
-    arch_opt = private_optimizer(
-        arch_stddev, arch_key, expected_batch[1],
-        optax.chain(*([add_gradient_of(arch_penalty)] if arch_penalty else []),
-                    optax.add_decayed_weights(h["arch_weight_decay"]),
-                    optax.adam(h["arch_learning_rate"], config.arch_b1,
-                               config.arch_b2)))
+    arch_inner = optax.chain(
+        *([add_gradient_of(arch_penalty)] if arch_penalty else []),
+        optax.add_decayed_weights(h["arch_weight_decay"]),
+        optax.adam(h["arch_learning_rate"], config.arch_b1, config.arch_b2))
+    # A policy gradient is post-processing of an already noised reward.
+    arch_opt = (arch_inner if policy_gradient else private_optimizer(
+        arch_stddev, arch_key, expected_batch[1], arch_inner))
     weights, arch = params["weights"], params["arch"]
     carried = params.get("carried")
     eta = carried["auto_lr"].learning_rate if hyfree else 1.0
@@ -246,19 +292,26 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
       # The steps taken are a prefix, so the optimiser states after the last
       # one are never used (they start fresh next round): only the
       # parameters and the probe report need keeping.
-      weights, arch, weight_state, arch_state, report, index = new_carry
+      weights, arch, weight_state, arch_state, report, baseline, index = (
+          new_carry)
       kept = jax.tree.map(lambda new, old: jnp.where(active, new, old),
-                          (weights, arch, report),
-                          (carry[0], carry[1], carry[4]))
-      return (kept[0], kept[1], weight_state, arch_state, kept[2], index), None
+                          (weights, arch, report, baseline),
+                          (carry[0], carry[1], carry[4], carry[5]))
+      return (kept[0], kept[1], weight_state, arch_state, kept[2], kept[3],
+              index), None
 
     def dp_step(carry, batch):
-      weights, arch, weight_state, arch_state, report, index = carry
+      weights, arch, weight_state, arch_state, report, baseline, index = carry
       train, val = batch
       step_key = jax.random.fold_in(model_key, index)
-      if alternating_arch:
+      if policy_gradient:
+        g, baseline = reward_step(weights, arch, baseline, val, step_key,
+                                  jax.random.fold_in(arch_key, index),
+                                  expected_batch[1])
+      elif alternating_arch:
         g = arch_grad(weights, arch, val.x, val.y, step_key,
                       is_padding_example=val.padding)
+      if alternating_arch:
         updates, arch_state = arch_opt.update(g, arch_state, arch)
         arch = optax.apply_updates(arch, updates)
       if train_arch and one_stage:
@@ -288,17 +341,24 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
       weights = optax.apply_updates(weights, updates)
       if train_arch and one_stage:
         arch = optax.apply_updates(arch, arch_updates)
-      return (weights, arch, weight_state, arch_state, report, index + 1), None
+      return (weights, arch, weight_state, arch_state, report, baseline,
+              index + 1), None
 
     report = carried["report"] if hyfree else None
+    baseline = carried["reward_baseline"] if policy_gradient else None
     carry = (weights, arch, weight_opt.init(weights), arch_opt.init(arch),
-             report, jnp.int32(0))
+             report, baseline, jnp.int32(0))
     xs = (batches.train, batches.val if alternating_arch else None,
           batches.active_steps)
-    (weights, arch, _, _, report, _), _ = jax.lax.scan(step, carry, xs)
+    (weights, arch, _, _, report, baseline, _), _ = jax.lax.scan(
+        step, carry, xs)
     new = {"weights": weights, "arch": arch}
-    if hyfree:
-      new["carried"] = {"auto_lr": carried["auto_lr"], "report": report}
+    if carried is not None:
+      new["carried"] = dict(carried)
+      if hyfree:
+        new["carried"]["report"] = report
+      if policy_gradient:
+        new["carried"]["reward_baseline"] = baseline
     gain = None
     if batches.feedback is not None:
       fb = batches.feedback

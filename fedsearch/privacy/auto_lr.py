@@ -109,9 +109,9 @@ def apply_report(carried: dict, config: AutoLRConfig) -> dict:
   state = jax.lax.cond(report.probed > 0.5,
                        lambda: update(carried["auto_lr"], report.losses, config),
                        lambda: carried["auto_lr"])
-  return {"auto_lr": state,
-          "report": ProbeReport(jnp.zeros_like(report.losses),
-                                jnp.zeros_like(report.probed))}
+  return dict(carried, auto_lr=state,
+              report=ProbeReport(jnp.zeros_like(report.losses),
+                                 jnp.zeros_like(report.probed)))
 
 
 def privatized_mean_loss(per_example_loss: jax.Array, padding: jax.Array,

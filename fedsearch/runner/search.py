@@ -15,6 +15,7 @@ at the end, for the report of both the deployed and the final model.
 import dataclasses
 import functools
 import json
+import pathlib
 import time
 from collections.abc import Callable
 
@@ -32,8 +33,10 @@ from fedsearch import hyperparameters as hp_lib
 from fedsearch.hyperparameters import strategy as hp_strategy
 from fedsearch.privacy import auto_lr
 from fedsearch.runner.plan import NoiseMultipliers, PrivacyPlan, make_plan
-from fedsearch.runner.workdir import Workdir, load_weights, write_atomic
+from fedsearch.runner.workdir import GENOTYPE_FILE, Workdir, load_weights
+from fedsearch.runner.workdir import write_atomic
 from fedsearch.search_space import cost as cost_lib
+from fedsearch.search_space import genotype as genotype_lib
 from fedsearch.search_space import strategies
 
 # FedAvg(M) with server momentum, or FedAdam (Reddi et al. 2021).
@@ -180,6 +183,35 @@ def auto_lr_config(config, loss_noise_multiplier: float = 1.0
       loss_noise_multiplier=loss_noise_multiplier)
 
 
+def given_genotype(config, space: ss.SearchSpace) -> ss.Genotype | None:
+  """The genotype `nas.genotype` names (a genotype.json or a search's
+  workdir), or None: then the run searches."""
+  path = config.nas.genotype
+  if not path:
+    return None
+  if config.federated.search_rounds:
+    raise ConfigError(
+        f"nas.genotype={path!r} retrains a found architecture: set"
+        " federated.search_rounds=0 (got"
+        f" {config.federated.search_rounds})")
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / GENOTYPE_FILE
+  try:
+    genotype = ss.Genotype.from_json(path.read_text())
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(
+        f"nas.genotype={config.nas.genotype!r} is not a readable genotype"
+        f" ({type(e).__name__}: {e}); name the genotype.json a search wrote"
+        " or its workdir") from e
+  try:
+    genotype_lib.check_genotype(genotype, space)
+  except ConfigError as e:
+    raise ConfigError(f"nas.genotype={config.nas.genotype!r}: {e}; set"
+                      " config.space as in the search") from e
+  return genotype
+
+
 def search_space_from(config, num_classes: int) -> ss.SearchSpace:
   return ss.SearchSpace(num_classes=num_classes, **config.space.to_dict())
 
@@ -291,7 +323,8 @@ class _Phase:
     self.round_fn = fed.make_round(
         fed.make_local_update(
             apply_fn, clients, self.train_arch, one_stage, arch_penalty,
-            strategy.active_weights if strategy else None),
+            strategy.active_weights if strategy else None,
+            strategy.reinforce if strategy else None),
         server_optimizer(config), mesh,
         (functools.partial(auto_lr.apply_report, config=clients.auto_lr)
          if clients.optimizer == "hyfree" else None),
@@ -332,6 +365,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   f = config.federated
   total_rounds = f.search_rounds + f.train_rounds
   nas = strategies.make_strategy(config.nas.strategy, space)
+  retrained = given_genotype(config, space)
   costs = cost_model(config, space, federation.input_shape)
   search = _Phase("search", nas.apply, nas, config, sigmas, mesh, plan,
                   federation.splits, costs.penalty if costs else None)
@@ -343,8 +377,12 @@ def run(config: ml_collections.ConfigDict, workdir: str,
          f" {search.devices} device(s)")
   server_opt = server_optimizer(config)
   init_key, arch_key = jax.random.split(jax.random.key(config.seed))
-  carried = ({"carried": auto_lr.init_carried(auto_lr_config(config))}
-             if plan.probe_every else {})
+  carried = {
+      **(auto_lr.init_carried(auto_lr_config(config))
+         if plan.probe_every else {}),
+      **({"reward_baseline": fed.init_reward_baseline()}
+         if nas.reinforce and f.search_rounds else {})}
+  carried = {"carried": carried} if carried else {}
   search_state = fed.server_init(
       {"weights": ss.init_supernet(space, init_key, federation.input_shape),
        "arch": nas.init(arch_key), **carried},
@@ -362,12 +400,24 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     return jax.device_put(server_state,
                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
+  def retrain_state(genotype):
+    """A given genotype's model with fresh weights."""
+    weights = ss.derived_model(space, genotype).init(
+        init_key, jnp.zeros((1, *federation.input_shape)))["params"]
+    carried = {k: v for k, v in search_state.params.get("carried", {}).items()
+               if k != "reward_baseline"}
+    return place(fed.server_init(
+        {"weights": weights, "arch": {},
+         **({"carried": carried} if carried else {})}, server_opt))
+
   def to_derived_state(supernet_state, genotype):
     weights = ss.extract_weights(supernet_state.params["weights"], space,
                                  genotype, federation.input_shape)
-    # The learning rate HyFreeDP found goes on with the derived model.
-    carried = ({"carried": supernet_state.params["carried"]}
-               if "carried" in supernet_state.params else {})
+    # The learning rate HyFreeDP found goes on with the derived model; the
+    # controller's reward baseline is done with.
+    carried = {k: v for k, v in supernet_state.params.get("carried", {}).items()
+               if k != "reward_baseline"}
+    carried = {"carried": carried} if carried else {}
     return place(fed.server_init({"weights": weights, "arch": {}, **carried},
                                  server_opt))
 
@@ -400,7 +450,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
   rounds_done = work.latest_round()
   genotype, state, phase = None, search_state, search
-  if rounds_done > f.search_rounds or (rounds_done == f.search_rounds and
+  if retrained is not None:
+    genotype, phase, state = (retrained, derived_phase(retrained),
+                              retrain_state(retrained))
+  elif rounds_done > f.search_rounds or (rounds_done == f.search_rounds and
                                        work.genotype_file.exists()):
     genotype = ss.Genotype.from_json(work.genotype_file.read_text())
     phase = derived_phase(genotype)
@@ -490,8 +543,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       record["hp_mean_gain"] = float(
           np.sum(weights * np.asarray(gains)) / np.sum(weights))
       record["hp_best_index"] = int(strategy.best(hpo_state))
-    if "carried" in state.params:
-      lr_state = state.params["carried"]["auto_lr"]
+    carried_now = state.params.get("carried", {})
+    if "reward_baseline" in carried_now:
+      # The server's baseline: a moving average of privatised rewards.
+      record["reward_baseline"] = float(fed.client.baseline_value(
+          carried_now["reward_baseline"], jnp.float32(0.0)))
+    if "auto_lr" in carried_now:
+      lr_state = carried_now["auto_lr"]
       record["learning_rate"] = float(lr_state.learning_rate)
       record["loss_clip"] = float(lr_state.loss_clip)
     metrics.append(record)
@@ -512,7 +570,6 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       lambda x: phase.predict_fn(w, {}, x), federation.test_x,
       federation.test_y)
   test_acc, test_loss = test_on(weights)
-  deployed_acc, _ = test_on(load_weights(work.path, weights, "deployed"))
   work.save_weights("final", weights)
   streams = plan.streams(sigmas, total_rounds)
   chosen = int(strategy.best(hpo_state)) if strategy else None
@@ -525,11 +582,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       "genotype": json.loads(genotype.to_json()),
       "space": space.to_dict(),
       "input_shape": list(federation.input_shape),
-      "nas_strategy": config.nas.strategy,
-      # The derived model with the weights the search left it, before any
-      # training round, and the ε spent up to then.
-      "deployed_test_accuracy": deployed_acc,
-      "deployed_epsilon": plan.spent(sigmas, f.search_rounds),
+      **({"nas_strategy": config.nas.strategy,
+          # The derived model with the weights the search left it, before
+          # any training round, and the ε spent up to then.
+          "deployed_test_accuracy": test_on(load_weights(
+              work.path, weights, "deployed"))[0],
+          "deployed_epsilon": plan.spent(sigmas, f.search_rounds)}
+         if retrained is None else {"retrained_from": config.nas.genotype}),
       "deployed_cost": {
           **cost_lib.measure_model(space, genotype, federation.input_shape),
           "hardware": cost_lib.hardware_name()},

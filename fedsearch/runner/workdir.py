@@ -30,6 +30,8 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
+GENOTYPE_FILE = "genotype.json"
+
 class Workdir:
 
   def __init__(self, path, config_json: str, checkpoint_every: int):
@@ -55,7 +57,7 @@ class Workdir:
 
   @property
   def genotype_file(self) -> pathlib.Path:
-    return self.path / "genotype.json"
+    return self.path / GENOTYPE_FILE
 
   def latest_round(self) -> int:
     return self._checkpoints.latest_step() or 0

@@ -50,6 +50,23 @@ Strategies:
     Deployed: the most
     likely child (argmax per edge, `none` included, so dropped edges stay
     dropped), with the weights it shares with the supernet.
+  reinforce: DPNAS's controller search (Cheng et al. 2022, after ENAS).
+    Every weight step trains one child sampled from the policy
+    π(k) = Π_e softmax(α_e)[k_e] (only its parameters are noised); every
+    architecture step samples a child, scores it on a validation batch and
+    moves the policy by REINFORCE with an entropy bonus,
+      ∇_α [−(R̃ − b)·log π(k) − β·H(π)],
+    where R̃ is the child's validation accuracy privatised by the client
+    (the sum of per-example correct ∈ {0, 1} plus N(0, σ²), the Gaussian
+    mechanism with sensitivity 1, counted as one architecture release) and b
+    a bias-corrected moving average of past R̃ (decay 0.99) that the server
+    carries between rounds. DPNAS's code releases the reward without noise
+    and picks the final architecture on the test set; here the update is
+    post-processing of R̃ alone and the deployed child is the policy's mode
+    (argmax per edge), which reads no data. DPNAS's controller is an LSTM
+    over the edge decisions; this policy is factorised over edges (the same
+    logits as the other strategies, so cost penalties and derivation apply
+    unchanged).
 """
 
 from collections.abc import Callable
@@ -78,11 +95,25 @@ class Traits(NamedTuple):
   arch_learning_rate: float
 
 
+class Reinforce(NamedTuple):
+  """The pieces of a policy-gradient architecture step (`reinforce`)."""
+
+  sample: Callable[[dict, jax.Array], jax.Array]  # (arch, key) -> choices
+  child_logits: Callable[..., jax.Array]  # (weights, x, choices) -> logits
+  # (arch, choices, advantage) -> scalar whose gradient is the update.
+  policy_loss: Callable[[dict, jax.Array, jax.Array], jax.Array]
+  baseline_decay: float
+
+
 TRAITS = {
     "darts": Traits(one_stage=False, shared_program=True,
                     arch_learning_rate=3e-2),
     "one_stage": Traits(one_stage=True, shared_program=False,
                         arch_learning_rate=1.0),
+    # DPNAS's 3e-4 is for ~10⁴ controller steps; a federated search takes
+    # tens to hundreds, and Adam moves each logit by about its step size.
+    "reinforce": Traits(one_stage=False, shared_program=False,
+                        arch_learning_rate=0.05),
 }
 
 
@@ -103,6 +134,8 @@ class SearchStrategy(NamedTuple):
   one_stage: bool
   shared_program: bool
   arch_learning_rate: float
+  # Policy-gradient architecture steps (reinforce); None: `apply`'s gradient.
+  reinforce: Reinforce | None = None
 
 
 def sample_choices(arch_params: dict, key: jax.Array) -> jax.Array:
@@ -200,7 +233,42 @@ def one_stage(space: SearchSpace) -> SearchStrategy:
       **TRAITS["one_stage"]._asdict())
 
 
-STRATEGIES = {"darts": darts, "one_stage": one_stage}
+def reinforce(space: SearchSpace, entropy_weight: float = 0.005,
+              baseline_decay: float = 0.99) -> SearchStrategy:
+  """DPNAS's controller search; entropy bonus β and baseline decay as DPNAS."""
+  net = CellNetwork(space)
+  num_ops = len(space.op_names)
+
+  def child_logits(weights, x, choices):
+    return net.apply({"params": weights}, x,
+                     jax.nn.one_hot(choices, num_ops), choices)
+
+  def apply(weights, arch_params, x, key):
+    return child_logits(weights, x, sample_choices(
+        jax.lax.stop_gradient(arch_params), key))
+
+  def predict(weights, arch_params, x, key=None):
+    del key
+    return child_logits(weights, x, jnp.argmax(arch_params["normal"], -1))
+
+  def policy_loss(arch_params, choices, advantage):
+    log_p = jax.nn.log_softmax(arch_params["normal"], axis=-1)
+    chosen = jnp.take_along_axis(log_p, choices[:, None], axis=-1).sum()
+    entropy = -jnp.sum(jnp.exp(log_p) * log_p)
+    return -jax.lax.stop_gradient(advantage) * chosen - entropy_weight * entropy
+
+  return SearchStrategy(
+      init=lambda key: genotype_lib.init_arch_params(space),
+      apply=apply, predict=predict,
+      derive=lambda arch: most_likely_child(arch, space),
+      active_weights=lambda weights, arch, key: child_weights_mask(
+          weights, sample_choices(arch, key), space),
+      reinforce=Reinforce(sample_choices, child_logits, policy_loss,
+                          baseline_decay),
+      **TRAITS["reinforce"]._asdict())
+
+
+STRATEGIES = {"darts": darts, "one_stage": one_stage, "reinforce": reinforce}
 
 
 def make_strategy(name: str, space: SearchSpace) -> SearchStrategy:
