@@ -198,3 +198,64 @@ def test_client_schedule_draws_distinct_clients():
   assert all(len(set(r)) == 4 for r in sched)
   counts = np.bincount(sched.ravel(), minlength=10)
   assert counts.min() > 5  # Every client takes part now and then.
+
+
+def _reinforce_step(noise_multiplier, steps=1):
+  """One client's local update under the reinforce strategy, per key."""
+  x, y, splits, params, _ = _setup()
+  space = ss.SearchSpace(channels=4, nodes=1, cells=1)
+  strategy = ss.make_strategy("reinforce", space)
+  params = dict(params, arch=strategy.init(None),
+                carried={"reward_baseline": fed.init_reward_baseline()})
+  local = fed.make_local_update(
+      strategy.apply, fed.ClientConfig(noise_multiplier=noise_multiplier),
+      True, active_weights=strategy.active_weights,
+      reinforce=strategy.reinforce)
+  inputs = fed.round_inputs(
+      splits, np.asarray([0]), seed=0, round_=0, steps=steps,
+      sampling_rate=0.5, batch_sizes=(24, 32), train_arch=True,
+      train_on_all_local_data=False)
+  batches = fed.ClientBatches(
+      fed.Batches(x[inputs.train_idx[0]], y[inputs.train_idx[0]],
+                  inputs.train_padding[0]),
+      fed.Batches(x[inputs.val_idx[0]], y[inputs.val_idx[0]],
+                  inputs.val_padding[0]))
+  expected = jnp.asarray(inputs.expected_batch[0])
+  real_val = int((~inputs.val_padding[0]).sum())
+  # Keys in sequence: each key's child is its own program (see round.py).
+  run = jax.jit(lambda keys: jax.lax.map(
+      lambda key: local(params, batches, key, expected, 0)[0], keys))
+  return params, run, float(expected[1]), real_val
+
+
+def test_reinforce_reward_is_an_accuracy_noised_with_sigma():
+  keys = jax.random.split(jax.random.key(0), 128)
+  # σ = 0: the released reward is a count of correct rows over the
+  # expected batch size (the baseline's first entry is 0.01·R̃).
+  _, run, expected, real_val = _reinforce_step(0.0)
+  rewards = np.asarray(run(keys)["carried"]["reward_baseline"]["sum"]) / 0.01
+  counts = rewards * expected
+  np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)
+  assert 0 <= counts.min() and counts.max() <= real_val
+  # σ = 40: the spread is σ / expected batch (the Gaussian mechanism on a
+  # sum of {0, 1} values), the accuracy's own spread being ≤ 0.5.
+  _, run, expected, _ = _reinforce_step(40.0)
+  rewards = np.asarray(run(keys)["carried"]["reward_baseline"]["sum"]) / 0.01
+  assert np.std(rewards) == pytest.approx(40.0 / expected, rel=0.2)
+
+
+def test_reinforce_first_step_follows_no_advantage_then_the_policy_moves():
+  params, run, _, _ = _reinforce_step(1.0)
+  one = run(jax.random.split(jax.random.key(1), 2))
+  # Bias-corrected baseline: step one's advantage is 0, and the entropy
+  # bonus has no gradient at the uniform policy.
+  chex.assert_trees_all_close(one["arch"], jax.tree.map(
+      lambda a: jnp.stack([a, a]), params["arch"]))
+  moved = jax.tree.map(lambda new, old: float(jnp.abs(new - old).max()),
+                       one["weights"], params["weights"])
+  assert max(jax.tree.leaves(moved)) > 0
+  _, run, _, _ = _reinforce_step(1.0, steps=3)
+  three = run(jax.random.split(jax.random.key(1), 2))
+  assert float(jnp.abs(three["arch"]["normal"]).max()) > 1e-3
+  np.testing.assert_allclose(three["carried"]["reward_baseline"]["weight"],
+                             1 - 0.99**3, rtol=1e-5)

@@ -197,6 +197,54 @@ def test_workdir_of_another_config_is_not_reused(tmp_path):
     runner.run(_small_config(seed=1), tmp_path, report=lambda _: None)
 
 
+def test_reinforce_search_then_centralised_retraining(tmp_path):
+  """DPNAS's two stages: a REINFORCE search whose rewards are counted as
+  architecture releases, then the found genotype retrained from fresh
+  weights by one client holding all data (the centralised mode)."""
+  config = _small_config(**{"nas.strategy": "reinforce",
+                            "federated.search_rounds": 3,
+                            "federated.train_rounds": 0})
+  search = runner.run(config, tmp_path / "search", report=lambda _: None)
+  assert search["releases_of_most_exposed_client"] == {
+      "weight_steps_search": 6, "arch_steps_search": 6,
+      "weight_steps_train": 0}
+  assert search["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
+  baselines = [json.loads(l)["reward_baseline"] for l in
+               (tmp_path / "search" / "metrics.jsonl").read_text().splitlines()]
+  assert len(baselines) == 3 and all(-1 < b < 2 for b in baselines)
+  genotype = (tmp_path / "search" / "genotype.json").read_text()
+
+  retrain_config = _small_config(**{
+      "nas.genotype": str(tmp_path / "search"),
+      "federated.search_rounds": 0, "federated.train_rounds": 20,
+      "federated.local_steps": 1, "federated.num_clients": 1,
+      "federated.clients_per_round": 1, "federated.partition": "iid",
+      "federated.server_momentum": 0.0, "privacy.clip_norm": 0.1,
+      "client.learning_rate": 2.0})
+  retrain = runner.run(retrain_config, tmp_path / "retrain",
+                       report=lambda _: None)
+  assert retrain["retrained_from"] == str(tmp_path / "search")
+  assert json.dumps(retrain["genotype"]) == json.dumps(json.loads(genotype))
+  assert retrain["clients"] == 1
+  assert retrain["releases_of_most_exposed_client"]["weight_steps_train"] == 20
+  assert retrain["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
+  # Measured 0.30 (seed 0): 20 steps from fresh weights; chance is 0.1.
+  assert retrain["test_accuracy"] > 0.2
+  assert "deployed_test_accuracy" not in retrain
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (("--config.nas.genotype=/nonexistent",
+      "--config.federated.search_rounds=0"), "nas.genotype='/nonexistent'"),
+    (("--config.nas.genotype=/nonexistent",), "federated.search_rounds=0"),
+])
+def test_bad_genotype_to_retrain_is_named(tmp_path, flags, expected):
+  result = _cli(*flags, f"--workdir={tmp_path}")
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and expected in errors[0], result.stderr
+
+
 def _cli(*flags):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "experiments.search", *flags],

@@ -1,0 +1,110 @@
+"""DPNAS reproduction (Cheng et al. 2022): REINFORCE search, then DP-SGD retraining.
+
+  --config=experiments/configs/dpnas.py:DATASET,SETTING,STAGE[,reduced]
+
+DATASET: mnist | fashion_mnist | cifar10. SETTING: centralised (one client
+holding all training data, through the federation's code path) | federated
+(10 clients, Dirichlet(0.5) label skew). STAGE: search | retrain (set
+`nas.genotype` to the search's workdir). `reduced`: sizes for a 2-core CPU
+(smaller space, fewer epochs), reported as such.
+
+One round is one epoch of every client's data: `local_steps` Poisson(q)
+batches with q = batch / (training examples). A federated client draws its
+batches at the same q from its own share, so every client's accounting is
+the centralised one and the per-step batch summed over clients is `batch`.
+While searching, q is relative to the weight (train) split; architecture
+steps draw at the same q from the validation split.
+"""
+
+import ml_collections
+
+from experiments.configs import default
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+SETTINGS = ("centralised", "federated")
+STAGES = ("search", "retrain")
+TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+# Published DPNAS test accuracy at (ε, δ) = (3, 1e-5).
+PUBLISHED = {"mnist": 0.9857, "fashion_mnist": 0.8809, "cifar10": 0.6833}
+
+# The search spends SEARCH_EPSILON and retraining RETRAIN_EPSILON (DPNAS's
+# ε = 3 is its retraining's; its search released its rewards unprotected).
+SEARCH_EPSILON = 1.0
+RETRAIN_EPSILON = 3.0
+_MONITOR_FRACTION = 0.02  # Progress lines only; no decision reads it.
+
+
+def _parse(arg: str) -> tuple[str, str, str, bool]:
+  parts = [p.strip() for p in arg.split(",") if p.strip()]
+  reduced = "reduced" in parts
+  parts = [p for p in parts if p != "reduced"]
+  if len(parts) != 3:
+    raise ValueError(
+        f"dpnas config argument {arg!r}: expected DATASET,SETTING,STAGE"
+        f"[,reduced] with DATASET in {list(DATASETS)}, SETTING in"
+        f" {list(SETTINGS)}, STAGE in {list(STAGES)}")
+  for value, allowed, name in zip(parts, (DATASETS, SETTINGS, STAGES),
+                                  ("DATASET", "SETTING", "STAGE")):
+    if value not in allowed:
+      raise ValueError(f"dpnas config {name}={value!r} is not allowed; choose"
+                       f" one of {list(allowed)}")
+  return parts[0], parts[1], parts[2], reduced
+
+
+def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDict:
+  dataset, setting, stage, reduced = _parse(arg)
+  config = default.get_config()
+  config.dataset = dataset
+  config.monitor_fraction = _MONITOR_FRACTION
+  examples = TRAIN_EXAMPLES[dataset] * (1 - _MONITOR_FRACTION)
+
+  s = config.space
+  s.op_set = "dpnas"
+  if reduced:
+    s.channels, s.stem_multiplier, s.nodes, s.cells = 8, 2, 2, 2
+    s.head = "flatten"
+  else:  # DPNAS: C=16, stem ×3, 5 nodes, 3 cells with pools between.
+    s.channels, s.stem_multiplier, s.nodes, s.cells = 16, 3, 5, 3
+    s.head = "gap"
+  s.groups = 4
+
+  f = config.federated
+  if setting == "centralised":
+    f.num_clients = f.clients_per_round = 1
+    f.partition = "iid"
+    # FedAvg of one client with server SGD(1) is the client's own update.
+    f.server_momentum = 0.0
+  else:
+    f.num_clients = f.clients_per_round = 10
+    f.partition = "dirichlet"
+    f.dirichlet_alpha = 0.5
+    f.server_momentum = 0.0
+  f.server_learning_rate = 1.0
+
+  c, p = config.client, config.privacy
+  if stage == "search":
+    config.nas.strategy = "reinforce"
+    # DPNAS's supernet: batch 300, SGD 0.02 (cosine), clip 1; 120 epochs.
+    batch, epochs = (256, 2) if reduced else (300, 20)
+    f.search_rounds, f.train_rounds = epochs, 0
+    c.learning_rate, c.momentum = 0.05 if reduced else 0.02, 0.9
+    p.clip_norm = 1.0
+    p.epsilon = SEARCH_EPSILON
+    # Architecture steps read the clients' validation split (20 %).
+    weight_examples = examples * (1 - f.val_fraction)
+  else:
+    # DPNAS's retraining: batch 2048, lr 2, momentum 0.9, clip 0.1; 40
+    # epochs (MNIST, Fashion-MNIST) or 30 (CIFAR-10), σ for ε = 3.
+    batch = 2048
+    epochs = 4 if reduced else (30 if dataset == "cifar10" else 40)
+    f.search_rounds, f.train_rounds = 0, epochs
+    c.learning_rate, c.momentum = 2.0, 0.9
+    p.clip_norm = 0.1
+    p.epsilon = RETRAIN_EPSILON
+    weight_examples = examples
+  f.sampling_rate = batch / weight_examples
+  f.local_steps = max(1, round(weight_examples / batch))
+  p.delta = 1e-5
+  p.accountant = "rdp"  # DPNAS's
+  config.checkpoint_every = 1
+  return config
