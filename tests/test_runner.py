@@ -202,16 +202,20 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
   architecture releases, then the found genotype retrained from fresh
   weights by one client holding all data (the centralised mode)."""
   config = _small_config(**{"nas.strategy": "reinforce",
+                            "nas.controller_warmup_rounds": 1,
                             "federated.search_rounds": 3,
                             "federated.train_rounds": 0})
   search = runner.run(config, tmp_path / "search", report=lambda _: None)
+  # The warm-up round releases no reward.
   assert search["releases_of_most_exposed_client"] == {
-      "weight_steps_search": 6, "arch_steps_search": 6,
+      "weight_steps_search": 6, "arch_steps_search": 4,
       "weight_steps_train": 0}
   assert search["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
-  baselines = [json.loads(l)["reward_baseline"] for l in
-               (tmp_path / "search" / "metrics.jsonl").read_text().splitlines()]
-  assert len(baselines) == 3 and all(-1 < b < 2 for b in baselines)
+  metrics = [json.loads(l) for l in
+             (tmp_path / "search" / "metrics.jsonl").read_text().splitlines()]
+  assert [m["phase"] for m in metrics] == ["warmup", "search", "search"]
+  baselines = [m["reward_baseline"] for m in metrics]
+  assert baselines[0] == 0 and all(0 < b < 1.5 for b in baselines[1:])
   genotype = (tmp_path / "search" / "genotype.json").read_text()
 
   retrain_config = _small_config(**{

@@ -44,6 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Retrain a found architecture instead of searching: a search's
   # genotype.json or its workdir (needs federated.search_rounds=0).
   config.nas.genotype = ""
+  # reinforce: search rounds that train sampled children (uniform policy)
+  # before the controller's first step, so that it does not first learn
+  # that untrained convolutions lose to parameter-free ops (DPNAS starts
+  # its controller at epoch 20 of 120). No architecture release meanwhile.
+  config.nas.controller_warmup_rounds = 0
   # Hardware awareness (fedsearch/search_space/cost.py): the architecture
   # objective gains cost_penalty·E[cost]/max cost, and with cost_budget > 0
   # also budget_weight·max(0, E[cost] − budget)/max cost; the deployed child

@@ -85,8 +85,11 @@ def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDi
   if stage == "search":
     config.nas.strategy = "reinforce"
     # DPNAS's supernet: batch 300, SGD 0.02 (cosine), clip 1; 120 epochs.
-    batch, epochs = (256, 2) if reduced else (300, 20)
+    # DPNAS: 120 epochs, controller from epoch 20; here fewer epochs, the
+    # controller from a sixth of them (reduced: after one epoch).
+    batch, epochs = (256, 3) if reduced else (300, 60)
     f.search_rounds, f.train_rounds = epochs, 0
+    config.nas.controller_warmup_rounds = epochs // 6 if not reduced else 1
     c.learning_rate, c.momentum = 0.05 if reduced else 0.02, 0.9
     p.clip_norm = 1.0
     p.epsilon = SEARCH_EPSILON
@@ -96,7 +99,7 @@ def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDi
     # DPNAS's retraining: batch 2048, lr 2, momentum 0.9, clip 0.1; 40
     # epochs (MNIST, Fashion-MNIST) or 30 (CIFAR-10), σ for ε = 3.
     batch = 2048
-    epochs = 4 if reduced else (30 if dataset == "cifar10" else 40)
+    epochs = 3 if reduced else (30 if dataset == "cifar10" else 40)
     f.search_rounds, f.train_rounds = 0, epochs
     c.learning_rate, c.momentum = 2.0, 0.9
     p.clip_norm = 0.1

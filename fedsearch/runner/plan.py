@@ -62,6 +62,9 @@ class PrivacyPlan:
   feedback: bool = False  # a hyperparameter gain per search participation
   feedback_fraction: float = 0.1  # share of ε the feedback may spend
   arch_steps: bool = True  # separate architecture releases while searching
+  # Search rounds before the first architecture step (DPNAS's controller
+  # warm-up): their clients train sampled children's weights only.
+  arch_warmup_rounds: int = 0
 
   @property
   def accounting_delta(self) -> float:
@@ -77,8 +80,9 @@ class PrivacyPlan:
       probes = sum(1 for g in range(first, first + self.local_steps)
                    if self.probe_every and g % self.probe_every == 0)
       search = round_ < self.search_rounds
+      arch = self.arch_steps and round_ >= self.arch_warmup_rounds
       row = ([self.local_steps - probes, probes,
-              self.local_steps * self.arch_steps, 0, 0, int(self.feedback)]
+              self.local_steps * arch, 0, 0, int(self.feedback)]
              if search else [0, 0, 0, self.local_steps - probes, probes, 0])
       per_client[self.schedule[round_]] += row
     return dict(zip(kinds, per_client.max(axis=0).tolist()))
@@ -204,7 +208,8 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               num_clients, epsilon, delta, truncation_delta_fraction,
               accountant, probe_every=0, releases_per_probe=0,
               kappa=0.01, feedback=False,
-              feedback_fraction=0.1, arch_steps=True) -> PrivacyPlan:
+              feedback_fraction=0.1, arch_steps=True,
+              arch_warmup_rounds=0) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -218,10 +223,14 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
   if feedback and not 0 < feedback_fraction < 1:
     raise ConfigError("hpo.feedback_epsilon_fraction must be in (0, 1), got"
                       f" {feedback_fraction}")
+  if not 0 <= arch_warmup_rounds <= search_rounds:
+    raise ConfigError("nas.controller_warmup_rounds must be in [0,"
+                      f" federated.search_rounds={search_rounds}], got"
+                      f" {arch_warmup_rounds}")
   if probe_every and kappa <= 0:
     raise ConfigError(f"hyfree.kappa must be > 0, got {kappa}")
   return PrivacyPlan(schedule, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
                      truncation_delta_fraction * delta, accountant,
                      probe_every, releases_per_probe, kappa, feedback,
-                     feedback_fraction, arch_steps)
+                     feedback_fraction, arch_steps, arch_warmup_rounds)

@@ -114,7 +114,18 @@ def build_plan(config) -> PrivacyPlan:
                    kappa=config.hyfree.kappa,
                    feedback=config.hpo.strategy != "none",
                    feedback_fraction=config.hpo.feedback_epsilon_fraction,
-                   arch_steps=not strategies.traits(config.nas.strategy).one_stage)
+                   arch_steps=not strategies.traits(config.nas.strategy).one_stage,
+                   arch_warmup_rounds=warmup_rounds(config))
+
+
+def warmup_rounds(config) -> int:
+  """Search rounds that train sampled children before the controller moves."""
+  rounds = config.nas.controller_warmup_rounds
+  if rounds and config.nas.strategy != "reinforce":
+    raise ConfigError("nas.controller_warmup_rounds applies to"
+                      " nas.strategy='reinforce' only; set it to 0 for"
+                      f" {config.nas.strategy!r}")
+  return rounds
 
 
 def arch_learning_rate(config) -> float:
@@ -308,9 +319,10 @@ class _Phase:
   """
 
   def __init__(self, name, apply_fn, strategy, config, sigmas, mesh, plan,
-               splits, arch_penalty=None):
+               splits, arch_penalty=None, train_arch=True):
     self.name = name
-    self.train_arch = strategy is not None
+    # A controller warm-up runs the strategy's children, architecture fixed.
+    self.train_arch = strategy is not None and train_arch
     one_stage = self.train_arch and strategy.one_stage
     self.predict_fn = jax.jit(strategy.predict if strategy else apply_fn)
     # Alternating strategies step the architecture on validation batches.
@@ -324,7 +336,7 @@ class _Phase:
         fed.make_local_update(
             apply_fn, clients, self.train_arch, one_stage, arch_penalty,
             strategy.active_weights if strategy else None,
-            strategy.reinforce if strategy else None),
+            strategy.reinforce if self.train_arch else None),
         server_optimizer(config), mesh,
         (functools.partial(auto_lr.apply_report, config=clients.auto_lr)
          if clients.optimizer == "hyfree" else None),
@@ -369,6 +381,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   costs = cost_model(config, space, federation.input_shape)
   search = _Phase("search", nas.apply, nas, config, sigmas, mesh, plan,
                   federation.splits, costs.penalty if costs else None)
+  warmup = (_Phase("warmup", nas.apply, nas, config, sigmas, mesh, plan,
+                   federation.splits, train_arch=False)
+            if plan.arch_warmup_rounds else None)
   loss_sigma = (f", loss probes σ_l={sigmas.loss:.4f}"
                 if plan.probe_every else "")
   report(f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for (ε, δ)=({plan.epsilon},"
@@ -501,6 +516,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if round_ == f.search_rounds and genotype is None:
       genotype, phase, state = finish_search(state)
       prefetched = None
+    elif genotype is None and warmup is not None:
+      phase = warmup if round_ < plan.arch_warmup_rounds else search
     searching = searching_hps(phase)
     aggregate, ids = True, None
     if searching:
@@ -520,7 +537,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     # controller update, same phase).
     next_round = round_ + 1
     if (not searching and next_round < total_rounds
-        and next_round != f.search_rounds):
+        and next_round not in (f.search_rounds, plan.arch_warmup_rounds)):
       prefetched = (next_round, host_inputs(next_round, phase,
                                             fixed_ids(next_round, phase)))
     if searching:
