@@ -10,6 +10,11 @@ genotype is fixed and its model, starting from those weights, is trained by
 DP FedAvg (retraining for DARTS, a fine-tune for one-stage). Both phases draw
 on one privacy budget calibrated before round one. Test data is read once,
 at the end, for the report of both the deployed and the final model.
+
+With `nas.strategy=reinforce` the first `nas.controller_warmup_rounds`
+search rounds train sampled children only (phase "warmup"). With
+`nas.genotype` set there is no search: the named genotype is trained from
+fresh weights (DPNAS's retraining stage, a separate budget).
 """
 
 import dataclasses
