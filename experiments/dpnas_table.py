@@ -69,7 +69,13 @@ def row_line(dataset, setting, search, retrain) -> str:
           f" **{100 * retrain['test_accuracy']:.2f} %** |"
           f" {search['epsilon']:.2f} + {retrain['epsilon']:.2f} |"
           f" {retrain['model_parameters']} |"
-          f" {wall / 60:.1f} min | {100 * dpnas.PUBLISHED[dataset]:.2f} % |")
+          f" {wall / 60:.1f} min | {_device(search)}; {_device(retrain)} |"
+          f" {100 * dpnas.PUBLISHED[dataset]:.2f} % |")
+
+
+def _device(summary) -> str:
+  """The machine a stage ran on, as its summary recorded it."""
+  return summary["deployed_cost"]["hardware"]
 
 
 def main(argv):
@@ -101,9 +107,9 @@ def main(argv):
       + "`",
       "",
       "| dataset | search strategy | setting | ε (δ) | test accuracy |"
-      " search ε + retrain ε | parameters | wall time | DPNAS published (ε=3,"
-      " non-private search) |",
-      "|---|---|---|---|---|---|---|---|---|",
+      " search ε + retrain ε | parameters | wall time | hardware (search;"
+      " retrain) | DPNAS published (ε=3, non-private search) |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
   reporting.emit("\n".join(header + lines + [""]), _OUT.value)
 
