@@ -68,14 +68,19 @@ def row_line(dataset, setting, search, retrain) -> str:
           f" {_SETTING_LABEL[setting]} | {eps:.2f} ({delta:.0e}) |"
           f" **{100 * retrain['test_accuracy']:.2f} %** |"
           f" {search['epsilon']:.2f} + {retrain['epsilon']:.2f} |"
-          f" {retrain['model_parameters']} |"
-          f" {wall / 60:.1f} min | {_device(search)}; {_device(retrain)} |"
+          f" {_cell(retrain['genotype'])} | {retrain['model_parameters']} |"
+          f" {wall / 60:.1f} min | {_devices(search, retrain)} |"
           f" {100 * dpnas.PUBLISHED[dataset]:.2f} % |")
 
 
-def _device(summary) -> str:
-  """The machine a stage ran on, as its summary recorded it."""
-  return summary["deployed_cost"]["hardware"]
+def _cell(genotype: dict) -> str:
+  return ", ".join(f"({to},{src}) {op}" for to, src, op in genotype["edges"])
+
+
+def _devices(*summaries) -> str:
+  """The machines the stages ran on, as their summaries recorded them."""
+  names = [s["deployed_cost"]["hardware"] for s in summaries]
+  return names[0] if len(set(names)) == 1 else "; ".join(names)
 
 
 def main(argv):
@@ -107,9 +112,9 @@ def main(argv):
       + "`",
       "",
       "| dataset | search strategy | setting | ε (δ) | test accuracy |"
-      " search ε + retrain ε | parameters | wall time | hardware (search;"
-      " retrain) | DPNAS published (ε=3, non-private search) |",
-      "|---|---|---|---|---|---|---|---|---|---|",
+      " search ε + retrain ε | found cell | parameters | wall time | hardware |"
+      " DPNAS published (ε=3, non-private search) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   reporting.emit("\n".join(header + lines + [""]), _OUT.value)
 
