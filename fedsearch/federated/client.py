@@ -44,7 +44,6 @@ import optax
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feedback
 from fedsearch.privacy import auto_lr, clipped_grad_sum, ghost
-from fedsearch.privacy.auto_lr import privatized_mean_loss
 from fedsearch.privacy import private_optimizer
 from fedsearch.privacy.auto_lr import AutoLRConfig
 
@@ -243,12 +242,14 @@ def make_local_update(apply_fn: Callable, config: ClientConfig,
 
   def reward_step(weights, arch, baseline, val, step_key, noise_key,
                   expected):
-    """(policy gradient, next baseline, privatised reward) of one child."""
+    """(policy gradient, next baseline) from one child's privatised reward."""
     choices = reinforce.sample(arch, jax.random.fold_in(step_key, 1))
     logits = reinforce.child_logits(weights, val.x, choices)
     correct = (jnp.argmax(logits, -1) == val.y).astype(jnp.float32)
-    reward = privatized_mean_loss(correct, val.padding, 1.0,
-                                  config.noise_multiplier, noise_key, expected)
+    # Any bounded per-example mean: correct ∈ {0, 1}, so the bound is 1.
+    reward = auto_lr.privatized_mean_loss(correct, val.padding, 1.0,
+                                          config.noise_multiplier, noise_key,
+                                          expected)
     advantage = reward - baseline_value(baseline, reward)
     g = jax.grad(reinforce.policy_loss)(arch, choices, advantage)
     return g, update_baseline(baseline, reward, reinforce.baseline_decay)

@@ -199,6 +199,17 @@ def auto_lr_config(config, loss_noise_multiplier: float = 1.0
       loss_noise_multiplier=loss_noise_multiplier)
 
 
+def read_named_file(field: str, value: str, path, parse: Callable,
+                    problem: str, remedy: str):
+  """`parse` of the text of the file a config field names, or one
+  ConfigError naming the field, what went wrong and what to do."""
+  try:
+    return parse(pathlib.Path(path).read_text())
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"{field}={value!r} {problem} ({type(e).__name__}:"
+                      f" {e}); {remedy}") from e
+
+
 def given_genotype(config, space: ss.SearchSpace) -> ss.Genotype | None:
   """The genotype `nas.genotype` names (a genotype.json or a search's
   workdir), or None: then the run searches."""
@@ -210,16 +221,12 @@ def given_genotype(config, space: ss.SearchSpace) -> ss.Genotype | None:
         f"nas.genotype={path!r} retrains a found architecture: set"
         " federated.search_rounds=0 (got"
         f" {config.federated.search_rounds})")
-  path = pathlib.Path(path)
-  if path.is_dir():
-    path = path / GENOTYPE_FILE
-  try:
-    genotype = ss.Genotype.from_json(path.read_text())
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ConfigError(
-        f"nas.genotype={config.nas.genotype!r} is not a readable genotype"
-        f" ({type(e).__name__}: {e}); name the genotype.json a search wrote"
-        " or its workdir") from e
+  file = pathlib.Path(path)
+  genotype = read_named_file(
+      "nas.genotype", path,
+      file / GENOTYPE_FILE if file.is_dir() else file, ss.Genotype.from_json,
+      "is not a readable genotype",
+      "name the genotype.json a search wrote or its workdir")
   try:
     genotype_lib.check_genotype(genotype, space)
   except ConfigError as e:
@@ -298,14 +305,11 @@ def cost_model(config, space, input_shape) -> CostModel | None:
   if n.cost_penalty == 0 and n.cost_budget == 0:
     return None
   if n.cost_table:
-    try:
-      with open(n.cost_table) as f:
-        table = cost_lib.CostTable.from_json(f.read())
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise ConfigError(
-          f"nas.cost_table={n.cost_table!r} cannot be read as a cost table"
-          f" ({type(e).__name__}: {e}); build one with `python -m"
-          " experiments.op_costs --out=FILE` on the target machine") from e
+    table = read_named_file(
+        "nas.cost_table", n.cost_table, n.cost_table,
+        cost_lib.CostTable.from_json, "cannot be read as a cost table",
+        "build one with `python -m experiments.op_costs --out=FILE` on the"
+        " target machine")
     if table.op_names != space.op_names:
       raise ConfigError(f"nas.cost_table={n.cost_table!r} was built for ops"
                         f" {list(table.op_names)}, not this space's")
@@ -397,16 +401,21 @@ def run(config: ml_collections.ConfigDict, workdir: str,
          f" {search.devices} device(s)")
   server_opt = server_optimizer(config)
   init_key, arch_key = jax.random.split(jax.random.key(config.seed))
-  carried = {
-      **(auto_lr.init_carried(auto_lr_config(config))
-         if plan.probe_every else {}),
-      **({"reward_baseline": fed.init_reward_baseline()}
-         if nas.reinforce and f.search_rounds else {})}
-  carried = {"carried": carried} if carried else {}
-  search_state = fed.server_init(
-      {"weights": ss.init_supernet(space, init_key, federation.input_shape),
-       "arch": nas.init(arch_key), **carried},
-      server_opt)
+  hyfree_carried = (auto_lr.init_carried(auto_lr_config(config))
+                    if plan.probe_every else {})
+
+  def server_state(weights, arch, carried):
+    return fed.server_init({"weights": weights, "arch": arch,
+                            **({"carried": carried} if carried else {})},
+                           server_opt)
+
+  # A retraining run never builds the supernet.
+  search_state = None if retrained is not None else server_state(
+      ss.init_supernet(space, init_key, federation.input_shape),
+      nas.init(arch_key),
+      {**hyfree_carried,
+       **({"reward_baseline": fed.init_reward_baseline()}
+          if nas.reinforce and f.search_rounds else {})})
 
   def derived_phase(genotype):
     return _Phase("train", ss.derived_apply(space, genotype), None, config,
@@ -420,26 +429,23 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     return jax.device_put(server_state,
                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
-  def retrain_state(genotype):
-    """A given genotype's model with fresh weights."""
-    weights = ss.derived_model(space, genotype).init(
-        init_key, jnp.zeros((1, *federation.input_shape)))["params"]
-    carried = {k: v for k, v in search_state.params.get("carried", {}).items()
-               if k != "reward_baseline"}
-    return place(fed.server_init(
-        {"weights": weights, "arch": {},
-         **({"carried": carried} if carried else {})}, server_opt))
-
-  def to_derived_state(supernet_state, genotype):
-    weights = ss.extract_weights(supernet_state.params["weights"], space,
-                                 genotype, federation.input_shape)
+  def derived_state(weights, carried):
     # The learning rate HyFreeDP found goes on with the derived model; the
     # controller's reward baseline is done with.
-    carried = {k: v for k, v in supernet_state.params.get("carried", {}).items()
-               if k != "reward_baseline"}
-    carried = {"carried": carried} if carried else {}
-    return place(fed.server_init({"weights": weights, "arch": {}, **carried},
-                                 server_opt))
+    return place(server_state(weights, {}, {
+        k: v for k, v in carried.items() if k != "reward_baseline"}))
+
+  def retrain_state(genotype):
+    """A given genotype's model with fresh weights."""
+    return derived_state(ss.derived_model(space, genotype).init(
+        init_key, jnp.zeros((1, *federation.input_shape)))["params"],
+                         hyfree_carried)
+
+  def to_derived_state(supernet_state, genotype):
+    return derived_state(
+        ss.extract_weights(supernet_state.params["weights"], space, genotype,
+                           federation.input_shape),
+        supernet_state.params.get("carried", {}))
 
   def finish_search(supernet_state):
     arch = supernet_state.params["arch"]

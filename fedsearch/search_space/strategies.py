@@ -207,12 +207,11 @@ def darts(space: SearchSpace) -> SearchStrategy:
       **TRAITS["darts"]._asdict())
 
 
-def one_stage(space: SearchSpace) -> SearchStrategy:
-  net = CellNetwork(space)
-
-  def run_child(weights, arch_params, x, choices):
-    return net.apply({"params": weights}, x,
-                     gated_one_hot(arch_params, choices), choices)
+def _sampled_children(space: SearchSpace, name: str, run_child: Callable,
+                      **extra) -> SearchStrategy:
+  """A strategy whose steps run one child k ~ softmax(α) (uniform at start),
+  predicts and deploys the most likely child, and noises only the sampled
+  child's parameters. `run_child(weights, arch_params, x, choices)`."""
 
   def apply(weights, arch_params, x, key):
     return run_child(weights, arch_params, x,
@@ -224,13 +223,23 @@ def one_stage(space: SearchSpace) -> SearchStrategy:
                      jnp.argmax(arch_params["normal"], axis=-1))
 
   return SearchStrategy(
-      # DSNAS starts from uniform op probabilities.
       init=lambda key: genotype_lib.init_arch_params(space),
       apply=apply, predict=predict,
       derive=lambda arch: most_likely_child(arch, space),
       active_weights=lambda weights, arch, key: child_weights_mask(
           weights, sample_choices(arch, key), space),
-      **TRAITS["one_stage"]._asdict())
+      **extra, **TRAITS[name]._asdict())
+
+
+def one_stage(space: SearchSpace) -> SearchStrategy:
+  net = CellNetwork(space)
+
+  def run_child(weights, arch_params, x, choices):
+    return net.apply({"params": weights}, x,
+                     gated_one_hot(arch_params, choices), choices)
+
+  # DSNAS starts from uniform op probabilities.
+  return _sampled_children(space, "one_stage", run_child)
 
 
 def reinforce(space: SearchSpace, entropy_weight: float = 0.005,
@@ -243,29 +252,18 @@ def reinforce(space: SearchSpace, entropy_weight: float = 0.005,
     return net.apply({"params": weights}, x,
                      jax.nn.one_hot(choices, num_ops), choices)
 
-  def apply(weights, arch_params, x, key):
-    return child_logits(weights, x, sample_choices(
-        jax.lax.stop_gradient(arch_params), key))
-
-  def predict(weights, arch_params, x, key=None):
-    del key
-    return child_logits(weights, x, jnp.argmax(arch_params["normal"], -1))
-
   def policy_loss(arch_params, choices, advantage):
     log_p = jax.nn.log_softmax(arch_params["normal"], axis=-1)
     chosen = jnp.take_along_axis(log_p, choices[:, None], axis=-1).sum()
     entropy = -jnp.sum(jnp.exp(log_p) * log_p)
     return -jax.lax.stop_gradient(advantage) * chosen - entropy_weight * entropy
 
-  return SearchStrategy(
-      init=lambda key: genotype_lib.init_arch_params(space),
-      apply=apply, predict=predict,
-      derive=lambda arch: most_likely_child(arch, space),
-      active_weights=lambda weights, arch, key: child_weights_mask(
-          weights, sample_choices(arch, key), space),
+  return _sampled_children(
+      space, "reinforce",
+      lambda weights, arch_params, x, choices: child_logits(weights, x,
+                                                            choices),
       reinforce=Reinforce(sample_choices, child_logits, policy_loss,
-                          baseline_decay),
-      **TRAITS["reinforce"]._asdict())
+                          baseline_decay))
 
 
 STRATEGIES = {"darts": darts, "one_stage": one_stage, "reinforce": reinforce}
