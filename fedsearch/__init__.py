@@ -2,11 +2,15 @@
 
 from fedsearch import data
 from fedsearch import federated
+from fedsearch import hyperparameters
+from fedsearch import nas
+from fedsearch import optimizers
 from fedsearch import privacy
 from fedsearch import runner
 from fedsearch import search_space
 from fedsearch.errors import ConfigError
 from fedsearch.errors import DataFileError
 
-__all__ = ["ConfigError", "DataFileError", "data", "federated", "privacy",
-           "runner", "search_space"]
+__all__ = ["ConfigError", "DataFileError", "data", "federated",
+           "hyperparameters", "nas", "optimizers", "privacy", "runner",
+           "search_space"]

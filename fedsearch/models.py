@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fedsearch.search_space import layers
+from fedsearch.privacy.mechanisms import Model
 from fedsearch.search_space.network import with_norm_probes
 
 
@@ -30,6 +31,6 @@ class TanhCNN(nn.Module):
     return layers.Dense(self.num_classes, name="classifier")(x)
 
 
-def tanh_cnn_apply(num_classes: int = 10):
-  """`apply(weights, arch, x, key=None)` (arch and key unused), probe-able."""
+def tanh_cnn_model(num_classes: int = 10) -> Model:
+  """The TanhCNN as a probe-able `Model` (arch and key unused)."""
   return with_norm_probes(TanhCNN(num_classes), lambda arch, x, key: (x,))

@@ -1,7 +1,7 @@
 """Default search: digits (embedded), 10 Dirichlet(0.5) clients, (ε, δ) = (3, 1e-5).
 
 Sized to finish within 10 minutes on 2 CPU cores. Override any field from the
-command line, e.g. `--config.dataset=mnist --config.federated.rounds=60`.
+command line, e.g. `--config.dataset=mnist --config.federated.train_rounds=60`.
 """
 
 import ml_collections
@@ -111,6 +111,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Per-example clipping of weight steps: vmap (jax-privacy, per-example
   # gradients) | ghost (per-example norms without per-example gradients).
   config.privacy.dp_backend = "vmap"
+  # Who is trusted with what (fedsearch/privacy/mechanisms.py): local = each
+  # client adds the full noise to each of its releases; nothing is trusted.
+  config.privacy.trust = "local"
 
   # HyFreeDP (client.optimizer=hyfree); constants from Liu, Bu et al. 2025.
   config.hyfree = ml_collections.ConfigDict()

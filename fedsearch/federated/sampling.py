@@ -29,10 +29,6 @@ class ClientSplits:
   train: tuple[np.ndarray, ...]
   val: tuple[np.ndarray, ...]
 
-  @property
-  def num_clients(self) -> int:
-    return len(self.train)
-
   def sizes(self) -> np.ndarray:
     return np.array([len(t) + len(v) for t, v in zip(self.train, self.val)])
 
@@ -78,7 +74,7 @@ def poisson_batches(rows: np.ndarray, sampling_rate: float, steps: int,
 
 def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
                  round_: int, steps: int, sampling_rate: float,
-                 batch_sizes: tuple[int, int], train_arch: bool,
+                 batch_sizes: tuple[int, int], validation_batches: bool,
                  train_on_all_local_data: bool, client_multiple: int = 1,
                  feedback_size: int = 0, client_steps=None,
                  client_rates=None) -> RoundInputs:
@@ -91,7 +87,7 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     steps: local steps.
     sampling_rate: Poisson rate q of every stream.
     batch_sizes: static (train, val) batch sizes.
-    train_arch: draw validation batches for architecture steps.
+    validation_batches: draw validation batches (for architecture steps).
     train_on_all_local_data: weight steps read train and val rows (used once
       the architecture is fixed and the validation split is free).
     client_multiple: pad the client axis to a multiple of this.
@@ -128,7 +124,7 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     if train_on_all_local_data:
       train_rows = np.sort(np.concatenate([train_rows, splits.val[k]]))
     streams = [("train", train_rows, _TRAIN)]
-    if train_arch:
+    if validation_batches:
       streams.append(("val", splits.val[k], _VAL))
     for name, rows, stream in streams:
       rng = np.random.default_rng([seed, round_, int(k), stream])
@@ -143,7 +139,7 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
       expected[slot, 2] = max(len(val), 1)
     weights[slot] = sizes[k]
     ids[slot] = k
-  if not train_arch:
+  if not validation_batches:
     out["val_idx"] = out["val_padding"] = None
   return RoundInputs(expected_batch=expected, client_weights=weights,
                      client_ids=ids, active_steps=active, **out)

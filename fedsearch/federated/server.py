@@ -1,49 +1,49 @@
-"""Server side: weighted FedAvg through an optax server optimiser.
+"""Server side: the explicit aggregation of a round's client states.
 
-The mean client delta Δ = Σ_k w_k (θ_k − θ) / Σ_k w_k is handed to the server
-optimiser as the pseudo-gradient −Δ (Reddi et al. 2021, "Adaptive Federated
-Optimization"): `optax.sgd(1.0)` is plain FedAvg, `optax.adam` FedAdam.
-Weights and architecture parameters are aggregated alike. `params['carried']`,
-when present, is client-side optimiser state the server keeps between rounds
-(HyFreeDP's learning rate): it moves by the mean client delta, outside the
-server optimiser.
+The mean client delta Δ = Σ_k w_k (θ_k − θ) / Σ_k w_k (the mechanism's
+`aggregate`) is handed to the server optimiser as the pseudo-gradient −Δ
+(Reddi et al. 2021, "Adaptive Federated Optimization"): `optax.sgd(1.0)` is
+plain FedAvg, `optax.adam` FedAdam. Weights and architecture parameters are
+aggregated alike. The plug-ins' server-carried states (the client
+optimiser's, the NAS strategy's) move by their own mean client delta,
+outside the server optimiser, and the client optimiser then takes its
+server step (HyFreeDP: the learning-rate fit).
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from fedsearch.federated.client import ClientState, ModelParams
+from fedsearch.optimizers import ClientOptimizer
+
 
 class ServerState(NamedTuple):
-  params: dict  # {'weights': ..., 'arch': ...}
-  opt_state: optax.OptState
+  params: ModelParams
+  opt_state: optax.OptState  # the server optimiser's, over `params`
+  client_optimizer: Any  # `ClientOptimizer.init()`'s state (None: none)
+  nas: Any  # `NasStrategy.init_state()`'s state (None: none)
+
+  def client_state(self) -> ClientState:
+    return ClientState(self.params, self.client_optimizer, self.nas)
 
 
-def _split_carried(tree):
-  tree = dict(tree)
-  return tree, tree.pop("carried", None)
+def server_init(params: ModelParams, server_optimizer: optax.GradientTransformation,
+                client_optimizer_state=None, nas_state=None) -> ServerState:
+  return ServerState(params, server_optimizer.init(params),
+                     client_optimizer_state, nas_state)
 
 
-def server_init(params, optimizer: optax.GradientTransformation) -> ServerState:
-  trained, _ = _split_carried(params)
-  return ServerState(params, optimizer.init(trained))
-
-
-def weighted_average(stacked, weights: jax.Array):
-  """Σ_k w_k x_k / Σ_k w_k over the leading (client) axis of every leaf."""
-  weights = weights / jnp.sum(weights)
-  return jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), stacked)
-
-
-def server_update(state: ServerState, mean_delta,
-                  optimizer: optax.GradientTransformation) -> ServerState:
-  params, carried = _split_carried(state.params)
-  mean_delta, carried_delta = _split_carried(mean_delta)
-  pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
-  updates, opt_state = optimizer.update(pseudo_grad, state.opt_state, params)
-  params = optax.apply_updates(params, updates)
-  if carried is not None:
-    params["carried"] = optax.apply_updates(carried, carried_delta)
-  return ServerState(params, opt_state)
+def server_update(state: ServerState, mean_delta: ClientState,
+                  server_optimizer: optax.GradientTransformation,
+                  client_optimizer: ClientOptimizer) -> ServerState:
+  pseudo_grad = jax.tree.map(jnp.negative, mean_delta.params)
+  updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state,
+                                               state.params)
+  return ServerState(
+      optax.apply_updates(state.params, updates), opt_state,
+      client_optimizer.server_update(optax.apply_updates(
+          state.client_optimizer, mean_delta.optimizer)),
+      optax.apply_updates(state.nas, mean_delta.nas))

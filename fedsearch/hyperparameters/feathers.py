@@ -17,6 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedsearch.hyperparameters.base import Strategy, per_config_sums
+
 
 class FeathersState(NamedTuple):
   rewards: jax.Array  # (pool,)
@@ -64,17 +66,6 @@ def choose(state: FeathersState, key, num_clients: int, *, period: int = 15,
   return new, ids, exploring
 
 
-def per_config_sums(config_ids: jax.Array, values: jax.Array,
-                    weights: jax.Array, pool_size: int
-                    ) -> tuple[jax.Array, jax.Array]:
-  """(Σ_{k: c_k=j} w_k·v_k, Σ_{k: c_k=j} w_k) for every configuration j.
-
-  Clients of weight 0 (padding) count for nothing.
-  """
-  weighted = jax.nn.one_hot(config_ids, pool_size) * weights[:, None]
-  return weighted.T @ values, weighted.sum(axis=0)
-
-
 def update(state: FeathersState, config_ids: jax.Array, gains: jax.Array,
            weights: jax.Array, *, alpha: float = 0.5) -> FeathersState:
   """Reward update after an exploration round (call only for those)."""
@@ -86,3 +77,19 @@ def update(state: FeathersState, config_ids: jax.Array, gains: jax.Array,
   rewards = jnp.where(used, state.rewards + alpha * (gain - state.rewards),
                       alpha * state.rewards)
   return state._replace(rewards=rewards)
+
+
+def strategy(period: int = 15, gamma: float = 6.0, alpha: float = 0.5
+             ) -> Strategy:
+  """FEATHERS's bandit behind the `Strategy` protocol."""
+  def choose_(state, key, num_clients):
+    state, ids, exploring = choose(state, key, num_clients, period=period,
+                                   gamma=gamma)
+    return state, ids, ~exploring
+
+  def update_(state, ids, gains, weights, aggregate):
+    updated = update(state, ids, gains, weights, alpha=alpha)
+    return jax.tree.map(lambda a, b: jnp.where(aggregate, b, a), updated, state)
+
+  return Strategy(init, choose_, update_,
+                  lambda state: jnp.argmax(state.rewards))

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedsearch.hyperparameters.feathers import per_config_sums
+from fedsearch.hyperparameters.base import Strategy, per_config_sums
 
 
 class FedExState(NamedTuple):
@@ -54,3 +54,16 @@ def update(state: FedExState, config_ids: jax.Array, gains: jax.Array,
       baseline_decay * state.baseline + (1 - baseline_decay) * mean_gain,
       mean_gain)
   return FedExState(probs, new_baseline, state.rounds + 1)
+
+
+def strategy(step_size: float = 1.0) -> Strategy:
+  """FedEx behind the `Strategy` protocol (every round aggregates)."""
+  def choose_(state, key, num_clients):
+    return state, choose(state, key, num_clients), jnp.bool_(True)
+
+  def update_(state, ids, gains, weights, aggregate):
+    del aggregate
+    return update(state, ids, gains, weights, step_size=step_size)
+
+  return Strategy(init, choose_, update_,
+                  lambda state: jnp.argmax(state.probs))

@@ -1,17 +1,23 @@
-"""Differential privacy: clipped gradients, noise, accounting (on jax-privacy)."""
+"""Differential privacy: mechanisms, clipped gradients, noise, accounting, the plan."""
 
 from fedsearch.privacy.accounting import ACCOUNTANTS
 from fedsearch.privacy.accounting import ReleaseStream
 from fedsearch.privacy.accounting import calibrate_noise_multiplier
-from fedsearch.privacy.accounting import composed_event
 from fedsearch.privacy.accounting import epsilon
-from fedsearch.privacy.accounting import padded_batch_size
-from fedsearch.privacy.accounting import truncation_tail
 from fedsearch.privacy.dp_grad import clipped_grad_sum
-from fedsearch.privacy.dp_grad import private_optimizer
+from fedsearch.privacy.mechanisms import MECHANISMS
+from fedsearch.privacy.mechanisms import Mechanism
+from fedsearch.privacy.mechanisms import Model
+from fedsearch.privacy.mechanisms import make_mechanism
+from fedsearch.privacy.mechanisms import private_optimizer
+from fedsearch.privacy.mechanisms import softmax_cross_entropy
+from fedsearch.privacy.plan import NoiseMultipliers
+from fedsearch.privacy.plan import PrivacyPlan
+from fedsearch.privacy.plan import make_plan
 
 __all__ = [
-    "ACCOUNTANTS", "ReleaseStream", "calibrate_noise_multiplier",
-    "clipped_grad_sum", "composed_event", "epsilon", "padded_batch_size",
-    "private_optimizer", "truncation_tail",
+    "ACCOUNTANTS", "MECHANISMS", "Mechanism", "Model", "NoiseMultipliers",
+    "PrivacyPlan", "ReleaseStream", "calibrate_noise_multiplier",
+    "clipped_grad_sum", "epsilon", "make_mechanism", "make_plan",
+    "private_optimizer", "softmax_cross_entropy",
 ]

@@ -14,12 +14,11 @@ default 1 against a 10-class cross-entropy of 2.3 at init) could never
 grow back, and every probe would read the flat value R_l.
 
 The state is an optax-style pair `init` / `update`. In a federation the
-server carries it between rounds (`ServerState.params['carried']`): clients
-step with the server's η and report their privatised probes (`ProbeReport`);
-the server averages the reports over clients and fits η on that mean
-(`apply_report`): the fit is nonlinear, so averaging the probes before it,
-rather than the clients' fitted η after it, is what lets the clients' noise
-cancel.
+server carries it between rounds (`optimizers.hyfree`): clients step with
+the server's η and report their privatised probes (`ProbeReport`); the
+server averages the reports over clients and fits η on that mean: the fit
+is nonlinear, so averaging the probes before it, rather than the clients'
+fitted η after it, is what lets the clients' noise cancel.
 """
 
 import dataclasses
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from fedsearch.errors import ConfigError
+from fedsearch.privacy import mechanisms
 
 _MIN_LOSS_CLIP = 1e-3
 
@@ -96,37 +96,6 @@ def init(config: AutoLRConfig) -> AutoLRState:
                      jnp.float32(config.initial_loss_clip))
 
 
-def init_carried(config: AutoLRConfig) -> dict:
-  """What the server carries between rounds for HyFreeDP."""
-  return {"auto_lr": init(config),
-          "report": ProbeReport(jnp.zeros(config.releases_per_probe,
-                                          jnp.float32), jnp.float32(0.0))}
-
-
-def apply_report(carried: dict, config: AutoLRConfig) -> dict:
-  """Server side: refit η from the clients' mean report, if there is one."""
-  report = carried["report"]
-  state = jax.lax.cond(report.probed > 0.5,
-                       lambda: update(carried["auto_lr"], report.losses, config),
-                       lambda: carried["auto_lr"])
-  return dict(carried, auto_lr=state,
-              report=ProbeReport(jnp.zeros_like(report.losses),
-                                 jnp.zeros_like(report.probed)))
-
-
-def privatized_mean_loss(per_example_loss: jax.Array, padding: jax.Array,
-                         loss_clip, noise_multiplier: float, key,
-                         expected_batch) -> jax.Array:
-  """(Σ_i clip(L_i, ±R_l) + N(0, (σ_l R_l)²)) / expected batch size.
-
-  A non-finite loss counts as 0, so the sensitivity is R_l for any input.
-  """
-  loss = jnp.where(jnp.isfinite(per_example_loss), per_example_loss, 0.0)
-  clipped = jnp.where(padding, 0.0, jnp.clip(loss, -loss_clip, loss_clip))
-  noise = noise_multiplier * loss_clip * jax.random.normal(key, ())
-  return (jnp.sum(clipped) + noise) / expected_batch
-
-
 def fit_quadratic(etas: jax.Array, losses: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Least squares L ≈ c − b·η + (a/2)·η²; returns (a, b)."""
   design = jnp.stack([jnp.ones_like(etas), -etas, 0.5 * etas**2], axis=-1)
@@ -164,17 +133,21 @@ def update(state: AutoLRState, probe_losses: jax.Array,
 
 
 def probe_losses(loss_at, state: AutoLRState, config: AutoLRConfig,
-                 key) -> jax.Array:
+                 key, noised_sum=None) -> jax.Array:
   """Privatised losses at θ + s·η·u for each probe scale s.
 
   `loss_at(step) -> (per_example_loss, padding, expected_batch)` evaluates
-  the batch at θ + step·u.
+  the batch at θ + step·u. Each probe is `mechanisms.privatized_mean` of
+  the per-example losses with bound R_l (sensitivity R_l), noised by
+  `noised_sum` (the mechanism's; default: the client adds all of it).
   """
+  add_noise = noised_sum or mechanisms.noised_sum
   eta = state.learning_rate
   keys = jax.random.split(key, config.releases_per_probe)
   values = []
   for s, k in zip(config.probe_scales, keys):
     per_example, padding, expected = loss_at(s * eta)
-    values.append(privatized_mean_loss(per_example, padding, state.loss_clip,
-                                       config.loss_noise_multiplier, k, expected))
+    values.append(mechanisms.privatized_mean(
+        per_example, padding, state.loss_clip, config.loss_noise_multiplier,
+        k, expected, add_noise))
   return jnp.stack(values)

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import jax_privacy
 import optax
-from jax_privacy import noise_addition
 
 
 CLIPPING = ("flat", "auto")
@@ -94,18 +93,3 @@ def masked_noise(privatizer: optax.GradientTransformation
     return jax.tree.map(lambda u, n, keep: jnp.where(keep, n, u), updates,
                         noisy, noise_mask), state
   return optax.GradientTransformationExtraArgs(privatizer.init, update)
-
-
-def private_optimizer(stddev: float, key, expected_batch_size,
-                      optimizer: optax.GradientTransformation
-                      ) -> optax.GradientTransformation:
-  """Noise on the clipped sum, then the mean over the expected batch, then `optimizer`.
-
-  `update(..., noise_mask=tree of bools)` limits the noise (`masked_noise`).
-  """
-  return optax.chain(
-      masked_noise(noise_addition.gaussian_privatizer(stddev=stddev,
-                                                      prng_key=key)),
-      optax.scale(1.0 / expected_batch_size),
-      optimizer,
-  )

@@ -1,7 +1,10 @@
-"""Jobs built from the library: the federated DP search and its workdir."""
+"""The main job built from the library: the federated DP search and its workdir."""
 
-from fedsearch.runner.plan import PrivacyPlan
+from fedsearch.runner.job import Job
+from fedsearch.runner.job import build_job
+from fedsearch.runner.phases import Phase
+from fedsearch.runner.phases import build_phase
 from fedsearch.runner.search import run
 from fedsearch.runner.workdir import load_weights
 
-__all__ = ["PrivacyPlan", "load_weights", "run"]
+__all__ = ["Job", "Phase", "build_job", "build_phase", "load_weights", "run"]

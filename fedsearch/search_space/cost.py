@@ -30,7 +30,7 @@ import numpy as np
 from fedsearch.errors import ConfigError
 from fedsearch.search_space import ops
 from fedsearch.search_space.genotype import Genotype
-from fedsearch.search_space.network import derived_model
+from fedsearch.search_space.network import derived_network
 from fedsearch.search_space.space import SearchSpace
 
 METRICS = ("params", "flops", "latency_ms")
@@ -99,7 +99,7 @@ def _measure(module, x, latency_batch: int, repeats: int):
 def measure_model(space: SearchSpace, genotype: Genotype, input_shape,
                   latency_batch: int = 64, repeats: int = 20) -> dict:
   """Parameters, FLOPs per example and latency of a derived model."""
-  return _measure(derived_model(space, genotype),
+  return _measure(derived_network(space, genotype),
                   jnp.zeros((1, *input_shape)), latency_batch, repeats)
 
 

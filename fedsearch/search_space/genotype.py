@@ -82,24 +82,6 @@ def derive(arch_params: dict[str, jax.Array], space: SearchSpace) -> Genotype:
   return Genotype(space.op_set, space.nodes, tuple(sorted(edges)))
 
 
-def genotype_arch_params(genotype: Genotype, space: SearchSpace
-                         ) -> dict[str, jax.Array]:
-  """Logits whose softmax is exactly one-hot on the genotype (0 / -inf).
-
-  Dropped edges are one-hot on `none`. With these logits the supernet computes
-  exactly the derived model.
-  """
-  check_genotype(genotype, space)
-  names = space.op_names
-  logits = np.full((space.num_edges, len(names)), -np.inf, np.float32)
-  logits[:, names.index("none")] = 0.0
-  for to, src, op in genotype.edges:
-    row = space.edge_index(to, src)
-    logits[row, :] = -np.inf
-    logits[row, names.index(op)] = 0.0
-  return {"normal": jnp.asarray(logits)}
-
-
 def check_genotype(genotype: Genotype, space: SearchSpace) -> None:
   if genotype.op_set != space.op_set or genotype.nodes != space.nodes:
     raise ConfigError(

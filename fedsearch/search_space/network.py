@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from fedsearch.privacy import ghost
+from fedsearch.privacy.mechanisms import Model
 from fedsearch.search_space import layers, ops
 from fedsearch.search_space.genotype import Genotype, check_genotype
 from fedsearch.search_space.space import SearchSpace
@@ -111,13 +112,13 @@ def mixing_weights(arch_params: dict[str, jax.Array]) -> jax.Array:
   return jax.nn.softmax(arch_params["normal"], axis=-1)
 
 
-def with_norm_probes(module: nn.Module, call_args):
-  """`apply(weights, arch, x, key=None)` of `module`, and its probed twin.
+def with_norm_probes(module: nn.Module, call_args) -> Model:
+  """`module` as a `Model`: `apply(weights, arch, x, key=None)` and its
+  twin `probed(weights, probes, arch, x, key=None) -> (logits, probes)`,
+  the same model with the ghost DP backend's norm probes (created as zeros
+  when `probes` is None; see `privacy.ghost`).
 
-  `call_args(arch, x, key)` gives the module's call arguments. The twin,
-  `apply.probed(weights, probes, arch, x, key=None) -> (logits, probes)`,
-  runs the same model with the ghost DP backend's norm probes (created as
-  zeros when `probes` is None; see `privacy.ghost`).
+  `call_args(arch, x, key)` gives the module's call arguments.
   """
   def apply(weights, arch_params, x, key=None):
     return module.apply({"params": weights}, *call_args(arch_params, x, key))
@@ -131,12 +132,11 @@ def with_norm_probes(module: nn.Module, call_args):
     return module.apply({"params": weights, ghost.PROBES: probes},
                         *args), probes
 
-  apply.probed = probed
-  return apply
+  return Model(apply, probed)
 
 
-def supernet_apply(space: SearchSpace):
-  """The DARTS mixture `apply(weights, arch_params, x, key=None) -> logits`.
+def supernet_model(space: SearchSpace) -> Model:
+  """The DARTS mixture, `apply(weights, arch_params, x, key=None)`.
 
   Every model function takes a key (the sampled strategies draw their child
   from it); the mixture and derived models ignore it.
@@ -153,20 +153,20 @@ def init_supernet(space: SearchSpace, key: jax.Array, input_shape) -> dict:
   return CellNetwork(space).init(key, x, w)["params"]
 
 
-def derived_model(space: SearchSpace, genotype: Genotype) -> CellNetwork:
+def derived_network(space: SearchSpace, genotype: Genotype) -> CellNetwork:
   return CellNetwork(space, genotype)
 
 
-def derived_apply(space: SearchSpace, genotype: Genotype):
-  """The derived model as `apply(weights, arch_params, x, key=None)`."""
-  return with_norm_probes(derived_model(space, genotype),
+def derived_model(space: SearchSpace, genotype: Genotype) -> Model:
+  """The derived network as a `Model` (architecture and key unused)."""
+  return with_norm_probes(derived_network(space, genotype),
                           lambda arch, x, key: (x,))
 
 
 def extract_weights(supernet_weights: dict, space: SearchSpace,
                     genotype: Genotype, input_shape) -> dict:
   """The derived model's weights, taken by path from the supernet's."""
-  model = derived_model(space, genotype)
+  model = derived_network(space, genotype)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape))))
   wanted = traverse_util.flatten_dict(shapes["params"])

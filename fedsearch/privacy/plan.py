@@ -31,6 +31,7 @@ that the whole composition spends exactly ε.
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -65,6 +66,9 @@ class PrivacyPlan:
   # Search rounds before the first architecture step (DPNAS's controller
   # warm-up): their clients train sampled children's weights only.
   arch_warmup_rounds: int = 0
+  # The mechanism's accounting of one kind of release (`Mechanism.release_stream`).
+  release_stream: Callable[..., accounting.ReleaseStream] = (
+      accounting.ReleaseStream)
 
   @property
   def accounting_delta(self) -> float:
@@ -103,10 +107,10 @@ class PrivacyPlan:
       if name == "hp_feedback":
         # The gain reads the client's whole validation split: no sampling.
         if self.feedback:
-          streams.append(accounting.ReleaseStream(name, 1.0, count,
+          streams.append(self.release_stream(name, 1.0, count,
                                                   sigmas.feedback))
         continue
-      streams.append(accounting.ReleaseStream(
+      streams.append(self.release_stream(
           name, q, count, probe if is_probe else sigmas.gradient))
     return streams
 
@@ -127,14 +131,14 @@ class PrivacyPlan:
     if self.feedback:
       count = counts["hp_feedback"]
       out["hp_feedback_only"] = accounting.epsilon(
-          [accounting.ReleaseStream("hp_feedback", 1.0, count,
+          [self.release_stream("hp_feedback", 1.0, count,
                                     sigmas.feedback)],
           self.accounting_delta, self.accountant)
     if self.probe_every:
       probes = sum(v for k, v in counts.items() if k.startswith("probe"))
       loss_only = sigmas.loss / math.sqrt(self.releases_per_probe)
       out["loss_probes_only"] = accounting.epsilon(
-          [accounting.ReleaseStream("loss_probes", self.sampling_rate, probes,
+          [self.release_stream("loss_probes", self.sampling_rate, probes,
                                     loss_only)],
           self.accounting_delta, self.accountant)
     return out
@@ -209,7 +213,8 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               accountant, probe_every=0, releases_per_probe=0,
               kappa=0.01, feedback=False,
               feedback_fraction=0.1, arch_steps=True,
-              arch_warmup_rounds=0) -> PrivacyPlan:
+              arch_warmup_rounds=0,
+              release_stream=accounting.ReleaseStream) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -233,4 +238,5 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
                      truncation_delta_fraction * delta, accountant,
                      probe_every, releases_per_probe, kappa, feedback,
-                     feedback_fraction, arch_steps, arch_warmup_rounds)
+                     feedback_fraction, arch_steps, arch_warmup_rounds,
+                     release_stream)

@@ -1,0 +1,93 @@
+"""A federated algorithm as an `(init, apply)` pair, in the manner of fedjax.
+
+`federated_algorithm(...)` closes over a model, a per-example loss, a client
+optimiser, a server optimiser, the NAS strategy's architecture step and the
+privacy mechanism, and returns
+  init(params, nas_state=None, client_optimizer_state=None) -> ServerState
+  apply(state, x, y, inputs, base_key, round, aggregate=True)
+      -> (state, per-client privatised gains or None)
+`apply` is one jitted round: gather the clients' batches by index from the
+device-resident examples, run every client's local update (vmapped, and
+sharded over `mesh`), aggregate with the mechanism, then the server step.
+`aggregate=False` (FEATHERS's exploration rounds) keeps the stored state:
+the round only measures its clients' gains.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
+                                        ModelParams, make_local_update)
+from fedsearch.federated.round import RoundInputs, map_clients
+from fedsearch.federated.server import ServerState, server_init, server_update
+from fedsearch.nas.base import ArchContext, ArchStep, weights_only
+from fedsearch.optimizers import ClientOptimizer, dpsgd
+from fedsearch.privacy import mechanisms
+from fedsearch.privacy.mechanisms import Mechanism, Model
+
+
+class FederatedAlgorithm(NamedTuple):
+  init: Callable[..., ServerState]
+  apply: Callable[..., tuple[ServerState, jax.Array | None]]
+
+
+def federated_algorithm(
+    model: Model, client_config: ClientConfig,
+    server_optimizer: optax.GradientTransformation, *,
+    loss: Callable = mechanisms.softmax_cross_entropy,
+    client_optimizer: ClientOptimizer | None = None,
+    mechanism: Mechanism | None = None,
+    arch_step: Callable[[ArchContext], ArchStep] = weights_only,
+    reads_validation: bool = False,
+    active_weights: Callable | None = None,
+    arch_penalty: Callable | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    shared_program: bool = True) -> FederatedAlgorithm:
+  """See the module docstring; the keyword arguments are those of
+  `client.make_local_update`, plus `mesh` (shard clients over its devices)
+  and `shared_program=False` (map a device's clients in sequence)."""
+  client_optimizer = client_optimizer or dpsgd()
+  mechanism = mechanism or mechanisms.local()
+  local_update = make_local_update(
+      model, client_config, loss=loss, mechanism=mechanism,
+      optimizer=client_optimizer, arch_step=arch_step,
+      reads_validation=reads_validation, active_weights=active_weights,
+      arch_penalty=arch_penalty)
+  all_deltas = map_clients(local_update, mesh, shared_program)
+
+  def init(params: ModelParams, nas_state=None,
+           client_optimizer_state=None) -> ServerState:
+    if client_optimizer_state is None:
+      client_optimizer_state = client_optimizer.init()
+    return server_init(params, server_optimizer, client_optimizer_state,
+                       nas_state)
+
+  def gather(x, y, idx, padding):
+    return None if idx is None else Batches(x[idx], y[idx], padding)
+
+  @jax.jit
+  def apply(state: ServerState, x, y, inputs: RoundInputs, base_key, round_,
+            aggregate=True):
+    batches = ClientBatches(
+        gather(x, y, inputs.train_idx, inputs.train_padding),
+        gather(x, y, inputs.val_idx, inputs.val_padding),
+        gather(x, y, inputs.feedback_idx, inputs.feedback_padding),
+        None if inputs.active_steps is None
+        else jnp.asarray(inputs.active_steps))
+    round_key = jax.random.fold_in(base_key, round_)
+    keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(
+        inputs.client_ids)
+    steps = inputs.train_idx.shape[1]
+    deltas, gains = all_deltas(state.client_state(), batches, keys,
+                               inputs.expected_batch, inputs.hparams,
+                               round_ * steps)
+    mean_delta = mechanism.aggregate(deltas, inputs.client_weights)
+    new = server_update(state, mean_delta, server_optimizer, client_optimizer)
+    new = jax.tree.map(lambda a, b: jnp.where(aggregate, a, b), new, state)
+    return new, gains
+
+  return FederatedAlgorithm(init, apply)

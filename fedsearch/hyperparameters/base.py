@@ -1,0 +1,36 @@
+"""The hyperparameter-search protocol.
+
+A strategy is four pure functions over its own state pytree:
+  init(pool_size) -> state
+  choose(state, key, num_clients) -> (state, config ids, aggregate)
+  update(state, ids, gains, weights, aggregate) -> state
+  best(state) -> config id
+`aggregate` is False for rounds that only measure (FEATHERS's exploration
+rounds restart from the stored weights); gains are the clients' privatised
+validation-loss decreases and weights their FedAvg weights (0 for padding).
+Everything it reads is privatised (the gains) or public (the pool, the
+weights), so its decisions are post-processing.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+
+
+class Strategy(NamedTuple):
+  init: Callable
+  choose: Callable
+  update: Callable
+  best: Callable
+
+
+def per_config_sums(config_ids: jax.Array, values: jax.Array,
+                    weights: jax.Array, pool_size: int
+                    ) -> tuple[jax.Array, jax.Array]:
+  """(Σ_{k: c_k=j} w_k·v_k, Σ_{k: c_k=j} w_k) for every configuration j.
+
+  Clients of weight 0 (padding) count for nothing.
+  """
+  weighted = jax.nn.one_hot(config_ids, pool_size) * weights[:, None]
+  return weighted.T @ values, weighted.sum(axis=0)

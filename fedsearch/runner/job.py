@@ -1,0 +1,331 @@
+"""Building the job from its configuration: every check of the config is here.
+
+`build_job(config)` reads the data, validates every field it uses (one
+`ConfigError` naming the field and what is allowed), builds each plug-in
+from its registry (NAS strategy, hyperparameter strategy, client optimiser,
+privacy mechanism) and calibrates the privacy plan. Nothing outside the
+registries branches on a plug-in's name.
+"""
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fedsearch import data as data_lib
+from fedsearch import federated as fed
+from fedsearch import hyperparameters as hp_lib
+from fedsearch import nas as nas_lib
+from fedsearch import optimizers
+from fedsearch import search_space as ss
+from fedsearch.errors import ConfigError
+from fedsearch.privacy import auto_lr, mechanisms
+from fedsearch.privacy.plan import NoiseMultipliers, PrivacyPlan, make_plan
+from fedsearch.runner.workdir import GENOTYPE_FILE
+from fedsearch.search_space import cost as cost_lib
+
+# FedAvg(M) with server momentum, or FedAdam (Reddi et al. 2021).
+SERVER_OPTIMIZERS = {
+    "sgd": lambda lr, momentum: optax.sgd(lr, momentum or None),
+    "adam": lambda lr, momentum: optax.adam(lr, b1=momentum),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Federation:
+  """Device-resident examples and the host-side description of the clients."""
+
+  x: jax.Array
+  y: jax.Array
+  splits: fed.ClientSplits
+  monitor_x: np.ndarray
+  monitor_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  input_shape: tuple[int, ...]
+  num_classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+  table: cost_lib.CostTable
+  penalty: Callable  # arch_params -> scalar, added to the architecture loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Hpo:
+  """The hyperparameter search, when `hpo.strategy` is not `none`."""
+
+  strategy: hp_lib.Strategy
+  pool: dict  # {name: (P,) values}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """Everything a run needs, built and checked before any round."""
+
+  config: ml_collections.ConfigDict
+  federation: Federation
+  space: ss.SearchSpace
+  nas: nas_lib.NasStrategy
+  plan: PrivacyPlan
+  sigmas: NoiseMultipliers
+  mechanism: mechanisms.Mechanism
+  client_config: fed.ClientConfig
+  client_optimizer: optimizers.ClientOptimizer
+  server_optimizer: optax.GradientTransformation
+  mesh: jax.sharding.Mesh | None
+  hpo: Hpo | None
+  costs: CostModel | None
+  retrained: ss.Genotype | None  # `nas.genotype`: no search, retrain it
+
+  @property
+  def devices(self) -> int:
+    return 1 if self.mesh is None else self.mesh.size
+
+
+def build_federation(config) -> Federation:
+  ds = data_lib.load_dataset(config.dataset, config.data_dir,
+                             config.cache_dir or None)
+  x = data_lib.normalize(ds.name, ds.train_x, ds.pixel_max)
+  client_rows, monitor_rows = data_lib.carve(len(x), config.monitor_fraction,
+                                             config.seed)
+  f = config.federated
+  parts = data_lib.partition(ds.train_y[client_rows], f.partition,
+                             f.num_clients, config.seed, f.dirichlet_alpha,
+                             f.shards_per_client)
+  splits = fed.split_clients([client_rows[p] for p in parts], f.val_fraction,
+                             config.seed)
+  return Federation(jnp.asarray(x), jnp.asarray(ds.train_y), splits,
+                    x[monitor_rows], ds.train_y[monitor_rows],
+                    data_lib.normalize(ds.name, ds.test_x, ds.pixel_max),
+                    ds.test_y, x.shape[1:], ds.num_classes)
+
+
+def check_config(config) -> None:
+  """The checks that need no data or plug-in (those check themselves)."""
+  if not 0 <= config.monitor_fraction < 1:
+    raise ConfigError("monitor_fraction must be in [0, 1), got"
+                      f" {config.monitor_fraction}")
+  f = config.federated
+  if not 0 < f.val_fraction < 1:
+    raise ConfigError(f"federated.val_fraction must be in (0, 1), got"
+                      f" {f.val_fraction}")
+  for field in ("search_rounds", "train_rounds"):
+    if f[field] < 0:
+      raise ConfigError(f"federated.{field} must be >= 0, got {f[field]}")
+  if f.search_rounds + f.train_rounds < 1 or f.local_steps < 1:
+    raise ConfigError("federated.search_rounds + federated.train_rounds and"
+                      " federated.local_steps must be >= 1")
+  if not 1 <= f.clients_per_round <= f.num_clients:
+    raise ConfigError(
+        f"federated.clients_per_round must be in [1, federated.num_clients="
+        f"{f.num_clients}], got {f.clients_per_round}")
+  if config.client.arch_learning_rate < 0:
+    raise ConfigError("client.arch_learning_rate must be >= 0 (0: the"
+                      " strategy's default), got"
+                      f" {config.client.arch_learning_rate}")
+  if (config.nas.controller_warmup_rounds
+      and not nas_lib.traits(config.nas.strategy).controller):
+    raise ConfigError("nas.controller_warmup_rounds applies to"
+                      " nas.strategy='reinforce' only; set it to 0 for"
+                      f" {config.nas.strategy!r}")
+
+
+def auto_lr_config(config, loss_noise_multiplier: float = 1.0
+                   ) -> auto_lr.AutoLRConfig:
+  """HyFreeDP's learning-rate constants (`hyfree.*`)."""
+  h = config.hyfree
+  return auto_lr.AutoLRConfig(
+      probe_every=h.probe_every, probe_scales=tuple(h.probe_scales),
+      initial_learning_rate=h.initial_learning_rate,
+      initial_loss_clip=h.initial_loss_clip, max_change=h.max_change,
+      loss_clip_factor=h.loss_clip_factor,
+      loss_noise_multiplier=loss_noise_multiplier)
+
+
+def build_hpo(config) -> Hpo | None:
+  h = config.hpo
+  strategy = hp_lib.make_strategy(h)
+  if strategy is None:
+    return None
+  space = hp_lib.space_from_dict(h.space.to_dict())
+  allowed = (*fed.TUNABLE, *fed.ROUND_HYPERPARAMETERS)
+  unknown = {p.name for p in space} - set(allowed)
+  if unknown:
+    raise ConfigError(f"hpo.space: {sorted(unknown)} cannot be tuned; allowed:"
+                      f" {list(allowed)}")
+  pool = hp_lib.draw_pool(space, h.pool_size, config.seed)
+  if "local_steps" in pool:
+    steps = pool["local_steps"]
+    if np.any(steps < 1) or np.any(steps != np.round(steps)):
+      raise ConfigError("hpo.space.local_steps must draw integers >= 1; use"
+                        " a categorical scale, e.g. choices [1, 2, 4]")
+  if "sampling_rate" in pool and not np.all(
+      (pool["sampling_rate"] > 0) & (pool["sampling_rate"] <= 1)):
+    raise ConfigError("hpo.space.sampling_rate must lie in (0, 1]")
+  return Hpo(strategy, pool)
+
+
+def build_plan(config, mechanism: mechanisms.Mechanism,
+               client_optimizer: optimizers.ClientOptimizer,
+               hpo: Hpo | None) -> PrivacyPlan:
+  """The privacy plan: the client schedule and every release it implies.
+
+  When a search draws `local_steps` / `sampling_rate` per client, every
+  client is charged the pool's maxima, whatever it drew: an upper bound
+  that keeps the plan data-independent.
+  """
+  f, p = config.federated, config.privacy
+  schedule = fed.client_schedule(f.num_clients, f.clients_per_round,
+                                 f.search_rounds + f.train_rounds, config.seed)
+  pool = hpo.pool if hpo else {}
+  steps = (int(max(pool["local_steps"])) if "local_steps" in pool
+           else f.local_steps)
+  rate = (float(max(pool["sampling_rate"])) if "sampling_rate" in pool
+          else f.sampling_rate)
+  return make_plan(
+      schedule, search_rounds=f.search_rounds, local_steps=steps,
+      sampling_rate=rate, num_clients=f.num_clients, epsilon=p.epsilon,
+      delta=p.delta, truncation_delta_fraction=p.truncation_delta_fraction,
+      accountant=p.accountant, probe_every=client_optimizer.probe_every,
+      releases_per_probe=client_optimizer.releases_per_probe,
+      kappa=config.hyfree.kappa, feedback=hpo is not None,
+      feedback_fraction=config.hpo.feedback_epsilon_fraction,
+      arch_steps=not nas_lib.traits(config.nas.strategy).one_stage,
+      arch_warmup_rounds=config.nas.controller_warmup_rounds,
+      release_stream=mechanism.release_stream)
+
+
+def read_named_file(field: str, value: str, path, parse: Callable,
+                    problem: str, remedy: str):
+  """`parse` of the text of the file a config field names, or one
+  ConfigError naming the field, what went wrong and what to do."""
+  try:
+    return parse(pathlib.Path(path).read_text())
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"{field}={value!r} {problem} ({type(e).__name__}:"
+                      f" {e}); {remedy}") from e
+
+
+def given_genotype(config, space: ss.SearchSpace) -> ss.Genotype | None:
+  """The genotype `nas.genotype` names (a genotype.json or a search's
+  workdir), or None: then the run searches."""
+  path = config.nas.genotype
+  if not path:
+    return None
+  if config.federated.search_rounds:
+    raise ConfigError(
+        f"nas.genotype={path!r} retrains a found architecture: set"
+        " federated.search_rounds=0 (got"
+        f" {config.federated.search_rounds})")
+  file = pathlib.Path(path)
+  genotype = read_named_file(
+      "nas.genotype", path,
+      file / GENOTYPE_FILE if file.is_dir() else file, ss.Genotype.from_json,
+      "is not a readable genotype",
+      "name the genotype.json a search wrote or its workdir")
+  try:
+    ss.check_genotype(genotype, space)
+  except ConfigError as e:
+    raise ConfigError(f"nas.genotype={config.nas.genotype!r}: {e}; set"
+                      " config.space as in the search") from e
+  return genotype
+
+
+def search_space_from(config, num_classes: int) -> ss.SearchSpace:
+  return ss.SearchSpace(num_classes=num_classes, **config.space.to_dict())
+
+
+def client_config(config, sigmas: NoiseMultipliers) -> fed.ClientConfig:
+  c = config.client
+  return fed.ClientConfig(
+      clip_norm=config.privacy.clip_norm,
+      arch_clip_norm=config.privacy.arch_clip_norm,
+      noise_multiplier=sigmas.gradient,
+      learning_rate=c.learning_rate, momentum=c.momentum,
+      weight_decay=c.weight_decay,
+      arch_learning_rate=(c.arch_learning_rate or nas_lib.traits(
+          config.nas.strategy).arch_learning_rate),
+      arch_weight_decay=c.arch_weight_decay,
+      auto_clip_gamma=config.hyfree.gamma,
+      feedback_clip=config.hpo.feedback_clip,
+      feedback_noise_multiplier=sigmas.feedback)
+
+
+def server_optimizer(config) -> optax.GradientTransformation:
+  name = config.federated.server_optimizer
+  if name not in SERVER_OPTIMIZERS:
+    raise ConfigError(f"federated.server_optimizer={name!r} is not allowed;"
+                      f" choose one of {sorted(SERVER_OPTIMIZERS)}")
+  momentum = config.federated.server_momentum
+  if not 0 <= momentum < 1:
+    raise ConfigError("federated.server_momentum must be in [0, 1), got"
+                      f" {momentum}")
+  return SERVER_OPTIMIZERS[name](config.federated.server_learning_rate,
+                                 momentum)
+
+
+def make_mesh(config):
+  available = len(jax.devices())
+  wanted = config.federated.num_devices or available
+  if not 1 <= wanted <= available:
+    raise ConfigError(f"federated.num_devices must be in [0, {available}],"
+                      f" got {config.federated.num_devices}")
+  return fed.client_mesh(wanted) if wanted > 1 else None
+
+
+def cost_model(config, space, input_shape) -> CostModel | None:
+  """The op cost table and penalty, when `nas.cost_*` asks for them."""
+  n = config.nas
+  cost_lib.check_metric(n.cost_metric)
+  for field in ("cost_penalty", "cost_budget", "budget_weight"):
+    if n[field] < 0:
+      raise ConfigError(f"nas.{field} must be >= 0, got {n[field]}")
+  if n.cost_penalty == 0 and n.cost_budget == 0:
+    return None
+  if n.cost_table:
+    table = read_named_file(
+        "nas.cost_table", n.cost_table, n.cost_table,
+        cost_lib.CostTable.from_json, "cannot be read as a cost table",
+        "build one with `python -m experiments.op_costs --out=FILE` on the"
+        " target machine")
+    if table.op_names != space.op_names:
+      raise ConfigError(f"nas.cost_table={n.cost_table!r} was built for ops"
+                        f" {list(table.op_names)}, not this space's")
+  else:
+    table = cost_lib.build_cost_table(space, input_shape)
+  return CostModel(table, cost_lib.cost_penalty(
+      table, n.cost_metric, space.num_edges, n.cost_penalty, n.cost_budget,
+      n.budget_weight))
+
+
+def build_job(config: ml_collections.ConfigDict) -> Job:
+  """Checks the config, reads the data, builds the plug-ins and the plan."""
+  check_config(config)
+  p = config.privacy
+  mechanism = mechanisms.make_mechanism(p.trust, dp_backend=p.dp_backend,
+                                        nan_safe=p.nan_safe)
+  hpo = build_hpo(config)
+  nas_lib.traits(config.nas.strategy)  # Checks the name before the data.
+  plan = build_plan(config, mechanism, optimizers.make_client_optimizer(
+      config.client.optimizer, auto_lr_config(config)), hpo)
+  sigmas = plan.noise_multipliers(p.noise_multiplier)
+  federation = build_federation(config)
+  space = search_space_from(config, federation.num_classes)
+  return Job(
+      config=config, federation=federation, space=space,
+      nas=nas_lib.make_strategy(config.nas.strategy, space), plan=plan,
+      sigmas=sigmas, mechanism=mechanism,
+      client_config=client_config(config, sigmas),
+      client_optimizer=optimizers.make_client_optimizer(
+          config.client.optimizer, auto_lr_config(config, sigmas.loss),
+          mechanism.noised_sum),
+      server_optimizer=server_optimizer(config), mesh=make_mesh(config),
+      hpo=hpo, costs=cost_model(config, space, federation.input_shape),
+      retrained=given_genotype(config, space))

@@ -1,0 +1,210 @@
+"""The round loop: host-side inputs, the hyperparameter controller, records.
+
+Each round: the phase for this round (search, warm-up, or the derived
+model's training once the search is over), the clients' configurations
+(when a hyperparameter search runs), the host-built batches, one jitted
+round of the phase's federated algorithm, the monitor-split progress, the
+checkpoint. The next round's batches are drawn on the host while the
+current round runs, when they do not depend on its results.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from fedsearch import federated as fed
+from fedsearch import search_space as ss
+from fedsearch.runner import states
+from fedsearch.runner.evaluation import accuracy_and_loss
+from fedsearch.runner.job import Job
+from fedsearch.runner.phases import Phase, build_phase
+from fedsearch.runner.workdir import Workdir, write_atomic
+
+
+@dataclasses.dataclass
+class Progress:
+  """Where a run stands (host side, mutable between rounds)."""
+
+  server: fed.ServerState | None
+  hpo_state: Any
+  genotype: ss.Genotype | None
+  phase: Phase
+  metrics: list[dict]
+
+
+def checkpoint_tree(progress: Progress) -> dict:
+  return {"server": progress.server, "hpo": progress.hpo_state}
+
+
+def start(job: Job, work: Workdir, report: Callable) -> tuple[Progress, int]:
+  """The run's state after its last finished round (fresh, or restored)."""
+  f = job.config.federated
+  rounds_done = work.latest_round()
+  hpo_state = job.hpo.strategy.init(job.config.hpo.pool_size) if job.hpo else None
+  if job.retrained is not None:
+    phase = build_phase(job, job.retrained)
+    progress = Progress(states.retrain_state(job, phase, job.retrained),
+                        hpo_state, job.retrained, phase, [])
+  elif rounds_done > f.search_rounds or (rounds_done == f.search_rounds
+                                         and work.genotype_file.exists()):
+    genotype = ss.Genotype.from_json(work.genotype_file.read_text())
+    phase = build_phase(job, genotype)
+    supernet = states.supernet_state(job, build_phase(job))
+    progress = Progress(states.after_search(job, phase, supernet, genotype),
+                        hpo_state, genotype, phase, [])
+  else:
+    phase = build_phase(job)
+    progress = Progress(states.supernet_state(job, phase), hpo_state, None,
+                        phase, [])
+  if rounds_done:
+    restored = work.restore_state(rounds_done, checkpoint_tree(progress))
+    progress.server, progress.hpo_state = restored["server"], restored["hpo"]
+    report(f"resuming after round {rounds_done}")
+  progress.server = states.place(job, progress.server)
+  progress.metrics = [m for m in work.metrics() if m["round"] <= rounds_done]
+  return progress, rounds_done
+
+
+def finish_search(job: Job, work: Workdir, progress: Progress,
+                  report: Callable) -> None:
+  """Derives the genotype and deploys it with the supernet's weights."""
+  genotype = states.derive_genotype(job, progress.server.params.arch)
+  phase = build_phase(job, genotype)
+  server = states.after_search(job, phase, progress.server, genotype)
+  # Weights first: a genotype file on disk means the deployment is complete.
+  work.save_weights("deployed", server.params.weights)
+  write_atomic(work.genotype_file, genotype.to_json())
+  report(f"derived genotype: {genotype.edges}")
+  progress.server, progress.genotype, progress.phase = server, genotype, phase
+
+
+class RoundInputsBuilder:
+  """Host-side batches of a round, and the clients' configurations."""
+
+  def __init__(self, job: Job):
+    self.job = job
+    self.feedback_size = max(map(len, job.federation.splits.val))
+
+  def client_slots(self, round_: int, phase: Phase) -> int:
+    """The round's clients padded to a multiple of the devices."""
+    return (-(-len(self.job.plan.schedule[round_]) // phase.devices)
+            * phase.devices)
+
+  def fixed_ids(self, round_: int, phase: Phase, hpo_state):
+    """Every client's configuration index when none is being searched."""
+    if self.job.hpo is None:
+      return None
+    best = int(self.job.hpo.strategy.best(hpo_state))
+    return np.full(self.client_slots(round_, phase), best)
+
+  def __call__(self, round_: int, phase: Phase, ids, searching: bool
+               ) -> fed.RoundInputs:
+    job = self.job
+    values = {} if ids is None else {
+        name: np.asarray(v[np.asarray(ids)], np.float32)
+        for name, v in job.hpo.pool.items()}
+    inputs = fed.round_inputs(
+        job.federation.splits, job.plan.schedule[round_],
+        seed=job.config.seed, round_=round_, steps=job.plan.local_steps,
+        sampling_rate=job.plan.sampling_rate, batch_sizes=phase.batch_sizes,
+        validation_batches=phase.validation_batches,
+        train_on_all_local_data=phase.all_local_data,
+        client_multiple=phase.devices,
+        feedback_size=self.feedback_size if searching else 0,
+        client_steps=values.pop("local_steps", None),
+        client_rates=values.pop("sampling_rate", None))
+    return inputs if ids is None else inputs._replace(hparams=values)
+
+
+def round_record(job: Job, progress: Progress, round_: int, start_time,
+                 inputs=None, gains=None, aggregate=True) -> dict:
+  """The metrics line of a finished round (monitor split, ε, plug-ins)."""
+  params = progress.server.params
+  acc, loss = accuracy_and_loss(
+      lambda x: progress.phase.predict(params.weights, params.arch, x),
+      job.federation.monitor_x, job.federation.monitor_y)
+  record = {"round": round_ + 1, "phase": progress.phase.name,
+            "monitor_accuracy": acc, "monitor_loss": loss,
+            "epsilon": job.plan.spent(job.sigmas, round_ + 1),
+            "elapsed_s": time.time() - start_time}
+  if gains is not None:
+    weights = np.asarray(inputs.client_weights)
+    record["hp_measure_only"] = not aggregate
+    record["hp_mean_gain"] = float(
+        np.sum(weights * np.asarray(gains)) / np.sum(weights))
+    record["hp_best_index"] = int(job.hpo.strategy.best(progress.hpo_state))
+  if progress.server.nas is not None:
+    record.update(job.nas.metrics(progress.server.nas))
+  record.update(job.client_optimizer.metrics(progress.server.client_optimizer))
+  return record
+
+
+def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
+               report: Callable, start_time: float,
+               stop_after_round: int | None = None) -> bool:
+  """Runs the remaining rounds; False if stopped early (`stop_after_round`)."""
+  f = job.config.federated
+  total = f.search_rounds + f.train_rounds
+  build_inputs = RoundInputsBuilder(job)
+  phases = {"search": progress.phase} if progress.genotype is None else {}
+  hpo_key = jax.random.key(job.config.seed + 2)
+  base_key = jax.random.key(job.config.seed + 1)
+  prefetched = None
+  for round_ in range(rounds_done, total):
+    if round_ == f.search_rounds and progress.genotype is None:
+      finish_search(job, work, progress, report)
+      prefetched = None
+    elif progress.genotype is None and job.plan.arch_warmup_rounds:
+      warm = round_ < job.plan.arch_warmup_rounds
+      if warm and "warmup" not in phases:
+        phases["warmup"] = build_phase(job, searching=False)
+      progress.phase = phases["warmup" if warm else "search"]
+    phase = progress.phase
+    searching = job.hpo is not None and phase.searching
+    aggregate, ids = True, None
+    if searching:
+      progress.hpo_state, ids, aggregate = job.hpo.strategy.choose(
+          progress.hpo_state, jax.random.fold_in(hpo_key, round_),
+          build_inputs.client_slots(round_, phase))
+      aggregate = bool(aggregate)
+      inputs = build_inputs(round_, phase, ids, True)
+    elif prefetched is not None and prefetched[0] == round_:
+      inputs = prefetched[1]
+    else:
+      inputs = build_inputs(round_, phase, build_inputs.fixed_ids(
+          round_, phase, progress.hpo_state), False)
+    progress.server, gains = phase.algorithm.apply(
+        progress.server, job.federation.x, job.federation.y, inputs,
+        base_key, round_, aggregate)
+    next_round = round_ + 1
+    if (not searching and next_round < total
+        and next_round not in (f.search_rounds, job.plan.arch_warmup_rounds)):
+      prefetched = (next_round, build_inputs(next_round, phase,
+                                             build_inputs.fixed_ids(
+                                                 next_round, phase,
+                                                 progress.hpo_state), False))
+    if searching:
+      # The gains come back sharded over the client mesh; the controller
+      # is small host-side work on the default device.
+      gains = np.asarray(gains)
+      progress.hpo_state = job.hpo.strategy.update(
+          progress.hpo_state, np.asarray(ids), gains, inputs.client_weights,
+          aggregate)
+    record = round_record(job, progress, round_, start_time, inputs,
+                          gains if searching else None, aggregate)
+    progress.metrics.append(record)
+    report(f"round {round_ + 1:3d}/{total} [{phase.name}] loss"
+           f" {record['monitor_loss']:.4f} acc {record['monitor_accuracy']:.4f}"
+           f" ε {record['epsilon']:.3f}")
+    work.save_state(round_ + 1, checkpoint_tree(progress),
+                    force=round_ + 1 in (f.search_rounds, total))
+    work.write_metrics(progress.metrics)
+    if stop_after_round is not None and round_ + 1 >= stop_after_round:
+      return False
+  if progress.genotype is None:  # No training rounds: deploy the supernet's.
+    finish_search(job, work, progress, report)
+  return True

@@ -1,0 +1,110 @@
+"""The run's final report: test accuracy (the only read of the test split), ε, costs."""
+
+import json
+import time
+
+import jax
+
+from fedsearch import nas as nas_lib
+from fedsearch.runner.evaluation import accuracy_and_loss
+from fedsearch.runner.job import Job
+from fedsearch.runner.loop import Progress
+from fedsearch.runner.workdir import Workdir, load_weights
+from fedsearch.search_space import cost as cost_lib
+
+
+def _hyperparameters(job: Job, progress: Progress) -> dict:
+  if job.hpo is None:
+    return {}
+  chosen = int(job.hpo.strategy.best(progress.hpo_state))
+  return {"hyperparameters": {
+      "strategy": job.config.hpo.strategy,
+      "pool_size": job.config.hpo.pool_size,
+      "chosen_index": chosen,
+      "chosen": {name: float(values[chosen])
+                 for name, values in job.hpo.pool.items()},
+      "feedback_noise_multiplier": job.sigmas.feedback,
+      "feedback_clip": job.config.hpo.feedback_clip}}
+
+
+def _costs(job: Job, genotype) -> dict:
+  out = {"deployed_cost": {
+      **cost_lib.measure_model(job.space, genotype,
+                               job.federation.input_shape),
+      "hardware": cost_lib.hardware_name()}}
+  if job.costs:
+    n = job.config.nas
+    out["cost_table"] = {
+        "metric": n.cost_metric, "penalty": n.cost_penalty,
+        "budget": n.cost_budget, "hardware": job.costs.table.hardware,
+        "deployed": job.costs.table.child_cost(
+            nas_lib.genotype_choices(genotype, job.space), n.cost_metric)}
+  return out
+
+
+def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
+  plan, sigmas = job.plan, job.sigmas
+  out = {
+      "epsilon": plan.spent(sigmas, total_rounds),
+      "epsilon_breakdown": plan.breakdown(sigmas),
+      "epsilon_target": plan.epsilon,
+      "delta": plan.delta,
+      "delta_truncation": plan.truncation_delta,
+      "noise_multiplier": sigmas.gradient,
+  }
+  if plan.probe_every:
+    out["loss_noise_multiplier"] = sigmas.loss
+    out["final_learning_rate"] = job.client_optimizer.metrics(
+        progress.server.client_optimizer)["learning_rate"]
+  out.update({
+      "optimizer": job.client_optimizer.name,
+      "trust": job.mechanism.name,
+      "accountant": plan.accountant,
+      "releases_of_most_exposed_client": {
+          s.name: s.count for s in plan.streams(sigmas, total_rounds)},
+  })
+  return out
+
+
+def summarize(job: Job, work: Workdir, progress: Progress,
+              start_time: float) -> dict:
+  """Tests the final (and the deployed) model once and writes summary.json."""
+  config, f = job.config, job.config.federated
+  total_rounds = f.search_rounds + f.train_rounds
+  weights = progress.server.params.weights
+  test_on = lambda w: accuracy_and_loss(
+      lambda x: progress.phase.predict(w, {}, x), job.federation.test_x,
+      job.federation.test_y)
+  test_acc, test_loss = test_on(weights)
+  work.save_weights("final", weights)
+  if job.retrained is None:
+    searched = {
+        "nas_strategy": config.nas.strategy,
+        # The derived model with the weights the search left it, before any
+        # training round, and the ε spent up to then.
+        "deployed_test_accuracy": test_on(load_weights(
+            work.path, weights, "deployed"))[0],
+        "deployed_epsilon": job.plan.spent(job.sigmas, f.search_rounds)}
+  else:
+    searched = {"retrained_from": config.nas.genotype}
+  summary = {
+      "dataset": config.dataset,
+      "partition": f"{f.partition}" + (f"(alpha={f.dirichlet_alpha})"
+                                       if f.partition == "dirichlet" else ""),
+      "clients": f.num_clients,
+      "clients_per_round": f.clients_per_round,
+      "genotype": json.loads(progress.genotype.to_json()),
+      "space": job.space.to_dict(),
+      "input_shape": list(job.federation.input_shape),
+      **searched,
+      **_costs(job, progress.genotype),
+      "model_parameters": int(sum(x.size for x in jax.tree.leaves(weights))),
+      "test_accuracy": test_acc,
+      "test_loss": test_loss,
+      **_privacy(job, progress, total_rounds),
+      "rounds": total_rounds,
+      "devices": progress.phase.devices,
+      **_hyperparameters(job, progress),
+      "wall_time_s": time.time() - start_time,
+  }
+  return summary
