@@ -18,7 +18,6 @@ setuptools.setup(
         "optax>=0.2.8,<0.3",
         "jax-privacy==2.0.0",
         "dp-accounting>=0.6.0,<0.7",
-        "chex>=0.1.90",
         "absl-py>=2.1",
         "ml_collections>=1.0",
         "numpy>=1.26",
@@ -27,5 +26,5 @@ setuptools.setup(
         "orbax-checkpoint>=0.12,<0.13",
         "pillow>=10",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "chex>=0.1.90"]},
 )

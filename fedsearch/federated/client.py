@@ -106,6 +106,15 @@ def add_gradient_of(penalty: Callable) -> optax.GradientTransformation:
                                       update)
 
 
+def _arch_optimizer(config: ClientConfig, h, penalty: Callable | None
+                    ) -> optax.GradientTransformation:
+  """The architecture's optax chain, before any noise the strategy adds."""
+  return optax.chain(
+      *([add_gradient_of(penalty)] if penalty else []),
+      optax.add_decayed_weights(h["arch_weight_decay"]),
+      optax.adam(h["arch_learning_rate"], config.arch_b1, config.arch_b2))
+
+
 class _Carry(NamedTuple):
   weights: Any
   arch: Any
@@ -113,6 +122,69 @@ class _Carry(NamedTuple):
   arch_step: Any
   optimizer: Any
   index: jax.Array
+
+
+class _Step(NamedTuple):
+  """What every local step of one client's round closes over."""
+
+  arch: ArchStep
+  weight_opt: optax.GradientTransformationExtraArgs
+  optimizer: ClientOptimizer
+  example_losses: Callable
+  active_weights: Callable | None
+  model_key: jax.Array
+  probe_key: jax.Array
+  first_step: jax.Array
+  expected_batch: jax.Array
+
+
+def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
+  """One local step (see the module docstring for its parts)."""
+  step_key = jax.random.fold_in(step.model_key, carry.index)
+  arch_params, arch_carry = step.arch.before_weights(
+      carry.arch_step, carry.weights, carry.arch, val, step_key, carry.index)
+  g, arch_grad = step.arch.gradients(carry.weights, arch_params, train,
+                                     step_key)
+  noise_mask = (step.active_weights(carry.weights, arch_params, step_key)
+                if step.active_weights else None)
+  updates, weight_state = step.weight_opt.update(
+      g, carry.weight_opt, carry.weights, noise_mask=noise_mask)
+
+  def loss_at(step_size):
+    moved = optax.apply_updates(
+        carry.weights, jax.tree.map(lambda u: step_size * u, updates))
+    return (step.example_losses(moved, arch_params, train.x, train.y,
+                                step_key),
+            train.padding, step.expected_batch[0])
+
+  updates, opt_state = step.optimizer.update(
+      updates, carry.optimizer,
+      StepProbe(loss_at, step.first_step + carry.index, step.probe_key))
+  arch_params, arch_carry = step.arch.after_weights(arch_carry, arch_params,
+                                                    arch_grad)
+  return _Carry(optax.apply_updates(carry.weights, updates), arch_params,
+                weight_state, arch_carry, opt_state, carry.index + 1)
+
+
+def _run_steps(step: _Step, start: ClientState, batches: ClientBatches,
+               reads_validation: bool) -> _Carry:
+  def scan_body(carry, batch):
+    train, val, active = batch
+    new = _dp_step(step, carry, train, val)
+    if active is not None:
+      # The steps taken are a prefix: an inactive step changes nothing.
+      new = jax.tree.map(lambda n, o: jnp.where(active, n, o),
+                         new, carry)._replace(index=new.index)
+    return new, None
+
+  weights, arch_params = start.params
+  carry = _Carry(weights, arch_params, step.weight_opt.init(weights),
+                 step.arch.init(arch_params, start.nas), start.optimizer,
+                 jnp.int32(0))
+  carry, _ = jax.lax.scan(scan_body, carry, (
+      batches.train, batches.val if reads_validation else None,
+      batches.active_steps))
+  return carry
 
 
 def make_local_update(
@@ -153,7 +225,6 @@ def make_local_update(
   mechanism = mechanism or mechanisms.local()
   optimizer = optimizer or dpsgd()
   example_losses = mechanisms.example_losses(model, loss)
-  weight_stddev = config.noise_multiplier * config.clip_norm
 
   def weight_gradient(*args, **kwargs):
     # Built when a step asks for it: a one-stage search step never does, and
@@ -162,67 +233,23 @@ def make_local_update(
                                      optimizer.clipping,
                                      config.auto_clip_gamma)(*args, **kwargs)
 
-  def arch_optimizer(h):
-    return optax.chain(
-        *([add_gradient_of(arch_penalty)] if arch_penalty else []),
-        optax.add_decayed_weights(h["arch_weight_decay"]),
-        optax.adam(h["arch_learning_rate"], config.arch_b1, config.arch_b2))
-
   def local_update(start: ClientState, batches: ClientBatches, key,
                    expected_batch, first_step, hparams=None):
     (weight_key, arch_key, probe_key, feedback_key, model_key,
      feedback_model_key) = jax.random.split(key, 6)
     h = {name: getattr(config, name) for name in TUNABLE}
     h.update(hparams or {})
-    weight_opt = mechanism.private_optimizer(
-        weight_stddev, weight_key, expected_batch[0], optimizer.transform(h))
     arch = arch_step(ArchContext(
-        model, loss, mechanism, weight_gradient, arch_optimizer(h),
+        model, loss, mechanism, weight_gradient,
+        _arch_optimizer(config, h, arch_penalty),
         config.clip_norm, config.arch_clip_norm, config.noise_multiplier,
         optimizer.clipping, config.auto_clip_gamma, arch_key, expected_batch))
-
-    def dp_step(carry: _Carry, train, val) -> _Carry:
-      step_key = jax.random.fold_in(model_key, carry.index)
-      arch_params, arch_carry = arch.before_weights(
-          carry.arch_step, carry.weights, carry.arch, val, step_key,
-          carry.index)
-      g, arch_grad = arch.gradients(carry.weights, arch_params, train,
-                                    step_key)
-      noise_mask = (active_weights(carry.weights, arch_params, step_key)
-                    if active_weights else None)
-      updates, weight_state = weight_opt.update(
-          g, carry.weight_opt, carry.weights, noise_mask=noise_mask)
-
-      def loss_at(step_size):
-        moved = optax.apply_updates(
-            carry.weights, jax.tree.map(lambda u: step_size * u, updates))
-        return (example_losses(moved, arch_params, train.x, train.y,
-                               step_key), train.padding, expected_batch[0])
-
-      updates, opt_state = optimizer.update(
-          updates, carry.optimizer,
-          StepProbe(loss_at, first_step + carry.index, probe_key))
-      arch_params, arch_carry = arch.after_weights(arch_carry, arch_params,
-                                                   arch_grad)
-      return _Carry(optax.apply_updates(carry.weights, updates), arch_params,
-                    weight_state, arch_carry, opt_state, carry.index + 1)
-
-    def step(carry, batch):
-      train, val, active = batch
-      new = dp_step(carry, train, val)
-      if active is not None:
-        # The steps taken are a prefix: an inactive step changes nothing.
-        new = jax.tree.map(lambda n, o: jnp.where(active, n, o),
-                           new, carry)._replace(index=new.index)
-      return new, None
-
-    weights, arch_params = start.params
-    carry = _Carry(weights, arch_params, weight_opt.init(weights),
-                   arch.init(arch_params, start.nas), start.optimizer,
-                   jnp.int32(0))
-    carry, _ = jax.lax.scan(step, carry, (
-        batches.train, batches.val if reads_validation else None,
-        batches.active_steps))
+    weight_opt = mechanism.private_optimizer(
+        config.noise_multiplier * config.clip_norm, weight_key,
+        expected_batch[0], optimizer.transform(h))
+    carry = _run_steps(_Step(arch, weight_opt, optimizer, example_losses,
+                             active_weights, model_key, probe_key, first_step,
+                             expected_batch), start, batches, reads_validation)
     new = ClientState(ModelParams(carry.weights, carry.arch), carry.optimizer,
                       arch.report(carry.arch_step))
     gain = None
@@ -230,8 +257,7 @@ def make_local_update(
       fb = batches.feedback
       # Before and after are measured on the same child.
       gain = feedback.privatized_gain(
-          example_losses(weights, arch_params, fb.x, fb.y,
-                         feedback_model_key),
+          example_losses(*start.params, fb.x, fb.y, feedback_model_key),
           example_losses(carry.weights, carry.arch, fb.x, fb.y,
                          feedback_model_key),
           fb.padding, config.feedback_clip, config.feedback_noise_multiplier,

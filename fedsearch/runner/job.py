@@ -305,17 +305,29 @@ def cost_model(config, space, input_shape) -> CostModel | None:
       n.budget_weight))
 
 
-def build_job(config: ml_collections.ConfigDict) -> Job:
-  """Checks the config, reads the data, builds the plug-ins and the plan."""
-  check_config(config)
+def build_mechanism(config) -> mechanisms.Mechanism:
   p = config.privacy
-  mechanism = mechanisms.make_mechanism(p.trust, dp_backend=p.dp_backend,
-                                        nan_safe=p.nan_safe)
-  hpo = build_hpo(config)
-  nas_lib.traits(config.nas.strategy)  # Checks the name before the data.
-  plan = build_plan(config, mechanism, optimizers.make_client_optimizer(
-      config.client.optimizer, auto_lr_config(config)), hpo)
-  sigmas = plan.noise_multipliers(p.noise_multiplier)
+  return mechanisms.make_mechanism(p.trust, dp_backend=p.dp_backend,
+                                   nan_safe=p.nan_safe)
+
+
+def privacy_plan(config) -> PrivacyPlan:
+  """The plan a config implies, checked, without reading any data."""
+  check_config(config)
+  nas_lib.traits(config.nas.strategy)  # Checks the name.
+  return build_plan(config, build_mechanism(config),
+                    optimizers.make_client_optimizer(
+                        config.client.optimizer, auto_lr_config(config)),
+                    build_hpo(config))
+
+
+def build_job(config: ml_collections.ConfigDict) -> Job:
+  """Checks the config, calibrates the plan, reads the data, builds the
+  plug-ins."""
+  server_opt, mesh = server_optimizer(config), make_mesh(config)
+  plan = privacy_plan(config)
+  sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
+  mechanism, hpo = build_mechanism(config), build_hpo(config)
   federation = build_federation(config)
   space = search_space_from(config, federation.num_classes)
   return Job(
@@ -326,6 +338,6 @@ def build_job(config: ml_collections.ConfigDict) -> Job:
       client_optimizer=optimizers.make_client_optimizer(
           config.client.optimizer, auto_lr_config(config, sigmas.loss),
           mechanism.noised_sum),
-      server_optimizer=server_optimizer(config), mesh=make_mesh(config),
+      server_optimizer=server_opt, mesh=mesh,
       hpo=hpo, costs=cost_model(config, space, federation.input_shape),
       retrained=given_genotype(config, space))

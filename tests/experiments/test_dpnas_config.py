@@ -1,0 +1,53 @@
+"""The DPNAS reproduction presets: DPNAS's retraining settings, centralised
+= one client, bad arguments named."""
+
+import pytest
+
+from experiments.configs import dpnas
+from fedsearch.runner import job as job_lib
+from fedsearch.errors import ConfigError
+
+
+@pytest.mark.parametrize("dataset,epochs", [("mnist", 40),
+                                            ("fashion_mnist", 40),
+                                            ("cifar10", 30)])
+def test_retraining_defaults_are_dpnas(dataset, epochs):
+  config = dpnas.get_config(f"{dataset},centralised,retrain")
+  f, p = config.federated, config.privacy
+  examples = dpnas.TRAIN_EXAMPLES[dataset] * (1 - config.monitor_fraction)
+  assert f.sampling_rate * examples == pytest.approx(2048)
+  assert f.local_steps * 2048 == pytest.approx(examples, rel=0.05)
+  assert (f.search_rounds, f.train_rounds) == (0, epochs)
+  assert (config.client.learning_rate, config.client.momentum) == (2.0, 0.9)
+  assert (p.clip_norm, p.epsilon, p.delta) == (0.1, 3.0, 1e-5)
+  assert (f.num_clients, f.clients_per_round, f.partition) == (1, 1, "iid")
+
+
+def test_federated_search_preset_is_ten_dirichlet_clients_with_reinforce():
+  config = dpnas.get_config("cifar10,federated,search")
+  f = config.federated
+  assert (f.num_clients, f.partition, f.dirichlet_alpha) == (
+      10, "dirichlet", 0.5)
+  assert config.nas.strategy == "reinforce"
+  assert 0 < config.nas.controller_warmup_rounds < f.search_rounds
+  assert config.privacy.epsilon == dpnas.SEARCH_EPSILON
+  # The privacy plan of the preset is valid as it stands.
+  plan = job_lib.privacy_plan(config)
+  counts = plan.counts(f.search_rounds)
+  assert counts["arch_steps_search"] == f.local_steps * (
+      f.search_rounds - config.nas.controller_warmup_rounds)
+
+
+@pytest.mark.parametrize("arg,named", [("mnist,centralised", "DATASET,SETTING"),
+                                       ("svhn,centralised,search", "DATASET"),
+                                       ("mnist,cross_silo,search", "SETTING")])
+def test_bad_preset_argument_is_named(arg, named):
+  with pytest.raises(ValueError, match=named):
+    dpnas.get_config(arg)
+
+
+def test_warmup_is_refused_for_strategies_without_a_controller():
+  config = dpnas.get_config("mnist,centralised,search")
+  config.nas.strategy = "darts"
+  with pytest.raises(ConfigError, match="nas.controller_warmup_rounds"):
+    job_lib.privacy_plan(config)

@@ -1,0 +1,121 @@
+"""Building the job: every bad configuration value is one ConfigError naming
+its field, before any round; the plan charges what the config implies."""
+
+import pytest
+
+from experiments.configs import default
+from fedsearch import nas
+from fedsearch.errors import ConfigError, DataFileError
+from fedsearch.runner import job as job_lib
+
+
+def small_config(**overrides):
+  config = default.get_config()
+  config.space.channels = 4
+  config.space.nodes = 1
+  config.federated.search_rounds = 2
+  config.federated.train_rounds = 2
+  config.federated.local_steps = 2
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("federated.partition", "round_robin", "federated.partition"),
+    ("space.op_set", "resnet", "space.op_set"),
+    ("dataset", "imagenet", "dataset="),
+    ("privacy.accountant", "moments", "privacy.accountant"),
+    ("privacy.trust", "server", "privacy.trust"),
+    ("federated.server_momentum", 1.5, "federated.server_momentum"),
+    ("federated.server_optimizer", "lamb", "federated.server_optimizer"),
+    ("hpo.strategy", "grid", "hpo.strategy"),
+    ("client.optimizer", "adamw", "client.optimizer"),
+    ("privacy.dp_backend", "opacus", "privacy.dp_backend"),
+    ("nas.strategy", "enas", "nas.strategy"),
+    ("monitor_fraction", 1.0, "monitor_fraction"),
+    ("federated.val_fraction", 0.0, "federated.val_fraction"),
+    ("federated.search_rounds", -1, "federated.search_rounds"),
+    ("federated.clients_per_round", 11, "federated.clients_per_round"),
+    ("federated.sampling_rate", 0.0, "federated.sampling_rate"),
+    ("privacy.epsilon", 0.0, "privacy.epsilon"),
+    ("privacy.truncation_delta_fraction", 1.0,
+     "privacy.truncation_delta_fraction"),
+    ("client.arch_learning_rate", -1.0, "client.arch_learning_rate"),
+    ("nas.cost_metric", "energy", "nas.cost_metric"),
+    ("nas.cost_penalty", -0.1, "nas.cost_penalty"),
+    ("federated.num_devices", 99, "federated.num_devices"),
+    ("nas.controller_warmup_rounds", 1, "nas.controller_warmup_rounds"),
+])
+def test_bad_values_are_named(field, value, named):
+  with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+    job_lib.build_job(small_config(**{field: value}))
+
+
+def test_warmup_longer_than_the_search_is_refused():
+  config = small_config(**{"nas.strategy": "reinforce",
+                           "nas.controller_warmup_rounds": 3})
+  with pytest.raises(ConfigError, match="controller_warmup_rounds"):
+    job_lib.build_job(config)
+
+
+def test_a_noise_multiplier_that_overspends_is_refused():
+  with pytest.raises(ConfigError, match="refusing to start"):
+    job_lib.build_job(small_config(**{"privacy.noise_multiplier": 0.3}))
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"nas.genotype": "/nonexistent", "federated.search_rounds": 0},
+     "nas.genotype='/nonexistent'"),
+    ({"nas.genotype": "/nonexistent"}, "federated.search_rounds=0"),
+    ({"nas.cost_penalty": 0.1, "nas.cost_table": "/nonexistent/costs.json"},
+     "nas.cost_table"),
+])
+def test_unreadable_files_named_by_fields_are_named(overrides, named):
+  with pytest.raises(ConfigError, match=named):
+    job_lib.build_job(small_config(**overrides))
+
+
+def test_missing_data_file_is_named(tmp_path):
+  config = small_config(**{"dataset": "fashion_mnist",
+                           "data_dir": str(tmp_path)})
+  with pytest.raises(DataFileError,
+                     match="fashion-mnist/train-images-idx3-ubyte.gz"):
+    job_lib.build_job(config)
+
+
+def test_searched_local_steps_must_be_integers():
+  config = small_config(**{"hpo.strategy": "random", "hpo.pool_size": 4})
+  config.hpo.space = {"local_steps": {"scale": "uniform", "low": 1,
+                                      "high": 3}}
+  with pytest.raises(ConfigError, match="hpo.space.local_steps"):
+    job_lib.build_job(config)
+
+
+def test_plan_charges_the_pools_largest_steps_and_rate():
+  config = small_config(**{"hpo.strategy": "random", "hpo.pool_size": 4})
+  config.hpo.space = {
+      "local_steps": {"scale": "categorical", "choices": [1, 3]},
+      "sampling_rate": {"scale": "uniform", "low": 0.4, "high": 0.8},
+  }
+  job = job_lib.build_job(config)
+  assert job.plan.local_steps == int(max(job.hpo.pool["local_steps"]))
+  assert job.plan.sampling_rate == max(job.hpo.pool["sampling_rate"])
+  assert job.plan.feedback
+
+
+@pytest.mark.parametrize("strategy", sorted(nas.STRATEGIES))
+def test_each_strategy_gets_its_plan_and_learning_rate(strategy):
+  job = job_lib.build_job(small_config(**{"nas.strategy": strategy}))
+  traits = nas.traits(strategy)
+  assert job.nas.name == strategy and job.nas.traits == traits
+  assert job.plan.arch_steps == (not traits.one_stage)
+  assert job.client_config.arch_learning_rate == traits.arch_learning_rate
+  counts = job.plan.counts(2)
+  assert counts["arch_steps_search"] == (0 if traits.one_stage else 4)
+  assert job.sigmas.gradient > 0
+  assert job.plan.spent(job.sigmas, 4) == pytest.approx(3.0, rel=1e-3)
