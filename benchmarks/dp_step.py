@@ -28,8 +28,7 @@ from absl import app, flags
 
 from experiments import reporting
 from fedsearch import models, search_space as ss
-from fedsearch.federated import client
-from fedsearch.privacy import dp_grad, ghost, private_optimizer
+from fedsearch.privacy import mechanisms, private_optimizer
 
 _MODELS = flags.DEFINE_list("models", ["cnn", "derived"], "cnn, derived")
 _BATCHES = flags.DEFINE_list(
@@ -52,41 +51,43 @@ def derived_space_model():
   edges = tuple((to, src, "sep_conv_3x3_tanh")
                 for to in range(1, space.nodes + 1) for src in range(to))
   genotype = ss.Genotype("dpnas", space.nodes, edges)
-  model = ss.derived_model(space, genotype)
-  return ss.derived_apply(space, genotype), model
+  model = ss.derived_network(space, genotype)
+  return ss.derived_model(space, genotype), model
 
 
 def build(name: str):
   if name == "cnn":
-    return models.tanh_cnn_apply(), models.TanhCNN()
+    return models.tanh_cnn_model(), models.TanhCNN()
   if name == "derived":
     return derived_space_model()
   raise ValueError(f"--models: {name!r} is not one of cnn, derived")
 
 
-def clipped_sum(apply_fn, case: str):
-  """The clipped per-example gradient sum of a DP `case`."""
+def clipped_sum(model: mechanisms.Model, case: str):
+  """The clipped per-example gradient sum of a DP `case` (flat clipping),
+  as the local mechanism's weight steps compute it."""
   if case == "ghost":
-    return ghost.clipped_grad_sum(client.probed_example_loss(apply_fn),
-                                  CLIP_NORM)
-  if case in ("vmap", "vmap_nan_safe"):
-    return dp_grad.clipped_grad_sum(client.cross_entropy_loss(apply_fn), 0,
-                                    CLIP_NORM,
-                                    nan_safe=case == "vmap_nan_safe")
-  raise ValueError(f"--cases: {case!r} is not one of {_CASES.default}")
+    mechanism = mechanisms.local(dp_backend="ghost")
+  elif case in ("vmap", "vmap_nan_safe"):
+    mechanism = mechanisms.local(dp_backend="vmap",
+                                 nan_safe=case == "vmap_nan_safe")
+  else:
+    raise ValueError(f"--cases: {case!r} is not one of {_CASES.default}")
+  return mechanism.weight_gradient(model, mechanisms.softmax_cross_entropy,
+                                   CLIP_NORM)
 
 
-def make_step(apply_fn, case: str, batch: int):
+def make_step(model: mechanisms.Model, case: str, batch: int):
   """A jitted `(weights, x, y, key) -> weights` SGD step of `case`."""
   if case == "non_dp":
-    mean_loss = client.cross_entropy_loss(apply_fn)
+    mean_loss = mechanisms.mean_loss(model, mechanisms.softmax_cross_entropy)
 
     def step(w, x, y, key):
       del key
       return jax.tree.map(lambda p, g: p - LEARNING_RATE * g, w,
                           jax.grad(mean_loss)(w, None, x, y, None))
   else:
-    clipped = clipped_sum(apply_fn, case)
+    clipped = clipped_sum(model, case)
 
     def step(w, x, y, key):
       opt = private_optimizer(NOISE_MULTIPLIER * CLIP_NORM, key, batch,
@@ -179,13 +180,13 @@ def main(argv):
       f"{c} ms (× non-DP)" for c in _CASES.value) + " |")
   print("|---|---|---|" + "---|" * len(_CASES.value))
   for name in _MODELS.value:
-    apply_fn, module = build(name)
+    model, module = build(name)
     for batch in batches:
       x = jax.random.normal(jax.random.key(1), (batch, 32, 32, 3))
       y = jnp.arange(batch) % 10
       weights = module.init(jax.random.key(0), x[:1])["params"]
       n_params = sum(a.size for a in jax.tree.leaves(weights))
-      steps_by_case = {c: make_step(apply_fn, c, batch) for c in _CASES.value}
+      steps_by_case = {c: make_step(model, c, batch) for c in _CASES.value}
       t = time_cases(steps_by_case, weights, x, y, steps, _ROUNDS.value)
       base = t.get("non_dp")
       cells = [f"{1e3 * t[c]:.2f}" + (f" ({t[c] / base:.2f}×)" if base else "")

@@ -1,8 +1,9 @@
 r"""A federated round, vectorised, vs a Python loop over the same clients.
 
 Three timings in one run, on random inputs of the model's shape:
-- the round of `federated.make_round`: clients `vmap`ped within a device and
-  sharded over the devices' `clients` axis, one jitted call;
+- the round of `federated.federated_algorithm` (its `apply`): clients
+  `vmap`ped within a device and sharded over the devices' `clients` axis,
+  one jitted call;
 - the same clients' local updates as a Python loop over a jitted one-client
   update (gather, local DP steps, delta), then the same weighted average and
   server step;
@@ -29,8 +30,10 @@ from absl import app, flags
 
 from experiments import reporting
 from experiments.configs import default
-from fedsearch import federated as fed, models, search_space as ss
-from fedsearch.privacy import private_optimizer
+from fedsearch import federated as fed, models, nas, search_space as ss
+from fedsearch.federated import server
+from fedsearch.optimizers import dpsgd
+from fedsearch.privacy import mechanisms, private_optimizer
 
 _MODEL = flags.DEFINE_enum("model", "cnn", ["cnn", "supernet"],
                            "cnn: 6-conv tanh CNN, training phase; supernet:"
@@ -50,16 +53,22 @@ INPUT_SHAPE = (32, 32, 3)
 
 
 def _model(name: str):
-  """(apply_fn, params, train_arch) of the benchmarked local update."""
+  """(model, params, DARTS strategy or None) of the benchmarked local update.
+
+  With a strategy, the local update takes its architecture steps (on
+  validation batches) as well as the weight steps.
+  """
   if name == "cnn":
     weights = models.TanhCNN().init(jax.random.key(0),
                                     jnp.zeros((1, *INPUT_SHAPE)))["params"]
-    return models.tanh_cnn_apply(), {"weights": weights, "arch": {}}, False
+    return models.tanh_cnn_model(), fed.ModelParams(weights, {}), None
   config = default.get_config()
   space = ss.SearchSpace(num_classes=10, **config.space.to_dict())
-  params = {"weights": ss.init_supernet(space, jax.random.key(0), INPUT_SHAPE),
-            "arch": ss.init_arch_params(space, key=jax.random.key(1))}
-  return ss.supernet_apply(space), params, True
+  strategy = nas.make_strategy("darts", space)
+  params = fed.ModelParams(
+      ss.init_supernet(space, jax.random.key(0), INPUT_SHAPE),
+      ss.init_arch_params(space, key=jax.random.key(1)))
+  return strategy.model, params, strategy
 
 
 def _inputs(clients, steps, batch, examples, train_arch, multiple, seed=0):
@@ -94,18 +103,29 @@ def main(argv):
   clients = _CLIENTS.value or (8 if on_cpu else 64)
   steps = _STEPS.value or (2 if on_cpu else 4)
   batch = _BATCH.value or (16 if on_cpu else 32)
-  apply_fn, params, train_arch = _model(_MODEL.value)
-  config = fed.ClientConfig(noise_multiplier=1.0, dp_backend=_BACKEND.value)
-  local = fed.make_local_update(apply_fn, config, train_arch)
+  model, params, strategy = _model(_MODEL.value)
+  train_arch = strategy is not None
+  config = fed.ClientConfig(noise_multiplier=1.0)
+  mechanism = mechanisms.local(dp_backend=_BACKEND.value)
+  client_optimizer = dpsgd()
+  update_options = dict(
+      mechanism=mechanism, arch_step=(strategy.arch_step if strategy
+                                      else nas.weights_only),
+      reads_validation=train_arch)
+  local = fed.make_local_update(model, config, optimizer=client_optimizer,
+                                **update_options)
   server_opt = optax.sgd(1.0)
-  state = fed.server_init(params, server_opt)
   examples = 4 * clients * steps * batch
   x = jax.random.normal(jax.random.key(1), (examples, *INPUT_SHAPE))
   y = jnp.arange(examples) % 10
   key = jax.random.key(2)
   devices = jax.device_count()
   mesh = fed.client_mesh() if devices > 1 else None
-  round_fn = fed.make_round(local, server_opt, mesh)
+  algorithm = fed.federated_algorithm(
+      model, config, server_opt, client_optimizer=client_optimizer,
+      mesh=mesh, **update_options)
+  round_fn = algorithm.apply
+  state = algorithm.init(params)
   inputs = _inputs(clients, steps, batch, examples, train_arch, devices)
 
   vectorised = reporting.median_seconds(
@@ -120,14 +140,16 @@ def main(argv):
                     jnp.zeros(train_idx.shape, bool)),
         None if val_idx is None else fed.Batches(
             x[val_idx], y[val_idx], jnp.zeros(val_idx.shape, bool)))
-    new, _ = local(state.params, batches, client_key,
+    start = state.client_state()
+    new, _ = local(start, batches, client_key,
                    jnp.full((3,), batch, jnp.float32), 0)
-    return jax.tree.map(jnp.subtract, new, state.params)
+    return jax.tree.map(jnp.subtract, new, start)
 
   @jax.jit
   def apply_mean(state, total):
-    return fed.server_update(state, jax.tree.map(lambda d: d / clients, total),
-                             server_opt)
+    return server.server_update(
+        state, jax.tree.map(lambda d: d / clients, total), server_opt,
+        client_optimizer)
 
   def loop():
     total = None
@@ -141,19 +163,21 @@ def main(argv):
   looped = reporting.median_seconds(loop, _ROUNDS.value)
 
   total_batch = clients * steps * batch
-  weight_grad = fed.weight_grad_sum(apply_fn, config)
+  weight_grad = mechanism.weight_gradient(
+      model, mechanisms.softmax_cross_entropy, config.clip_norm,
+      client_optimizer.clipping, config.auto_clip_gamma)
 
   @jax.jit
   def centralised_step(weights, key):
-    g = weight_grad(weights, params["arch"], x[:total_batch], y[:total_batch],
+    g = weight_grad(weights, params.arch, x[:total_batch], y[:total_batch],
                     None)
     opt = private_optimizer(config.noise_multiplier * config.clip_norm, key,
                             total_batch, optax.sgd(0.1))
     updates, _ = opt.update(g, opt.init(weights), weights)
     return optax.apply_updates(weights, updates)
 
-  central = reporting.median_seconds(lambda: centralised_step(params["weights"], key),
-                            _ROUNDS.value)
+  central = reporting.median_seconds(
+      lambda: centralised_step(params.weights, key), _ROUNDS.value)
   # Example gradients per second: a search round also takes architecture
   # steps (as many examples again); the centralised step only weight steps.
   round_examples = total_batch * (2 if train_arch else 1)

@@ -16,7 +16,8 @@ from absl import app, flags
 
 from experiments import reporting
 from experiments.configs import default
-from fedsearch import data, federated as fed, search_space as ss
+from fedsearch import data, federated as fed, nas, optimizers
+from fedsearch import search_space as ss
 from fedsearch.privacy import auto_lr
 
 _BATCH = flags.DEFINE_integer("batch", 256, "examples per step")
@@ -38,31 +39,37 @@ def main(argv):
   weights = ss.init_supernet(space, jax.random.key(0), x.shape[1:])
   arch = ss.init_arch_params(space, key=jax.random.key(1))
   genotype = ss.derive(arch, space)
-  model = ss.derived_model(space, genotype)
+  darts = nas.make_strategy("darts", space)
+  # (model, params, DARTS strategy of the search step or None).
   cases = {
       "derived model (train step)": (
-          lambda w, a, xb, key=None: model.apply({"params": w}, xb),
-          {"weights": ss.extract_weights(weights, space, genotype, x.shape[1:]),
-           "arch": {}}, False),
-      "supernet (search step)": (ss.supernet_apply(space),
-                                 {"weights": weights, "arch": arch}, True),
+          ss.derived_model(space, genotype),
+          fed.ModelParams(
+              ss.extract_weights(weights, space, genotype, x.shape[1:]), {}),
+          None),
+      "supernet (search step)": (darts.model, fed.ModelParams(weights, arch),
+                                 darts),
   }
   lr_config = auto_lr.AutoLRConfig(probe_every=steps)
   print(f"{reporting.machine_line()}; batch {batch}, {steps} steps per call,"
         f" K={steps}")
   print("| model | DP-SGD ms/step | HyFreeDP ms/step | ratio |")
   print("|---|---|---|---|")
-  for name, (apply_fn, params, train_arch) in cases.items():
+  for name, (model, params, strategy) in cases.items():
+    train_arch = strategy is not None
     batches = fed.ClientBatches(train, train if train_arch else None)
     timings = {}
     for optimizer in ("dpsgd", "hyfree"):
-      client = fed.ClientConfig(noise_multiplier=1.0, optimizer=optimizer,
-                                auto_lr=lr_config)
-      p = dict(params)
-      if optimizer == "hyfree":
-        p["carried"] = auto_lr.init_carried(lr_config)
-      local = jax.jit(fed.make_local_update(apply_fn, client, train_arch))
-      args = (p, batches, jax.random.key(2), jnp.array([batch, batch], jnp.float32), 0)
+      client_optimizer = optimizers.make_client_optimizer(optimizer, lr_config)
+      client = fed.ClientConfig(noise_multiplier=1.0)
+      start = fed.ClientState(params, client_optimizer.init(),
+                              strategy.init_state() if strategy else None)
+      local = jax.jit(fed.make_local_update(
+          model, client, optimizer=client_optimizer,
+          arch_step=strategy.arch_step if strategy else nas.weights_only,
+          reads_validation=train_arch))
+      args = (start, batches, jax.random.key(2),
+              jnp.array([batch, batch, batch], jnp.float32), 0)
       timings[optimizer] = reporting.median_seconds(
           lambda: local(*args), _REPEATS.value) / steps
     print(f"| {name} | {1e3 * timings['dpsgd']:.2f} |"

@@ -14,6 +14,7 @@ r"""One-stage sampled search vs the DARTS mixture, measured in one run.
   python -m benchmarks.one_stage [--seeds=0,1] [--config.space.nodes=3]
 """
 
+import dataclasses
 import statistics
 import time
 
@@ -23,8 +24,11 @@ from ml_collections import config_flags
 
 from experiments import reporting
 from fedsearch import federated as fed
+from fedsearch import optimizers
+from fedsearch import runner
 from fedsearch import search_space as ss
-from fedsearch.runner import search as job
+from fedsearch.privacy import NoiseMultipliers
+from fedsearch.runner import job as job_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/default.py", "Main-job configuration.",
@@ -40,24 +44,31 @@ def _round_cost(config, strategy_name):
   """(median seconds per round, peak bytes) of one search round."""
   config = config.copy_and_resolve_references()
   config.nas.strategy = strategy_name
-  federation = job.build_federation(config)
-  space = job.search_space_from(config, federation.num_classes)
-  plan = job.build_plan(config)
-  strategy = ss.make_strategy(strategy_name, space)
+  job = job_lib.build_job(config)
   # The main job's search phase (its batch shapes and data use), with a
-  # fixed σ: timing only, no calibration.
-  phase = job._Phase("search", strategy.apply, strategy, config,  # pylint: disable=protected-access
-                     job.NoiseMultipliers(1.0), None, plan, federation.splits)
-  round_fn = phase.round_fn
+  # fixed σ, on one device and without a cost penalty: timing only.
+  sigmas = NoiseMultipliers(1.0)
+  job = dataclasses.replace(
+      job, sigmas=sigmas, client_config=job_lib.client_config(config, sigmas),
+      client_optimizer=optimizers.make_client_optimizer(
+          config.client.optimizer,
+          job_lib.auto_lr_config(config, sigmas.loss),
+          job.mechanism.noised_sum),
+      mesh=None, costs=None)
+  phase = runner.build_phase(job)
+  round_fn = phase.algorithm.apply
+  federation, plan = job.federation, job.plan
   keys = jax.random.split(jax.random.key(0))
-  state = fed.server_init(
-      {"weights": ss.init_supernet(space, keys[0], federation.input_shape),
-       "arch": strategy.init(keys[1])}, job.server_optimizer(config))
-  f = config.federated
+  state = phase.algorithm.init(
+      fed.ModelParams(
+          ss.init_supernet(job.space, keys[0], federation.input_shape),
+          job.nas.init(keys[1])),
+      nas_state=job.nas.init_state())
   inputs = fed.round_inputs(
       federation.splits, plan.schedule[0], seed=0, round_=0,
-      steps=f.local_steps, sampling_rate=f.sampling_rate,
-      batch_sizes=phase.batch_sizes, train_arch=phase.val_batches,
+      steps=plan.local_steps, sampling_rate=plan.sampling_rate,
+      batch_sizes=phase.batch_sizes,
+      validation_batches=phase.validation_batches,
       train_on_all_local_data=phase.all_local_data)
   args = (state, federation.x, federation.y, inputs, jax.random.key(1), 0)
   compiled = round_fn.lower(*args).compile()

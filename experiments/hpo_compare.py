@@ -14,8 +14,8 @@ from absl import app, flags
 
 from experiments import reporting
 from experiments.configs import default
+from fedsearch import nas
 from fedsearch.errors import ConfigError, DataFileError
-from fedsearch.runner import search as job
 
 _PRESET = flags.DEFINE_enum(
     "preset", "digits_quick", ["digits_quick", "fmnist_feathers"],
@@ -65,7 +65,10 @@ def main(argv):
       s = reporting.run_in_scratch(config)
       chosen = s.get("hyperparameters", {}).get("chosen", {
           "learning_rate": config.client.learning_rate,
-          "arch_learning_rate": job.arch_learning_rate(config)})
+          # 0 stands for the strategy's default (as the job reads it).
+          "arch_learning_rate": (
+              config.client.arch_learning_rate
+              or nas.traits(config.nas.strategy).arch_learning_rate)})
       feedback_eps = s["epsilon_breakdown"].get("hp_feedback_only")
       rows.append((strategy, s["test_accuracy"], s["epsilon"], feedback_eps,
                    chosen, s["wall_time_s"]))

@@ -20,7 +20,7 @@ from experiments import reporting
 from experiments.configs import default
 from fedsearch.errors import ConfigError, DataFileError
 from fedsearch.privacy import accounting
-from fedsearch.runner import search as search_lib
+from fedsearch.runner import job as job_lib
 
 _PRESET = flags.DEFINE_enum("preset", "digits", ["digits", "mnist_reduced"],
                             "digits: the main job's federation; mnist_reduced:"
@@ -61,7 +61,7 @@ class Row:
 
 def grid_epsilon(config, runs: int) -> float:
   """ε of `runs` runs of this schedule on the same data, composed."""
-  plan = search_lib.build_plan(config)
+  plan = job_lib.privacy_plan(config)
   sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
   streams = [dataclasses.replace(s, count=s.count * runs)
              for s in plan.streams(sigmas, len(plan.schedule))]

@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from fedsearch.data import load_dataset
-from fedsearch.runner.search import search_space_from
+from fedsearch.runner.job import search_space_from
 from fedsearch.search_space import cost
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -10,6 +10,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,args,row", [
     ("benchmarks.dp_step",
      ["--models=cnn", "--batches=4", "--steps=1", "--rounds=1",

@@ -14,6 +14,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = "../shared/data"
   config.cache_dir = ""  # decoded CIFAR-10 cache; "" = $XDG_CACHE_HOME/fedsearch
   config.seed = 0
+  # "" searches an architecture; a name from fedsearch/models.py trains that
+  # hand-designed network instead (needs federated.search_rounds=0):
+  # tanh_cnn_small (Tramer & Boneh's MNIST CNN), tanh_cnn (their CIFAR-10 one).
+  config.model = ""
   # Server-held split of the training set, used only to print per-round
   # progress; it is in no client's data and takes no decision.
   config.monitor_fraction = 0.1
@@ -32,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   # with flatten); DPNAS's gap head is for 32x32 inputs.
   config.space.head = "flatten"  # gap | flatten
 
-  # Architecture search strategy (fedsearch/search_space/strategies.py):
+  # Architecture search strategy (fedsearch/nas/, one module each):
   # darts: the mixture supernet, alternating DARTS steps, then retraining
   # (train_rounds). one_stage: Direct Federated NAS, one sampled child per
   # client step, the most likely child deployed with its trained weights;
@@ -92,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.client.momentum = 0.9
   config.client.weight_decay = 0.0
   # 0: the strategy's default (darts 3e-2, one_stage 1.0, reinforce 0.05;
-  # see strategies.py).
+  # see fedsearch/nas/).
   config.client.arch_learning_rate = 0.0
   config.client.arch_weight_decay = 1e-3
 
@@ -101,7 +105,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.delta = 1e-5
   config.privacy.clip_norm = 1.0
   config.privacy.arch_clip_norm = 0.1
-  config.privacy.accountant = "rdp"  # rdp | pld
+  # pld: privacy loss distributions (pessimistic discretisation), the
+  # tightest sound accountant here; rdp: Rényi DP (looser, ~8 % more ε for
+  # the same σ on the default run).
+  config.privacy.accountant = "pld"  # pld | rdp
   # 0 calibrates σ to spend exactly ε over the whole schedule; a positive
   # value is used as given, and the run refuses to start if it overspends.
   config.privacy.noise_multiplier = 0.0
@@ -114,6 +121,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Who is trusted with what (fedsearch/privacy/mechanisms.py): local = each
   # client adds the full noise to each of its releases; nothing is trusted.
   config.privacy.trust = "local"
+  # Noise and Poisson draws (fedsearch/privacy/randomness.py): secret = from
+  # the OS entropy, kept owner-only in the workdir's secret_key; seeded =
+  # from `seed` (reproducible simulation: whoever knows the config knows the
+  # noise).
+  config.privacy.randomness = "secret"  # secret | seeded
+  # Each client releases its size once, plus N(0, σ_n²) (sensitivity 1); the
+  # FedAvg weights, normalisers and padded shapes are computed from that
+  # (fedsearch/privacy/client_sizes.py).
+  config.privacy.size_noise_multiplier = 10.0
 
   # HyFreeDP (client.optimizer=hyfree); constants from Liu, Bu et al. 2025.
   config.hyfree = ml_collections.ConfigDict()

@@ -5,8 +5,10 @@
 DATASET: mnist | fashion_mnist | cifar10. SETTING: centralised (one client
 holding all training data, through the federation's code path) | federated
 (10 clients, Dirichlet(0.5) label skew). STAGE: search | retrain (set
-`nas.genotype` to the search's workdir). `reduced`: sizes for a 2-core CPU
-(smaller space, fewer epochs), reported as such.
+`nas.genotype` to the search's workdir) | baseline (Tramer & Boneh's tanh
+CNN, `config.model`, trained with the retraining recipe at ε = 3).
+`reduced`: sizes for a 2-core CPU (smaller space, fewer epochs), reported as
+such.
 
 One round is one epoch of every client's data: `local_steps` Poisson(q)
 batches with q = batch / (training examples). A federated client draws its
@@ -22,7 +24,10 @@ from experiments.configs import default
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 SETTINGS = ("centralised", "federated")
-STAGES = ("search", "retrain")
+STAGES = ("search", "retrain", "baseline")
+# Tramer & Boneh's hand-set tanh CNN per dataset (fedsearch/models.py).
+BASELINE_MODEL = {"mnist": "tanh_cnn_small", "fashion_mnist": "tanh_cnn_small",
+                  "cifar10": "tanh_cnn"}
 TRAIN_EXAMPLES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 # Published DPNAS test accuracy at (ε, δ) = (3, 1e-5).
 PUBLISHED = {"mnist": 0.9857, "fashion_mnist": 0.8809, "cifar10": 0.6833}
@@ -97,7 +102,10 @@ def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDi
     weight_examples = examples * (1 - f.val_fraction)
   else:
     # DPNAS's retraining: batch 2048, lr 2, momentum 0.9, clip 0.1; 40
-    # epochs (MNIST, Fashion-MNIST) or 30 (CIFAR-10), σ for ε = 3.
+    # epochs (MNIST, Fashion-MNIST) or 30 (CIFAR-10), σ for ε = 3. The
+    # baseline is the same recipe on the hand-set network.
+    if stage == "baseline":
+      config.model = BASELINE_MODEL[dataset]
     batch = 2048
     epochs = 3 if reduced else (30 if dataset == "cifar10" else 40)
     f.search_rounds, f.train_rounds = 0, epochs
@@ -108,6 +116,5 @@ def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDi
   f.sampling_rate = batch / weight_examples
   f.local_steps = max(1, round(weight_examples / batch))
   p.delta = 1e-5
-  p.accountant = "rdp"  # DPNAS's
   config.checkpoint_every = 1
   return config

@@ -4,8 +4,10 @@ The client schedule (which m of N clients take part in each round) does not
 depend on any data, so it is drawn for the whole run before it starts; the
 accountant then knows exactly how often each client takes part. Batches are
 Poisson samples drawn with jax-privacy's `CyclicPoissonSampling`, padded to a
-static size. Every draw is seeded by (seed, round, client, stream), so a
-resumed run draws exactly what the uninterrupted run would have.
+static size. Every draw is seeded by (entropy, round, client, stream), so a
+resumed run draws exactly what the uninterrupted run would have; the main
+job's entropy is a secret (`privacy.randomness`), since known draws would
+undo the amplification by sampling.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import numpy as np
 from jax_privacy import batch_selection
 
 from fedsearch.federated.round import RoundInputs
+from fedsearch.privacy import client_sizes
 
 _TRAIN, _VAL = 0, 1
 
@@ -77,13 +80,16 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
                  batch_sizes: tuple[int, int], validation_batches: bool,
                  train_on_all_local_data: bool, client_multiple: int = 1,
                  feedback_size: int = 0, client_steps=None,
-                 client_rates=None) -> RoundInputs:
+                 client_rates=None,
+                 sizes: client_sizes.PublicSizes | None = None
+                 ) -> RoundInputs:
   """Batches of one round for `clients`, padded to a multiple of devices.
 
   Args:
     splits: every client's local train/val rows.
     clients: ids of the clients taking part.
-    seed, round_: seed the draws (reproducible, resumable).
+    seed, round_: seed the draws (reproducible, resumable); `seed` is the
+      run's entropy (`privacy.randomness.Randomness.entropy`).
     steps: local steps.
     sampling_rate: Poisson rate q of every stream.
     batch_sizes: static (train, val) batch sizes.
@@ -96,6 +102,9 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     client_steps, client_rates: optional per-slot local steps (<= `steps`,
       the static count) and Poisson rates (searched hyperparameters); the
       accountant must be given their maxima.
+    sizes: the clients' privatised sizes (`privacy.client_sizes`), from
+      which the FedAvg weights and the normalisers are taken. None uses the
+      true sizes, which is private only where the sizes are public.
   """
   m = -(-len(clients) // client_multiple) * client_multiple
   out = {
@@ -110,7 +119,13 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     out["feedback_padding"] = np.ones((m, feedback_size), bool)
   weights = np.zeros(m, np.float32)
   ids = np.full(m, -1, np.int32)
-  sizes = splits.sizes()
+  if sizes is None:
+    true = splits.sizes()
+    weight_of = lambda k: true[k]
+    size_of = lambda k, part, rows: len(rows)
+  else:
+    weight_of = lambda k: sizes.estimate()[k]
+    size_of = lambda k, part, rows: sizes.estimate(part)[k]
   active = np.zeros((m, steps), bool) if client_steps is not None else None
   for slot, k in enumerate(clients):
     k_steps = steps if client_steps is None else int(client_steps[slot])
@@ -123,21 +138,25 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     train_rows = splits.train[k]
     if train_on_all_local_data:
       train_rows = np.sort(np.concatenate([train_rows, splits.val[k]]))
-    streams = [("train", train_rows, _TRAIN)]
+    streams = [("train", train_rows, _TRAIN,
+                client_sizes.ALL if train_on_all_local_data
+                else client_sizes.TRAIN)]
     if validation_batches:
-      streams.append(("val", splits.val[k], _VAL))
-    for name, rows, stream in streams:
+      streams.append(("val", splits.val[k], _VAL, client_sizes.VAL))
+    for name, rows, stream, part in streams:
       rng = np.random.default_rng([seed, round_, int(k), stream])
       (out[f"{name}_idx"][slot, :k_steps],
        out[f"{name}_padding"][slot, :k_steps]) = poisson_batches(
            rows, k_rate, k_steps, batch_sizes[stream], rng)
-      expected[slot, stream] = max(k_rate * len(rows), 1e-6)
+      expected[slot, stream] = max(k_rate * size_of(k, part, rows), 1e-6)
     if feedback_size:
-      val = splits.val[k]
+      # Beyond a public bound that failed (probability counted in δ), rows
+      # are truncated like a Poisson batch.
+      val = splits.val[k][:feedback_size]
       out["feedback_idx"][slot, :len(val)] = val
       out["feedback_padding"][slot, :len(val)] = False
-      expected[slot, 2] = max(len(val), 1)
-    weights[slot] = sizes[k]
+      expected[slot, 2] = max(size_of(k, client_sizes.VAL, val), 1)
+    weights[slot] = weight_of(k)
     ids[slot] = k
   if not validation_batches:
     out["val_idx"] = out["val_padding"] = None

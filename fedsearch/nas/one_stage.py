@@ -61,7 +61,8 @@ def one_stage(space: SearchSpace) -> NasStrategy:
         lambda w, scaled_arch, *rest: loss(w, _scale(scaled_arch, arch_scale),
                                            *rest),
         (0, 1), context.clip_norm, context.clipping, context.gamma)
-    optimizer = private_arch_optimizer(context, context.expected_batch[1])
+    # The joint release reads the train batch: its mean is over q·n_train.
+    optimizer = private_arch_optimizer(context, context.expected_batch[0])
 
     def gradients(weights, arch, train, step_key):
       g, scaled_arch_g = joint(weights, _scale(arch, 1 / arch_scale), train.x,

@@ -4,14 +4,24 @@ The unit of privacy is one training example of one client, under add/remove
 adjacency. Each kind of release (weight-gradient step, architecture-gradient
 step, later loss probes or rewards) is a Poisson-subsampled Gaussian mechanism
 on the data it reads; a search is the composition of all of them. Accountants
-are jax-privacy's configurations over dp_accounting (RDP by default, PLD on
-request), so the ε reported is whatever dp_accounting computes for that
-composition.
+are jax-privacy's configurations over dp_accounting, so the ε reported is
+whatever dp_accounting computes for that composition:
+  pld (default): privacy loss distributions with a pessimistic
+    discretisation (interval 1e-4): an upper bound on the exact ε of the
+    composition, within the discretisation of it. Tightest of the two (the
+    default digits schedule needs σ = 9.47 with PLD, 10.18 with RDP, for
+    the same ε = 3).
+  rdp: Rényi DP over jax-privacy's grid of orders; looser, kept as an option
+    (and for comparison with papers that report it).
 """
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
+import pathlib
 from collections.abc import Callable, Sequence
 
 import dp_accounting
@@ -20,7 +30,7 @@ from scipy import stats
 
 from fedsearch.errors import ConfigError
 
-ACCOUNTANTS = ("rdp", "pld")
+ACCOUNTANTS = ("pld", "rdp")
 
 
 def accountant_config(name: str) -> jp_accounting.DpAccountantConfig:
@@ -49,7 +59,9 @@ class ReleaseStream:
   noise_multiplier: float
 
   def event(self) -> dp_accounting.DpEvent:
-    if self.count == 0:
+    # Infinite noise releases nothing (a stream not calibrated yet); PLD,
+    # unlike RDP, cannot take σ = ∞.
+    if self.count == 0 or math.isinf(self.noise_multiplier):
       return dp_accounting.NoOpDpEvent()
     single = dp_accounting.GaussianDpEvent(self.noise_multiplier)
     if self.sampling_rate < 1.0:
@@ -74,29 +86,109 @@ def composed_event(streams: Sequence[ReleaseStream]) -> dp_accounting.DpEvent:
 
 
 def epsilon(streams: Sequence[ReleaseStream], delta: float,
-            accountant: str = "rdp") -> float:
+            accountant: str = "pld") -> float:
   """ε of the composition of `streams` at `delta`."""
   acc = accountant_config(accountant).create_accountant()
   acc.compose(composed_event(streams))
   return float(acc.get_epsilon(delta))
 
 
+def _cache_file() -> pathlib.Path:
+  root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(root) / "fedsearch" / "calibration.json"
+
+
+def _calibration_key(make_streams, target_epsilon, target_delta,
+                     accountant) -> str:
+  """The schedule's identity: its events at two noise levels (their repr
+  names every kind, rate and count), the target and the accountant."""
+  shape = [repr(composed_event(make_streams(sigma))) for sigma in (1.0, 2.0)]
+  text = json.dumps([shape, float(target_epsilon), float(target_delta),
+                     accountant])
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_cache() -> dict:
+  try:
+    return json.loads(_cache_file().read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def _write_cache(key: str, sigma: float) -> None:
+  try:
+    cache = _read_cache()
+    cache[key] = sigma
+    path = _cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache))
+    os.replace(tmp, path)
+  except OSError:
+    pass  # A cache that cannot be written only costs time.
+
+
 def calibrate_noise_multiplier(
     make_streams: Callable[[float], Sequence[ReleaseStream]],
-    target_epsilon: float, target_delta: float, accountant: str = "rdp",
+    target_epsilon: float, target_delta: float, accountant: str = "pld",
+    use_cache: bool = True,
 ) -> float:
-  """Smallest noise multiplier σ whose composed schedule spends ≤ target ε."""
-  make_event = lambda sigma: composed_event(make_streams(sigma))
+  """Smallest noise multiplier σ whose composed schedule spends ≤ target ε.
+
+  PLD calibration of a long schedule takes seconds, so a result is cached (`$XDG_CACHE_HOME/fedsearch/calibration.json`, keyed by the
+  schedule's events, target and accountant). The cache is only a hint: a
+  cached σ is used after one ε evaluation confirms it spends at most the
+  target (and at least 0.999 of it, so that it is not needlessly noisy);
+  otherwise σ is calibrated again.
+  """
+  key = _calibration_key(make_streams, target_epsilon, target_delta,
+                         accountant) if use_cache else None
+  cached = _read_cache().get(key) if use_cache else None
+  if cached is not None:
+    spent = epsilon(make_streams(cached), target_delta, accountant)
+    if target_epsilon * (1 - 1e-3) <= spent <= target_epsilon * (1 + 1e-9):
+      return float(cached)
   try:
-    return float(dp_accounting.calibrate_dp_mechanism(
-        accountant_config(accountant).create_accountant, make_event,
-        target_epsilon, target_delta,
-        dp_accounting.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-4))
+    sigma = _calibrate(make_streams, target_epsilon, target_delta, accountant)
   except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError as e:
     raise ConfigError(
         f"no noise multiplier reaches privacy.epsilon={target_epsilon} at"
         f" privacy.delta={target_delta} for this schedule; raise epsilon or"
         " shorten the schedule") from e
+  if use_cache:
+    _write_cache(key, sigma)
+  return sigma
+
+
+def _calibrate(make_streams, target_epsilon, target_delta, accountant):
+  """Bisection for σ. PLD is searched only between bounds found with RDP:
+  a PLD at a tiny σ (where a blind bracket search starts) has an enormous
+  loss range (measured: 25 GiB for one evaluation at σ = 0.01) and takes
+  minutes, while RDP costs milliseconds."""
+  make_event = lambda sigma: composed_event(make_streams(sigma))
+  calibrate = lambda bracket: float(dp_accounting.calibrate_dp_mechanism(
+      accountant_config(accountant).create_accountant, make_event,
+      target_epsilon, target_delta, bracket, tol=1e-4))
+  if accountant == "rdp":
+    return calibrate(dp_accounting.LowerEndpointAndGuess(1e-2, 1.0))
+  spends = lambda sigma: epsilon(make_streams(sigma), target_delta,
+                                 accountant)
+  # RDP's σ is usually just enough for PLD (a looser bound); checked, not
+  # assumed. RDP finds none when fixed streams already overspend under RDP
+  # alone (e.g. HyFreeDP's loss probes beside PLD-calibrated gradients).
+  try:
+    high = _calibrate(make_streams, target_epsilon, target_delta, "rdp")
+  except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError:
+    high = 1.0
+  while spends(high) > target_epsilon:
+    high *= 1.25
+    if high > 1e6:
+      raise dp_accounting.mechanism_calibration.NoBracketIntervalFoundError(
+          "no σ up to 1e6 spends the target")
+  low = 0.8 * high
+  while spends(low) <= target_epsilon:
+    high, low = low, 0.8 * low
+  return calibrate(dp_accounting.ExplicitBracketInterval(low, high))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,14 +1,16 @@
 """The privacy plan of a search, fixed before it starts.
 
 Everything the accountant needs is data-independent and known up front: the
-client schedule (so how often each client takes part), the local steps, the
-Poisson rate q and the split sizes (treated as public, like the dataset size
-in centralised DP-SGD accounting). The plan calibrates one noise multiplier σ
+client schedule (so how often each client takes part), the local steps and
+the Poisson rate q. Client sizes are not assumed public: each client
+releases its size once, noised (`privacy.client_sizes`), and every size the
+run uses is computed from that release. The plan calibrates one noise multiplier σ
 for every release so that the whole schedule spends the target ε, or checks
 a given σ against it, and says what ε has been spent after any round.
 
-Releases per participation of a client, all Poisson(q)-subsampled Gaussians
-on its own examples:
+Releases of a client: its privatised size, once (a Gaussian, no sampling);
+then per participation, all Poisson(q)-subsampled Gaussians on its own
+examples:
   search phase: `local_steps` weight steps (train split) and `local_steps`
     architecture steps (validation split), or, for one-stage strategies
     (`arch_steps=False`), `local_steps` joint steps, whose architecture
@@ -69,6 +71,8 @@ class PrivacyPlan:
   # The mechanism's accounting of one kind of release (`Mechanism.release_stream`).
   release_stream: Callable[..., accounting.ReleaseStream] = (
       accounting.ReleaseStream)
+  # σ_n of the one release of each client's size (`privacy.client_sizes`).
+  size_noise_multiplier: float = 10.0
 
   @property
   def accounting_delta(self) -> float:
@@ -99,7 +103,8 @@ class PrivacyPlan:
     probe = accounting.joint_noise_multiplier(
         sigmas.gradient,
         *[sigmas.loss] * self.releases_per_probe)
-    streams = []
+    streams = [self.release_stream("client_sizes", 1.0, 1,
+                                   self.size_noise_multiplier)]
     for name, count in counts.items():
       is_probe = name.startswith("probe")
       if is_probe and not self.probe_every:
@@ -122,12 +127,17 @@ class PrivacyPlan:
     return accounting.epsilon(streams, self.accounting_delta, self.accountant)
 
   def breakdown(self, sigmas: NoiseMultipliers) -> dict[str, float]:
-    """ε of the gradients alone, of the loss probes alone, and of both."""
+    """ε of the whole run, and of each kind of release alone."""
     rounds = len(self.schedule)
     counts = self.counts(rounds)
+    alone = lambda streams: accounting.epsilon(
+        streams, self.accounting_delta, self.accountant)
     out = {"total": self.spent(sigmas, rounds),
-           "gradients_only": self.spent(
-               NoiseMultipliers(sigmas.gradient), rounds)}
+           "gradients_only": alone([
+               s for s in self.streams(NoiseMultipliers(sigmas.gradient),
+                                       rounds)
+               if s.name != "client_sizes" and s.count]),
+           "client_sizes_only": alone(self.streams(sigmas, 0))}
     if self.feedback:
       count = counts["hp_feedback"]
       out["hp_feedback_only"] = accounting.epsilon(
@@ -191,19 +201,26 @@ class PrivacyPlan:
     return sigmas
 
   def total_draws(self) -> int:
-    """Poisson batches drawn in the whole run (all clients, all streams)."""
+    """Events on which a padded shape may truncate: Poisson batches drawn in
+    the whole run (all clients, all streams) and each client's public size
+    bound (`client_sizes`)."""
     m = self.schedule.shape[1]
     train_rounds = len(self.schedule) - self.search_rounds
-    return m * self.local_steps * ((1 + self.arch_steps) * self.search_rounds
-                                    + train_rounds)
+    return self.num_clients + m * self.local_steps * (
+        (1 + self.arch_steps) * self.search_rounds + train_rounds)
+
+  def truncation_tail(self) -> float:
+    """Probability allowed to each truncation event (see `total_draws`)."""
+    return accounting.truncation_tail(self.total_draws(), self.epsilon,
+                                      self.truncation_delta)
 
   def padded_batch_size(self, split_sizes) -> int:
-    """Static batch size for Poisson batches over splits of these sizes.
+    """Static batch size for Poisson batches over splits of at most these
+    (public bounds of) sizes.
 
     +1: a neighbouring dataset may hold one more example.
     """
-    tail = accounting.truncation_tail(self.total_draws(), self.epsilon,
-                                      self.truncation_delta)
+    tail = self.truncation_tail()
     return max(accounting.padded_batch_size(int(n) + 1, self.sampling_rate,
                                             tail) for n in split_sizes)
 
@@ -214,7 +231,8 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               kappa=0.01, feedback=False,
               feedback_fraction=0.1, arch_steps=True,
               arch_warmup_rounds=0,
-              release_stream=accounting.ReleaseStream) -> PrivacyPlan:
+              release_stream=accounting.ReleaseStream,
+              size_noise_multiplier=10.0) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -234,9 +252,12 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
                       f" {arch_warmup_rounds}")
   if probe_every and kappa <= 0:
     raise ConfigError(f"hyfree.kappa must be > 0, got {kappa}")
+  if not 0 < size_noise_multiplier < math.inf:
+    raise ConfigError("privacy.size_noise_multiplier must be a finite number"
+                      f" > 0, got {size_noise_multiplier}")
   return PrivacyPlan(schedule, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
                      truncation_delta_fraction * delta, accountant,
                      probe_every, releases_per_probe, kappa, feedback,
                      feedback_fraction, arch_steps, arch_warmup_rounds,
-                     release_stream)
+                     release_stream, size_noise_multiplier)

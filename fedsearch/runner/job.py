@@ -8,9 +8,12 @@ registries branches on a plug-in's name.
 """
 
 import dataclasses
+import json
 import pathlib
 from collections.abc import Callable
+from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,11 +23,13 @@ import optax
 from fedsearch import data as data_lib
 from fedsearch import federated as fed
 from fedsearch import hyperparameters as hp_lib
+from fedsearch import models
 from fedsearch import nas as nas_lib
 from fedsearch import optimizers
 from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
-from fedsearch.privacy import auto_lr, mechanisms
+from fedsearch.privacy import auto_lr, client_sizes, mechanisms
+from fedsearch.privacy import randomness as randomness_lib
 from fedsearch.privacy.plan import NoiseMultipliers, PrivacyPlan, make_plan
 from fedsearch.runner.workdir import GENOTYPE_FILE
 from fedsearch.search_space import cost as cost_lib
@@ -43,6 +48,7 @@ class Federation:
   x: jax.Array
   y: jax.Array
   splits: fed.ClientSplits
+  sizes: client_sizes.PublicSizes  # released once, privatised
   monitor_x: np.ndarray
   monitor_y: np.ndarray
   test_x: np.ndarray
@@ -65,11 +71,27 @@ class Hpo:
   pool: dict  # {name: (P,) values}
 
 
+class FixedNetwork(NamedTuple):
+  """A hand-designed network (`config.model`), trained in place of a found
+  genotype."""
+
+  name: str
+
+  def to_json(self) -> str:
+    return json.dumps({"model": self.name})
+
+
+# What the training phase trains: a found (or given) genotype, or a fixed
+# network.
+Architecture = ss.Genotype | FixedNetwork
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
   """Everything a run needs, built and checked before any round."""
 
   config: ml_collections.ConfigDict
+  randomness: randomness_lib.Randomness  # of the noise and the Poisson draws
   federation: Federation
   space: ss.SearchSpace
   nas: nas_lib.NasStrategy
@@ -82,14 +104,25 @@ class Job:
   mesh: jax.sharding.Mesh | None
   hpo: Hpo | None
   costs: CostModel | None
-  retrained: ss.Genotype | None  # `nas.genotype`: no search, retrain it
+  # No search: train this from fresh weights (`nas.genotype`, `model`).
+  retrained: Architecture | None
 
   @property
   def devices(self) -> int:
     return 1 if self.mesh is None else self.mesh.size
 
+  def network(self, architecture: Architecture) -> nn.Module:
+    """The flax module of a genotype or of a fixed network."""
+    if isinstance(architecture, FixedNetwork):
+      return models.make_module(architecture.name,
+                                self.federation.num_classes)
+    return ss.derived_network(self.space, architecture)
 
-def build_federation(config) -> Federation:
+
+def build_federation(config, plan: PrivacyPlan,
+                     randomness: randomness_lib.Randomness) -> Federation:
+  """The clients' data and their privatised sizes. The monitor split is
+  the server's own (public) data: no client holds it."""
   ds = data_lib.load_dataset(config.dataset, config.data_dir,
                              config.cache_dir or None)
   x = data_lib.normalize(ds.name, ds.train_x, ds.pixel_max)
@@ -101,7 +134,11 @@ def build_federation(config) -> Federation:
                              f.shards_per_client)
   splits = fed.split_clients([client_rows[p] for p in parts], f.val_fraction,
                              config.seed)
-  return Federation(jnp.asarray(x), jnp.asarray(ds.train_y), splits,
+  sizes = client_sizes.release(
+      splits.sizes(), plan.size_noise_multiplier,
+      randomness.rng(randomness_lib.CLIENT_SIZES_STREAM),
+      plan.truncation_tail(), f.val_fraction)
+  return Federation(jnp.asarray(x), jnp.asarray(ds.train_y), splits, sizes,
                     x[monitor_rows], ds.train_y[monitor_rows],
                     data_lib.normalize(ds.name, ds.test_x, ds.pixel_max),
                     ds.test_y, x.shape[1:], ds.num_classes)
@@ -199,7 +236,8 @@ def build_plan(config, mechanism: mechanisms.Mechanism,
       feedback_fraction=config.hpo.feedback_epsilon_fraction,
       arch_steps=not nas_lib.traits(config.nas.strategy).one_stage,
       arch_warmup_rounds=config.nas.controller_warmup_rounds,
-      release_stream=mechanism.release_stream)
+      release_stream=mechanism.release_stream,
+      size_noise_multiplier=p.size_noise_multiplier)
 
 
 def read_named_file(field: str, value: str, path, parse: Callable,
@@ -213,9 +251,23 @@ def read_named_file(field: str, value: str, path, parse: Callable,
                       f" {e}); {remedy}") from e
 
 
-def given_genotype(config, space: ss.SearchSpace) -> ss.Genotype | None:
-  """The genotype `nas.genotype` names (a genotype.json or a search's
-  workdir), or None: then the run searches."""
+def check_fixed_model(config) -> None:
+  """`model` names a fixed network, trained without a search."""
+  if not config.model:
+    return
+  models.make_module(config.model)  # Checks the name.
+  if config.federated.search_rounds or config.nas.genotype:
+    raise ConfigError(
+        f"model={config.model!r} trains a fixed network: set"
+        " federated.search_rounds=0 and nas.genotype='' (got"
+        f" {config.federated.search_rounds} and {config.nas.genotype!r})")
+
+
+def given_architecture(config, space: ss.SearchSpace) -> Architecture | None:
+  """The fixed network `model` names, or the genotype `nas.genotype` names
+  (a genotype.json or a search's workdir), or None: then the run searches."""
+  if config.model:
+    return FixedNetwork(config.model)
   path = config.nas.genotype
   if not path:
     return None
@@ -314,6 +366,8 @@ def build_mechanism(config) -> mechanisms.Mechanism:
 def privacy_plan(config) -> PrivacyPlan:
   """The plan a config implies, checked, without reading any data."""
   check_config(config)
+  check_fixed_model(config)
+  randomness_lib.check_mode(config.privacy.randomness)
   nas_lib.traits(config.nas.strategy)  # Checks the name.
   return build_plan(config, build_mechanism(config),
                     optimizers.make_client_optimizer(
@@ -321,17 +375,25 @@ def privacy_plan(config) -> PrivacyPlan:
                     build_hpo(config))
 
 
-def build_job(config: ml_collections.ConfigDict) -> Job:
+def build_job(config: ml_collections.ConfigDict,
+              randomness: randomness_lib.Randomness | None = None) -> Job:
   """Checks the config, calibrates the plan, reads the data, builds the
-  plug-ins."""
+  plug-ins.
+
+  `randomness`: the run's (`privacy.randomness.for_run`, kept in its
+  workdir); None draws a fresh secret, or takes the seed's in seeded mode.
+  """
   server_opt, mesh = server_optimizer(config), make_mesh(config)
   plan = privacy_plan(config)
+  if randomness is None:
+    randomness = randomness_lib.fresh(config.privacy.randomness, config.seed)
   sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
   mechanism, hpo = build_mechanism(config), build_hpo(config)
-  federation = build_federation(config)
+  federation = build_federation(config, plan, randomness)
   space = search_space_from(config, federation.num_classes)
   return Job(
-      config=config, federation=federation, space=space,
+      config=config, randomness=randomness, federation=federation,
+      space=space,
       nas=nas_lib.make_strategy(config.nas.strategy, space), plan=plan,
       sigmas=sigmas, mechanism=mechanism,
       client_config=client_config(config, sigmas),
@@ -340,4 +402,4 @@ def build_job(config: ml_collections.ConfigDict) -> Job:
           mechanism.noised_sum),
       server_optimizer=server_opt, mesh=mesh,
       hpo=hpo, costs=cost_model(config, space, federation.input_shape),
-      retrained=given_genotype(config, space))
+      retrained=given_architecture(config, space))

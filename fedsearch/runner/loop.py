@@ -18,6 +18,7 @@ import numpy as np
 
 from fedsearch import federated as fed
 from fedsearch import search_space as ss
+from fedsearch.privacy import client_sizes
 from fedsearch.runner import states
 from fedsearch.runner.evaluation import accuracy_and_loss
 from fedsearch.runner.job import Job
@@ -87,7 +88,7 @@ class RoundInputsBuilder:
 
   def __init__(self, job: Job):
     self.job = job
-    self.feedback_size = max(map(len, job.federation.splits.val))
+    self.feedback_size = int(max(job.federation.sizes.bound(client_sizes.VAL)))
 
   def client_slots(self, round_: int, phase: Phase) -> int:
     """The round's clients padded to a multiple of the devices."""
@@ -109,7 +110,8 @@ class RoundInputsBuilder:
         for name, v in job.hpo.pool.items()}
     inputs = fed.round_inputs(
         job.federation.splits, job.plan.schedule[round_],
-        seed=job.config.seed, round_=round_, steps=job.plan.local_steps,
+        seed=job.randomness.entropy, round_=round_,
+        steps=job.plan.local_steps, sizes=job.federation.sizes,
         sampling_rate=job.plan.sampling_rate, batch_sizes=phase.batch_sizes,
         validation_batches=phase.validation_batches,
         train_on_all_local_data=phase.all_local_data,
@@ -152,7 +154,7 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
   build_inputs = RoundInputsBuilder(job)
   phases = {"search": progress.phase} if progress.genotype is None else {}
   hpo_key = jax.random.key(job.config.seed + 2)
-  base_key = jax.random.key(job.config.seed + 1)
+  base_key = job.randomness.noise_key()
   prefetched = None
   for round_ in range(rounds_done, total):
     if round_ == f.search_rounds and progress.genotype is None:

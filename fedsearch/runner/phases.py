@@ -13,9 +13,10 @@ from collections.abc import Callable
 import jax
 
 from fedsearch import federated as fed
+from fedsearch import models
 from fedsearch import nas as nas_lib
-from fedsearch import search_space as ss
-from fedsearch.runner.job import Job
+from fedsearch.privacy import client_sizes
+from fedsearch.runner.job import Architecture, Job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +33,11 @@ class Phase:
   devices: int
 
 
-def build_phase(job: Job, genotype: ss.Genotype | None = None,
+def build_phase(job: Job, genotype: Architecture | None = None,
                 searching: bool = True) -> Phase:
   """The supernet phase (no `genotype`; `searching=False`: a controller's
-  warm-up) or the training phase of `genotype`'s model."""
+  warm-up) or the training phase of `genotype`'s model (a found genotype
+  or a fixed network)."""
   strategy = job.nas if genotype is None else None
   searching = strategy is not None and searching
   traits = strategy.traits if strategy else None
@@ -45,7 +47,7 @@ def build_phase(job: Job, genotype: ss.Genotype | None = None,
   if strategy is not None:
     model, predict = strategy.model, strategy.predict
   else:
-    model = ss.derived_model(job.space, genotype)
+    model = models.as_model(job.network(genotype))
     predict = model.apply
   algorithm = fed.federated_algorithm(
       model, job.client_config, job.server_optimizer,
@@ -56,13 +58,13 @@ def build_phase(job: Job, genotype: ss.Genotype | None = None,
       arch_penalty=job.costs.penalty if searching and job.costs else None,
       mesh=job.mesh,
       shared_program=traits.shared_program if strategy else True)
-  splits = job.federation.splits
-  train_sizes = (splits.sizes() if all_local_data
-                 else list(map(len, splits.train)))
+  # Shapes from the public bounds of the clients' sizes, never the sizes.
+  sizes = job.federation.sizes
   batch_sizes = (
-      job.plan.padded_batch_size(train_sizes),
-      job.plan.padded_batch_size(map(len, splits.val)) if validation_batches
-      else 1)
+      job.plan.padded_batch_size(sizes.bound(
+          client_sizes.ALL if all_local_data else client_sizes.TRAIN)),
+      job.plan.padded_batch_size(sizes.bound(client_sizes.VAL))
+      if validation_batches else 1)
   name = "train" if genotype is not None else (
       "search" if searching else "warmup")
   return Phase(name, algorithm, jax.jit(predict), searching,

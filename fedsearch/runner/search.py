@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from fedsearch.privacy import randomness
 from fedsearch.runner import loop
 from fedsearch.runner.job import build_job
 from fedsearch.runner.summary import summarize
@@ -42,11 +43,15 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       checkpointed; for testing resumption.
   """
   start_time = time.time()
-  work = Workdir(workdir, config.to_json(), config.checkpoint_every)
+  work = Workdir(workdir)
   if work.summary_file.exists():
     report(f"{work.summary_file} exists: the run is already complete")
     return json.loads(work.summary_file.read_text())
-  job = build_job(config)
+  work.check_config(config.to_json())
+  # Nothing is written to the workdir before the whole job is valid.
+  job = build_job(config, randomness.for_run(
+      config.privacy.randomness, config.seed, work.path))
+  work.start(config.to_json(), job.randomness, config.checkpoint_every)
   report(_plan_line(job))
   progress, rounds_done = loop.start(job, work, report)
   finished = loop.run_rounds(job, work, progress, rounds_done, report,

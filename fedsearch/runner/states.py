@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from fedsearch import federated as fed
 from fedsearch import nas as nas_lib
 from fedsearch import search_space as ss
-from fedsearch.runner.job import Job
+from fedsearch.runner.job import Architecture, Job
 from fedsearch.runner.phases import Phase
 from fedsearch.search_space import cost as cost_lib
 
@@ -42,10 +42,10 @@ def derived_state(job: Job, phase: Phase, weights,
       client_optimizer_state=client_optimizer_state))
 
 
-def retrain_state(job: Job, phase: Phase, genotype: ss.Genotype
+def retrain_state(job: Job, phase: Phase, architecture: Architecture
                   ) -> fed.ServerState:
-  """A given genotype's model with fresh weights."""
-  weights = ss.derived_network(job.space, genotype).init(
+  """A given genotype's or fixed network's model with fresh weights."""
+  weights = job.network(architecture).init(
       model_keys(job)[0],
       jnp.zeros((1, *job.federation.input_shape)))["params"]
   return derived_state(job, phase, weights)

@@ -29,10 +29,10 @@ def _hyperparameters(job: Job, progress: Progress) -> dict:
 
 def _costs(job: Job, genotype) -> dict:
   out = {"deployed_cost": {
-      **cost_lib.measure_model(job.space, genotype,
-                               job.federation.input_shape),
+      **cost_lib.measure_network(job.network(genotype),
+                                 job.federation.input_shape),
       "hardware": cost_lib.hardware_name()}}
-  if job.costs:
+  if job.costs and job.retrained is None:
     n = job.config.nas
     out["cost_table"] = {
         "metric": n.cost_metric, "penalty": n.cost_penalty,
@@ -60,6 +60,12 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
       "optimizer": job.client_optimizer.name,
       "trust": job.mechanism.name,
       "accountant": plan.accountant,
+      # secret: noise and Poisson draws unknown to whoever holds the config;
+      # seeded: reproducible simulation only.
+      "randomness": job.randomness.mode,
+      "size_noise_multiplier": plan.size_noise_multiplier,
+      "client_sizes_released": [
+          round(float(n), 2) for n in job.federation.sizes.released],
       "releases_of_most_exposed_client": {
           s.name: s.count for s in plan.streams(sigmas, total_rounds)},
   })
@@ -85,6 +91,8 @@ def summarize(job: Job, work: Workdir, progress: Progress,
         "deployed_test_accuracy": test_on(load_weights(
             work.path, weights, "deployed"))[0],
         "deployed_epsilon": job.plan.spent(job.sigmas, f.search_rounds)}
+  elif config.model:
+    searched = {"model": config.model}
   else:
     searched = {"retrained_from": config.nas.genotype}
   summary = {

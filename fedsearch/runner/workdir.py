@@ -2,6 +2,7 @@
 
 Layout:
   config.json        the configuration the run was started with
+  secret_key         the run's secret randomness (owner-only; secret mode)
   checkpoints/<r>/   server state after r finished rounds (orbax)
   genotype.json      the derived genotype, once the search phase is over
   metrics.jsonl      one line per finished round
@@ -22,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fedsearch.errors import ConfigError
+from fedsearch.privacy import randomness
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
@@ -33,17 +35,36 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 GENOTYPE_FILE = "genotype.json"
 
 class Workdir:
+  """A run's folder. Opening it writes nothing; `start` writes the run's
+  config and secret once the run is known to be valid."""
 
-  def __init__(self, path, config_json: str, checkpoint_every: int):
+  def __init__(self, path):
     self.path = pathlib.Path(path).absolute()
-    self.path.mkdir(parents=True, exist_ok=True)
+    if self.path.exists() and not self.path.is_dir():
+      raise ConfigError(f"--workdir={path} is a file, not a folder; name a"
+                        " new or existing folder")
+    self._checkpoints = None
+
+  def check_config(self, config_json: str) -> None:
+    """Refuses a workdir that holds a run of another configuration."""
     config_file = self.path / "config.json"
-    if config_file.exists():
-      if json.loads(config_file.read_text()) != json.loads(config_json):
-        raise ConfigError(
-            f"workdir {self.path} holds a run with a different configuration;"
-            " use a new --workdir or the same flags as that run")
-    else:
+    if config_file.exists() and (
+        json.loads(config_file.read_text()) != json.loads(config_json)):
+      raise ConfigError(
+          f"workdir {self.path} holds a run with a different configuration;"
+          " use a new --workdir or the same flags as that run")
+
+  def start(self, config_json: str, run_randomness: randomness.Randomness,
+            checkpoint_every: int) -> None:
+    """Writes the config and the secret (first start) and opens the
+    checkpoints."""
+    self.check_config(config_json)
+    self.path.mkdir(parents=True, exist_ok=True)
+    if run_randomness.mode == "secret" and randomness.read_secret(
+        self.path) is None:
+      randomness.write_secret(self.path, run_randomness.entropy)
+    config_file = self.path / "config.json"
+    if not config_file.exists():
       write_atomic(config_file, config_json)
     self._checkpoints = ocp.CheckpointManager(
         self.path / "checkpoints",

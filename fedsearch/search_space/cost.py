@@ -96,11 +96,18 @@ def _measure(module, x, latency_batch: int, repeats: int):
           "latency_ms": 1e3 * float(np.median(times))}
 
 
+def measure_network(module, input_shape, latency_batch: int = 64,
+                    repeats: int = 20) -> dict:
+  """Parameters, FLOPs per example and latency of any flax module."""
+  return _measure(module, jnp.zeros((1, *input_shape)), latency_batch,
+                  repeats)
+
+
 def measure_model(space: SearchSpace, genotype: Genotype, input_shape,
                   latency_batch: int = 64, repeats: int = 20) -> dict:
   """Parameters, FLOPs per example and latency of a derived model."""
-  return _measure(derived_network(space, genotype),
-                  jnp.zeros((1, *input_shape)), latency_batch, repeats)
+  return measure_network(derived_network(space, genotype), input_shape,
+                         latency_batch, repeats)
 
 
 def build_cost_table(space: SearchSpace, input_shape,

@@ -4,7 +4,9 @@ XLA:CPU lowers grouped (depthwise) convolutions, and the per-example weight
 gradients that `vmap(grad)` turns every convolution into, to slow generic
 kernels: on 8x8 inputs a depthwise conv's per-example gradient ran 17x slower
 as `lax.conv_general_dilated` than as the sum of shifted slices used here
-(see benchmarks/README.md). All layers are stride 1, 'SAME'-padded, NHWC.
+(see benchmarks/README.md). Layers are NHWC and, unless given a stride and
+an explicit padding (the fixed reference models' convolutions), stride 1
+and 'SAME'-padded.
 
 Every parametrised layer computes its parametrised part through
 `privacy.ghost` (a plain expression unless the model is applied with norm
@@ -35,10 +37,26 @@ def _shifts(x: jax.Array, kernel: int, dilation: int, pad_value: float = 0.0):
                          j * dilation:j * dilation + w, :]
 
 
-def _im2col(x: jax.Array, kernel: int) -> jax.Array:
-  if kernel == 1:
-    return x
-  return jnp.concatenate([s for _, _, s in _shifts(x, kernel, 1)], axis=-1)
+def _im2col(x: jax.Array, kernel: int, stride: int = 1,
+            padding: int | None = None) -> jax.Array:
+  """(..., H', W', k·k·C): each output position's kxk window, taps in
+  row-major order (the layout of a (k, k, C, F) kernel reshaped to
+  (k·k·C, F)). padding None: 'SAME' at stride 1; an int: that many zeros on
+  every side, then windows every `stride` pixels."""
+  if padding is None:
+    if stride != 1:
+      raise ValueError("a strided convolution needs an explicit padding")
+    if kernel == 1:
+      return x
+    return jnp.concatenate([s for _, _, s in _shifts(x, kernel, 1)], axis=-1)
+  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(padding, padding)] * 2
+                   + [(0, 0)])
+  h_out = (padded.shape[-3] - kernel) // stride + 1
+  w_out = (padded.shape[-2] - kernel) // stride + 1
+  return jnp.concatenate([
+      padded[..., i:i + stride * (h_out - 1) + 1:stride,
+             j:j + stride * (w_out - 1) + 1:stride, :]
+      for i in range(kernel) for j in range(kernel)], axis=-1)
 
 
 def _per_example_sum(a: jax.Array) -> jax.Array:
@@ -52,14 +70,19 @@ class AffineRule:
 
   kernel: int = 1
   bias: bool = True
+  stride: int = 1
+  padding: int | None = None  # None: 'SAME' (stride 1)
+
+  def _patches(self, x):
+    return _im2col(x, self.kernel, self.stride, self.padding)
 
   def apply(self, x, params):
     k = params["kernel"]
-    y = _im2col(x, self.kernel) @ k.reshape(-1, k.shape[-1])
+    y = self._patches(x) @ k.reshape(-1, k.shape[-1])
     return y + params["bias"] if self.bias else y
 
   def sq_norm(self, x, g):
-    norm = ghost.matmul_sq_norm(_im2col(x, self.kernel), g)
+    norm = ghost.matmul_sq_norm(self._patches(x), g)
     return norm + ghost.summed_sq_norm(g) if self.bias else norm
 
 
@@ -96,11 +119,17 @@ class ScaleShiftRule:
 
 
 class Conv(nn.Module):
-  """Dense kxk convolution via im2col: concatenated shifts @ kernel."""
+  """Dense kxk convolution via im2col: concatenated shifts @ kernel.
+
+  stride 1 and padding None: 'SAME'; otherwise `padding` zeros each side and
+  windows every `stride` pixels (as PyTorch's Conv2d(stride, padding)).
+  """
 
   features: int
   kernel: int = 1
   use_bias: bool = False
+  stride: int = 1
+  padding: int | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -111,7 +140,8 @@ class Conv(nn.Module):
     if self.use_bias:
       params["bias"] = self.param("bias", nn.initializers.zeros,
                                   (self.features,))
-    return ghost.probed(self, AffineRule(self.kernel, self.use_bias), x, params)
+    return ghost.probed(self, AffineRule(self.kernel, self.use_bias,
+                                         self.stride, self.padding), x, params)
 
 
 class Dense(nn.Module):
@@ -184,5 +214,13 @@ def max_pool_2x2(x):
   """
   h, w = x.shape[-3] // 2 * 2, x.shape[-2] // 2 * 2
   corner = lambda i, j: x[..., i:h:2, j:w:2, :]
+  return jnp.maximum(jnp.maximum(corner(0, 0), corner(1, 0)),
+                     jnp.maximum(corner(0, 1), corner(1, 1)))
+
+
+def max_pool_2x2_stride_1(x):
+  """2x2 max-pool at stride 1, no padding: (H, W) -> (H − 1, W − 1)."""
+  h, w = x.shape[-3] - 1, x.shape[-2] - 1
+  corner = lambda i, j: x[..., i:i + h, j:j + w, :]
   return jnp.maximum(jnp.maximum(corner(0, 0), corner(1, 0)),
                      jnp.maximum(corner(0, 1), corner(1, 1)))

@@ -16,13 +16,22 @@ def _cli(*flags):
                         timeout=300)
 
 
-def test_bad_flag_value_gives_one_clear_line(tmp_path):
+def test_bad_flag_value_gives_one_clear_line_and_writes_nothing(tmp_path):
   result = _cli("--config.federated.partition=round_robin",
-                f"--workdir={tmp_path}")
+                f"--workdir={tmp_path}/w")
   assert result.returncode == 2
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "federated.partition" in errors[0], result.stderr
-  assert not (tmp_path / "summary.json").exists()
+  # Nothing written: the corrected command may use the same workdir.
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  (tmp_path / "file").write_text("")
+  result = _cli(f"--workdir={tmp_path}/file")
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "is a file" in errors[0], result.stderr
 
 
 def test_missing_data_file_is_one_line(tmp_path):

@@ -16,6 +16,8 @@ def small_config(**overrides):
   config.federated.search_rounds = 2
   config.federated.train_rounds = 2
   config.federated.local_steps = 2
+  # Reproducible draws, so that separate workdirs can be compared.
+  config.privacy.randomness = "seeded"
   for key, value in overrides.items():
     node = config
     *path, leaf = key.split(".")
@@ -50,6 +52,10 @@ def small_config(**overrides):
     ("nas.cost_penalty", -0.1, "nas.cost_penalty"),
     ("federated.num_devices", 99, "federated.num_devices"),
     ("nas.controller_warmup_rounds", 1, "nas.controller_warmup_rounds"),
+    ("privacy.randomness", "urandom", "privacy.randomness"),
+    ("privacy.size_noise_multiplier", 0.0, "privacy.size_noise_multiplier"),
+    ("model", "vgg", "model='vgg'"),
+    ("model", "tanh_cnn", "federated.search_rounds=0"),
 ])
 def test_bad_values_are_named(field, value, named):
   with pytest.raises(ConfigError, match=named.replace(".", r"\.")):

@@ -1,10 +1,13 @@
 """Phases: which batches each phase draws and what its algorithm trains."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from fedsearch import nas
 from fedsearch import search_space as ss
-from fedsearch.runner import build_job, build_phase
+from fedsearch.runner import build_job, build_phase, states
+from fedsearch.runner import job as job_lib
 from tests.runner.test_job import small_config
 
 
@@ -41,3 +44,17 @@ def test_training_phase_runs_the_derived_model_on_all_local_data():
   sizes = job.federation.splits.sizes()
   # Full-batch steps (q = 1): the padded batch holds the largest client + 1.
   assert phase.batch_sizes[0] >= max(sizes) + 1
+
+
+def test_a_fixed_network_is_trained_in_place_of_a_genotype():
+  job = build_job(small_config(**{"model": "tanh_cnn",
+                                  "federated.search_rounds": 0}))
+  assert job.retrained == job_lib.FixedNetwork("tanh_cnn")
+  phase = build_phase(job, job.retrained)
+  assert phase.name == "train" and not phase.searching
+  assert phase.all_local_data and phase.batch_sizes[1] == 1
+  weights = states.retrain_state(job, phase, job.retrained).params.weights
+  assert set(weights) == {"conv0", "conv1", "conv2", "conv3", "conv4",
+                          "conv5", "hidden", "classifier"}
+  x = jnp.zeros((2, *job.federation.input_shape))
+  assert jax.eval_shape(phase.predict, weights, {}, x).shape == (2, 10)

@@ -37,12 +37,20 @@ def _reload_accuracy(workdir, summary, which="final"):
 
 
 def test_run_spends_epsilon_resumes_and_exports(tmp_path):
-  config = small_config()
+  config = small_config(**{"privacy.randomness": "secret"})
   straight = runner.run(config, tmp_path / "a", report=_quiet)
+  # The noise comes from a secret kept in the workdir, never in the config.
+  assert straight["randomness"] == "secret"
+  secret = (tmp_path / "a" / "secret_key").read_text()
+  assert secret.strip() not in (tmp_path / "a" / "config.json").read_text()
+  # The run in "b" is given the same secret, so that, resumed, it must
+  # equal the uninterrupted one.
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "secret_key").write_text(secret)
   assert straight["epsilon"] <= config.privacy.epsilon + 1e-9
   assert straight["epsilon"] > 0.99 * config.privacy.epsilon  # Calibrated.
   assert straight["releases_of_most_exposed_client"] == {
-      "weight_steps_search": 4, "arch_steps_search": 4,
+      "client_sizes": 1, "weight_steps_search": 4, "arch_steps_search": 4,
       "weight_steps_train": 4}
   assert straight["trust"] == "local" and straight["optimizer"] == "dpsgd"
   eps = [m["epsilon"] for m in _metrics(tmp_path / "a")]
@@ -61,6 +69,19 @@ def test_run_spends_epsilon_resumes_and_exports(tmp_path):
                               _reload_accuracy(tmp_path / "b", resumed)[1])
   # A finished run is not run again.
   assert runner.run(config, tmp_path / "a", report=_quiet) == straight
+
+
+@pytest.mark.slow
+def test_a_fixed_network_trains_by_the_main_jobs_path(tmp_path):
+  config = small_config(**{"model": "tanh_cnn", "federated.search_rounds": 0,
+                           "federated.train_rounds": 2})
+  summary = runner.run(config, tmp_path, report=_quiet)
+  assert summary["model"] == "tanh_cnn" and summary["genotype"] == {
+      "model": "tanh_cnn"}
+  assert "deployed_test_accuracy" not in summary
+  assert summary["deployed_cost"]["params"] == summary["model_parameters"]
+  assert summary["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
+  assert [m["phase"] for m in _metrics(tmp_path)] == ["train", "train"]
 
 
 def test_workdir_of_another_config_is_not_reused(tmp_path):
@@ -91,8 +112,9 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   straight = runner.run(config, tmp_path / "a", report=_quiet)
   assert straight["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
   breakdown = straight["epsilon_breakdown"]
-  assert breakdown["gradients_only"] == pytest.approx(
-      0.9 * config.privacy.epsilon, rel=1e-3)
+  # The gradients and the sizes share 90 % of ε; the feedback the rest.
+  assert (0.8 * config.privacy.epsilon < breakdown["gradients_only"]
+          < 0.9 * config.privacy.epsilon)
   assert 0 < breakdown["hp_feedback_only"] < breakdown["total"]
   assert straight["releases_of_most_exposed_client"]["hp_feedback"] == 3
   chosen = straight["hyperparameters"]["chosen"]
@@ -146,7 +168,7 @@ def test_one_stage_search_deploys_its_child_without_retraining(tmp_path):
   assert summary["deployed_cost"]["params"] == summary["model_parameters"]
   # One joint release per local step: no separate architecture steps.
   assert summary["releases_of_most_exposed_client"] == {
-      "weight_steps_search": 6, "arch_steps_search": 0,
+      "client_sizes": 1, "weight_steps_search": 6, "arch_steps_search": 0,
       "weight_steps_train": 0}
   assert summary["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
   assert summary["deployed_epsilon"] == summary["epsilon"]
@@ -167,7 +189,7 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
   search = runner.run(config, tmp_path / "search", report=_quiet)
   # The warm-up round releases no reward.
   assert search["releases_of_most_exposed_client"] == {
-      "weight_steps_search": 6, "arch_steps_search": 4,
+      "client_sizes": 1, "weight_steps_search": 6, "arch_steps_search": 4,
       "weight_steps_train": 0}
   assert search["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
   metrics = _metrics(tmp_path / "search")
@@ -204,7 +226,7 @@ def test_main_job_runs_hyfree_within_budget_and_resumes(tmp_path):
   assert straight["optimizer"] == "hyfree"
   assert straight["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
   assert set(straight["epsilon_breakdown"]) == {
-      "total", "gradients_only", "loss_probes_only"}
+      "total", "gradients_only", "client_sizes_only", "loss_probes_only"}
   rates = [l["learning_rate"] for l in _metrics(tmp_path / "a")]
   assert len(set(rates)) > 1  # η was refitted.
   assert straight["final_learning_rate"] == pytest.approx(rates[-1])

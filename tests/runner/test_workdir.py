@@ -1,12 +1,14 @@
 """The workdir: atomic files, one configuration per workdir, checkpoints."""
 
 import json
+import stat
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fedsearch.errors import ConfigError
+from fedsearch.privacy import randomness
 from fedsearch.runner.workdir import Workdir, load_weights, write_atomic
 
 
@@ -18,15 +20,42 @@ def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+def _started(path, config_json="{}", mode="seeded"):
+  work = Workdir(path)
+  work.start(config_json, randomness.Randomness(mode, 12345), 1)
+  return work
+
+
 def test_a_workdir_keeps_its_configuration(tmp_path):
-  Workdir(tmp_path, json.dumps({"seed": 0}), 1).close()
-  Workdir(tmp_path, json.dumps({"seed": 0}), 1).close()  # Same: resumes.
+  _started(tmp_path, json.dumps({"seed": 0})).close()
+  _started(tmp_path, json.dumps({"seed": 0})).close()  # Same: resumes.
   with pytest.raises(ConfigError, match="different configuration"):
-    Workdir(tmp_path, json.dumps({"seed": 1}), 1)
+    Workdir(tmp_path).check_config(json.dumps({"seed": 1}))
+
+
+def test_opening_a_workdir_writes_nothing_and_a_file_is_refused(tmp_path):
+  Workdir(tmp_path / "new").check_config("{}")
+  assert not (tmp_path / "new").exists()
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ConfigError, match=r"--workdir=.*file.* is a file"):
+    Workdir(tmp_path / "file")
+
+
+def test_the_secret_is_written_owner_only_and_never_in_the_config(tmp_path):
+  _started(tmp_path, json.dumps({"seed": 0}), mode="secret").close()
+  key_file = tmp_path / randomness.SECRET_FILE
+  assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+  assert randomness.read_secret(tmp_path) == 12345
+  assert f"{12345:032x}" not in (tmp_path / "config.json").read_text()
+  # A second start keeps the first secret (resume draws the same noise).
+  work = Workdir(tmp_path)
+  work.start(json.dumps({"seed": 0}), randomness.Randomness("secret", 999), 1)
+  work.close()
+  assert randomness.read_secret(tmp_path) == 12345
 
 
 def test_checkpoints_restore_the_latest_round_and_metrics_round_trip(tmp_path):
-  work = Workdir(tmp_path, "{}", 1)
+  work = _started(tmp_path)
   assert work.latest_round() == 0 and work.metrics() == []
   state = {"w": jnp.arange(3.0), "h": None}
   for r in (1, 2, 3):

@@ -1,5 +1,6 @@
 """Two federated rounds over a client mesh; run across processes by
-tests/test_multihost.py (`python -m tests.multihost_round PORT RANK OUT`)."""
+tests/federated/test_multihost.py
+(`python -m tests.federated.multihost_round PORT RANK OUT`)."""
 
 import sys
 
@@ -12,6 +13,7 @@ def two_rounds(mesh) -> dict:
   import optax
   from fedsearch import data
   from fedsearch import federated as fed
+  from fedsearch import nas
   from fedsearch import search_space as ss
 
   ds = data.load_dataset("digits")
@@ -22,22 +24,27 @@ def two_rounds(mesh) -> dict:
   splits = fed.split_clients(data.partition(y, "dirichlet", 8, seed=0), 0.3,
                              seed=0)
   space = ss.SearchSpace(channels=4, nodes=1, cells=1)
-  params = {"weights": ss.init_supernet(space, jax.random.key(0), (8, 8, 1)),
-            "arch": ss.init_arch_params(space, key=jax.random.key(1))}
+  params = fed.ModelParams(
+      ss.init_supernet(space, jax.random.key(0), (8, 8, 1)),
+      ss.init_arch_params(space, key=jax.random.key(1)))
   params = jax.tree.map(np.asarray, params)
-  local = fed.make_local_update(ss.supernet_apply(space),
-                                fed.ClientConfig(noise_multiplier=1.0), True)
-  opt = optax.sgd(1.0, 0.5)
-  state = jax.tree.map(np.asarray, fed.server_init(params, opt))
-  round_fn = fed.make_round(local, opt, mesh)
+  # A DARTS search round (architecture steps on validation batches).
+  strategy = nas.make_strategy("darts", space)
+  algorithm = fed.federated_algorithm(
+      strategy.model, fed.ClientConfig(noise_multiplier=1.0),
+      optax.sgd(1.0, 0.5), arch_step=strategy.arch_step,
+      reads_validation=strategy.traits.reads_validation, mesh=mesh)
+  state = jax.tree.map(np.asarray, algorithm.init(params))
   for round_ in range(2):
     inputs = fed.round_inputs(
         splits, np.array([0, 2, 3, 5, 6, 7]), seed=0, round_=round_, steps=2,
-        sampling_rate=0.2, batch_sizes=(24, 12), train_arch=True,
+        sampling_rate=0.2, batch_sizes=(24, 12), validation_batches=True,
         train_on_all_local_data=False, client_multiple=mesh.size)
-    state, _ = round_fn(state, x, y, inputs, jax.random.key(7), round_)
+    state, _ = algorithm.apply(state, x, y, inputs, jax.random.key(7),
+                               round_)
   # The server state is replicated: every process holds all of it.
-  return {"/".join(map(str, path)): np.asarray(leaf.addressable_data(0))
+  return {jax.tree_util.keystr(path, simple=True, separator="/"):
+              np.asarray(leaf.addressable_data(0))
           for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
-from fedsearch.search_space import cost, strategies
+from fedsearch.nas import base as nas_base
+from fedsearch.search_space import cost
 
 _SHAPE = (8, 8, 1)
 
@@ -26,7 +27,7 @@ def test_child_parameters_are_the_table_sum_exactly(seed):
   space, table = _table()
   choices = np.asarray(jax.random.randint(
       jax.random.key(seed), (space.num_edges,), 0, len(space.op_names)))
-  genotype = strategies.choices_genotype(choices, space)
+  genotype = nas_base.choices_genotype(choices, space)
   measured = cost.measure_model(space, genotype, _SHAPE, latency_batch=4,
                                 repeats=1)
   assert table.child_cost(choices, "params") == measured["params"]
@@ -61,8 +62,8 @@ def test_budget_is_a_hard_constraint_on_the_deployed_child():
   names = space.op_names
   arch = {"normal": jax.random.normal(jax.random.key(0),
                                       (space.num_edges, len(names)))}
-  most_likely = strategies.genotype_choices(
-      strategies.most_likely_child(arch, space), space)
+  most_likely = nas_base.genotype_choices(
+      nas_base.most_likely_child(arch, space), space)
   budget = table.fixed["params"] + 60.0  # Room for one small conv at most.
   fitted = cost.fit_budget(most_likely, arch, table, "params", budget)
   assert table.child_cost(fitted, "params") <= budget

@@ -1,0 +1,211 @@
+"""The federated algorithm's jitted round (`federated_algorithm(...).apply`):
+1 vs 4 devices, clients in sequence vs vectorised, searched local steps and
+rates, and rounds that only measure gains."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedsearch import data
+from fedsearch import federated as fed
+from fedsearch import nas
+from fedsearch import search_space as ss
+from fedsearch.optimizers import dpsgd, hyfree
+from fedsearch.privacy import mechanisms
+from fedsearch.privacy.auto_lr import AutoLRConfig
+
+_SPACE = ss.SearchSpace(channels=4, nodes=1, cells=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _data():
+  """Digits on 8 clients (Dirichlet), 30 % of each client for validation."""
+  ds = data.load_dataset("digits")
+  x = jnp.asarray(data.normalize("digits", ds.train_x, ds.pixel_max))
+  y = jnp.asarray(ds.train_y)
+  parts = data.partition(ds.train_y, "dirichlet", 8, seed=0)
+  return x, y, fed.split_clients(parts, 0.3, seed=0)
+
+
+def _supernet_params() -> fed.ModelParams:
+  return fed.ModelParams(
+      ss.init_supernet(_SPACE, jax.random.key(0), (8, 8, 1)),
+      ss.init_arch_params(_SPACE, key=jax.random.key(1)))
+
+
+def _client_optimizer(name):
+  # HyFreeDP probes every 2 global steps: round 3 of 2 steps starts at
+  # global step 6, a probe step, so the server refits η after it.
+  return hyfree(AutoLRConfig(probe_every=2)) if name == "hyfree" else dpsgd()
+
+
+@functools.lru_cache(maxsize=None)
+def _darts_algorithm(optimizer="dpsgd", dp_backend="vmap", devices=None):
+  """A DARTS search round on the supernet, FedAvg on the server; with
+  `devices`, clients are sharded over that many devices. Cached: tests that
+  run the same round reuse its compiled program."""
+  strategy = nas.make_strategy("darts", _SPACE)
+  mesh = fed.client_mesh(devices) if devices else None
+  return fed.federated_algorithm(
+      strategy.model, fed.ClientConfig(noise_multiplier=1.0), optax.sgd(1.0),
+      client_optimizer=_client_optimizer(optimizer),
+      mechanism=mechanisms.local(dp_backend=dp_backend),
+      arch_step=strategy.arch_step,
+      reads_validation=strategy.traits.reads_validation,
+      active_weights=strategy.active_weights, mesh=mesh,
+      shared_program=strategy.traits.shared_program)
+
+
+def _inputs(splits, clients, multiple, feedback=False):
+  inputs = fed.round_inputs(
+      splits, np.asarray(clients), seed=0, round_=3, steps=2,
+      sampling_rate=0.2, batch_sizes=(24, 12), validation_batches=True,
+      train_on_all_local_data=False, client_multiple=multiple,
+      feedback_size=max(map(len, splits.val)) if feedback else 0)
+  if feedback:  # And per-client hyperparameters, as a search sets them.
+    ids = inputs.client_ids.astype(np.float32)  # -1 for padding clients.
+    inputs = inputs._replace(hparams={
+        "learning_rate": 0.02 * (2.0 + ids), "momentum": 0.6 + 0.03 * ids})
+  return inputs
+
+
+def _max_change(new, old) -> float:
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new, old)
+  return max(jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize("optimizer,dp_backend", [
+    ("dpsgd", "vmap"),
+    pytest.param("hyfree", "vmap", marks=pytest.mark.slow),
+    pytest.param("dpsgd", "ghost", marks=pytest.mark.slow)])
+def test_four_devices_equal_one_device(optimizer, dp_backend):
+  assert len(jax.devices()) == 4
+  x, y, splits = _data()
+  params = _supernet_params()
+  clients = [0, 2, 3, 5, 6]  # 5 clients: padded to 8 on 4 devices.
+  key = jax.random.key(7)
+  # DP-SGD also carries hyperparameter feedback and per-client hparams.
+  feedback = optimizer == "dpsgd"
+  single = _darts_algorithm(optimizer, dp_backend)
+  state = single.init(params)
+  one, gains_one = single.apply(state, x, y,
+                                _inputs(splits, clients, 1, feedback), key, 3)
+  four, gains_four = _darts_algorithm(optimizer, dp_backend, 4).apply(
+          state, x, y, _inputs(splits, clients, 4, feedback), key, 3)
+  chex.assert_trees_all_close(one.params, four.params, rtol=1e-5, atol=1e-6)
+  # The server-carried states too (HyFreeDP: the η refitted on probes
+  # averaged over the clients, padding clients weighing nothing).
+  chex.assert_trees_all_close(one.client_optimizer, four.client_optimizer,
+                              rtol=1e-5, atol=1e-6)
+  if feedback:
+    assert gains_one.shape == (5,) and gains_four.shape == (8,)
+    chex.assert_trees_all_close(gains_one, gains_four[:5], rtol=1e-4,
+                                atol=1e-5)
+  else:
+    assert gains_one is None and gains_four is None
+  # And the round did move the parameters ...
+  assert _max_change(one.params, params) > 1e-4
+  if optimizer == "hyfree":  # ... and η, fitted on this round's probes.
+    assert _max_change(one.client_optimizer.learning_rate,
+                       state.client_optimizer.learning_rate) > 1e-4
+    # The report is consumed by the fit.
+    assert float(one.client_optimizer.report.probed) == 0.0
+
+
+@pytest.mark.slow
+def test_one_stage_round_maps_clients_in_sequence_and_shards_them():
+  # Each client samples its own child, so the round maps clients in
+  # sequence (lax.map); it must equal the vmapped round (which computes
+  # every branch and selects) and its 4-device form.
+  x, y, splits = _data()
+  strategy = nas.make_strategy("one_stage", _SPACE)
+  assert not strategy.traits.shared_program
+  params = _supernet_params()._replace(arch=strategy.init(None))
+  clients = [0, 2, 3, 5, 6]
+  key = jax.random.key(3)
+
+  def algorithm(mesh=None, shared_program=True):
+    return fed.federated_algorithm(
+        strategy.model, fed.ClientConfig(), optax.sgd(1.0),
+        arch_step=strategy.arch_step,
+        reads_validation=strategy.traits.reads_validation,
+        active_weights=strategy.active_weights, mesh=mesh,
+        shared_program=shared_program)
+
+  def inputs(multiple):
+    return fed.round_inputs(
+        splits, np.asarray(clients), seed=0, round_=1, steps=2,
+        sampling_rate=0.2, batch_sizes=(24, 1), validation_batches=False,
+        train_on_all_local_data=True, client_multiple=multiple)
+
+  vectorised_alg = algorithm()
+  state = vectorised_alg.init(params)
+  vectorised, _ = vectorised_alg.apply(state, x, y, inputs(1), key, 1)
+  in_sequence, _ = algorithm(shared_program=False).apply(
+      state, x, y, inputs(1), key, 1)
+  sharded, _ = algorithm(fed.client_mesh(4), shared_program=False).apply(
+      state, x, y, inputs(4), key, 1)
+  chex.assert_trees_all_close(in_sequence.params, vectorised.params,
+                              rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(sharded.params, vectorised.params,
+                              rtol=1e-5, atol=1e-6)
+  # The joint step moved the architecture too.
+  assert float(jnp.abs(in_sequence.params.arch["normal"]
+                       - params.arch["normal"]).max()) > 1e-4
+
+
+@pytest.mark.slow
+def test_searched_local_steps_and_rates_equal_rounds_of_that_shape():
+  # Clients drawing fewer local steps than the static count take exactly
+  # the round they would take with that count: the extra steps change
+  # nothing (and release nothing).
+  x, y, splits = _data()
+  algorithm = _darts_algorithm()
+  state = algorithm.init(_supernet_params())
+
+  def inputs(steps, **per_client):
+    return fed.round_inputs(
+        splits, np.asarray([1, 4]), seed=0, round_=2, steps=steps,
+        sampling_rate=0.3, batch_sizes=(24, 12), validation_batches=True,
+        train_on_all_local_data=False, **per_client)
+
+  searched = inputs(3, client_steps=np.array([1, 1]),
+                    client_rates=np.array([0.3, 0.3]))
+  assert searched.active_steps.tolist() == [[True, False, False]] * 2
+  one_step, _ = algorithm.apply(state, x, y, inputs(1), jax.random.key(0), 2)
+  padded, _ = algorithm.apply(state, x, y, searched, jax.random.key(0), 2)
+  chex.assert_trees_all_close(padded.params, one_step.params, rtol=1e-6,
+                              atol=1e-7)
+  # Per-client rates set each client's expected batch (the DP normaliser).
+  rates = inputs(2, client_steps=np.array([2, 1]),
+                 client_rates=np.array([0.5, 0.25]))
+  np.testing.assert_allclose(
+      rates.expected_batch[:, 0],
+      [0.5 * len(splits.train[1]), 0.25 * len(splits.train[4])], rtol=1e-6)
+  # Client 4's second step is not taken: nothing is drawn for it.
+  assert rates.train_padding[1, 1].all()
+
+
+@pytest.mark.slow
+def test_a_round_without_aggregation_keeps_the_state_and_measures_gains():
+  # FEATHERS's exploration rounds: the clients train and report their
+  # privatised gains, but the server keeps what it stored.
+  x, y, splits = _data()
+  algorithm = _darts_algorithm()
+  state = algorithm.init(_supernet_params())
+  # The round of test_four_devices_equal_one_device (its compiled program).
+  inputs = _inputs(splits, [0, 2, 3, 5, 6], 1, feedback=True)
+  key = jax.random.key(7)
+  kept, gains = algorithm.apply(state, x, y, inputs, key, 3, aggregate=False)
+  moved, gains_moved = algorithm.apply(state, x, y, inputs, key, 3)
+  chex.assert_trees_all_equal(kept, state)
+  # The same clients trained: the same gains as an aggregated round.
+  assert gains.shape == (5,)
+  chex.assert_trees_all_close(gains, gains_moved, rtol=1e-6)
+  assert bool(jnp.all(jnp.isfinite(gains)))
+  assert _max_change(moved.params, state.params) > 1e-4

@@ -1,0 +1,56 @@
+"""A client's hyperparameter feedback: bounded whatever the losses, noised as stated."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fedsearch.hyperparameters import feedback
+
+_BEFORE = jnp.array([1e30, -1e30, jnp.nan, jnp.inf, 2.0, 0.1, -jnp.inf])
+_AFTER = jnp.array([-1e30, 1e30, 0.0, jnp.inf, 1.0, 0.3, 5.0])
+
+
+def _noiseless_sum(before, after, padding, clip):
+  """The clipped gain sum (σ = 0, split size 1)."""
+  return feedback.privatized_gain(before, after, padding, clip, 0.0,
+                                  jax.random.key(0), 1.0)
+
+
+def test_feedback_sensitivity_holds_for_adversarial_losses():
+  clip = 0.5
+  padding = jnp.zeros(len(_BEFORE), bool)
+  total = _noiseless_sum(_BEFORE, _AFTER, padding, clip)
+  assert math.isfinite(float(total))
+  moves = []
+  for i in range(len(_BEFORE)):
+    removed = _noiseless_sum(_BEFORE, _AFTER, padding.at[i].set(True), clip)
+    moves.append(abs(float(total - removed)))
+  assert max(moves) <= clip * (1 + 1e-6)
+  # ±1e30 differences are clipped to ±c: the bound is reached.
+  assert max(moves) == pytest.approx(clip)
+
+
+def test_feedback_on_hand_numbers():
+  # d = (1, -0.2, 0 [inf - inf]) clipped to ±0.5 -> 0.5 - 0.2 = 0.3; / 3.
+  got = feedback.privatized_gain(jnp.array([2.0, 0.1, jnp.inf]),
+                                 jnp.array([1.0, 0.3, jnp.inf]),
+                                 jnp.zeros(3, bool), 0.5, 0.0,
+                                 jax.random.key(0), 3.0)
+  assert float(got) == pytest.approx(0.1)
+
+
+def test_feedback_noise_std():
+  keys = jax.random.split(jax.random.key(0), 4000)
+  draws = jax.vmap(lambda k: feedback.privatized_gain(
+      jnp.zeros(3), jnp.zeros(3), jnp.zeros(3, bool), 0.5, 2.0, k, 20.0))(keys)
+  assert float(jnp.std(draws)) == pytest.approx(2.0 * 0.5 / 20.0, rel=0.05)
+
+
+def test_feedback_noise_is_the_mechanisms():
+  # The mechanism's noised_sum receives the clipped sum and σ·c.
+  got = feedback.privatized_gain(
+      jnp.array([1.0]), jnp.array([0.0]), jnp.zeros(1, bool), 0.5, 2.0,
+      jax.random.key(0), 2.0, noised_sum=lambda total, std, key: total + std)
+  assert float(got) == pytest.approx((0.5 + 1.0) / 2.0)

@@ -1,0 +1,104 @@
+"""Hyperparameter strategies by name, from the `hpo` config, behind one protocol."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import default
+from fedsearch import hyperparameters as hp
+from fedsearch.errors import ConfigError
+from fedsearch.hyperparameters import base
+
+
+def _hpo(strategy, **fields):
+  hpo = default.get_config().hpo
+  hpo.strategy = strategy
+  hpo.update(fields)
+  return hpo
+
+
+def _gains(ids):
+  # Configuration 3 always gains most; every other one loses (by its id).
+  return jnp.where(ids == 3, 1.0, -0.1 * (ids + 1).astype(jnp.float32))
+
+
+@pytest.mark.parametrize("name", ["feathers", "fedex", "random"])
+def test_strategies_share_one_interface_and_find_the_best(name):
+  strategy = hp.make_strategy(_hpo(name, period=4, gamma=1.0))
+  assert isinstance(strategy, hp.Strategy)
+  state = strategy.init(5)
+  flags = []
+  for r in range(8):
+    state, ids, aggregate = strategy.choose(state, jax.random.key(r), 4)
+    assert ids.shape == (4,) and aggregate.dtype == jnp.bool_
+    assert np.all((np.asarray(ids) >= 0) & (np.asarray(ids) < 5))
+    flags.append(bool(aggregate))
+    if name == "feathers" and aggregate:
+      assert list(ids) == [3] * 4  # Exploitation runs the best.
+    state = strategy.update(state, ids, _gains(ids), jnp.ones(4), aggregate)
+    # With these keys configuration 3 is drawn in round 0 by every
+    # strategy, so from then on it is the best one (checked for the seed).
+    assert int(strategy.best(state)) == 3, (r, ids)
+  if name == "feathers":
+    # Phases start every `period` rounds and last round(γ·H) rounds: 2 at
+    # the uniform start (round(ln 5) = 2), then 1 as p concentrates on 3.
+    assert flags == [False, False, True, True, False, True, True, True]
+  else:
+    assert all(flags)
+
+
+def test_hpo_fields_reach_the_strategy():
+  # FEATHERS: γ = 0 leaves no exploration round; α = 1 sets the rewards to
+  # the round's gains.
+  never = hp.make_strategy(_hpo("feathers", gamma=0.0))
+  state, _, aggregate = never.choose(never.init(3), jax.random.key(0), 2)
+  assert bool(aggregate)
+  greedy = hp.make_strategy(_hpo("feathers", alpha=1.0))
+  state = greedy.update(greedy.init(3), jnp.array([1, 1]),
+                        jnp.array([0.4, 0.2]), jnp.ones(2), jnp.bool_(False))
+  chex.assert_trees_all_close(state.rewards, jnp.array([0.0, 0.3, 0.0]))
+  # FedEx: a zero step keeps θ uniform; its default step moves it.
+  frozen = hp.make_strategy(_hpo("fedex", fedex_step=0.0))
+  moved = hp.make_strategy(_hpo("fedex"))
+  args = (jnp.array([0, 1]), jnp.array([1.0, 0.0]), jnp.ones(2),
+          jnp.bool_(True))
+  chex.assert_trees_all_close(frozen.update(frozen.init(2), *args).probs,
+                              jnp.full(2, 0.5))
+  assert float(moved.update(moved.init(2), *args).probs[0]) > 0.6
+
+
+def test_none_searches_nothing():
+  assert hp.make_strategy(_hpo("none")) is None
+  assert set(hp.STRATEGIES) == {"none", "feathers", "fedex", "random"}
+
+
+def test_unknown_strategy_is_refused():
+  with pytest.raises(ConfigError, match=r"hpo\.strategy='grid'.*'feathers'"):
+    hp.make_strategy(_hpo("grid"))
+
+
+def test_per_config_sums_on_hand_numbers():
+  # Weighted sums per configuration; a client of weight 0 counts nothing.
+  gains, weights = base.per_config_sums(
+      jnp.array([0, 2, 0, 1]), jnp.array([1.0, 2.0, 3.0, 100.0]),
+      jnp.array([0.5, 1.0, 2.0, 0.0]), 4)
+  chex.assert_trees_all_close(gains, jnp.array([6.5, 0.0, 2.0, 0.0]))
+  chex.assert_trees_all_close(weights, jnp.array([2.5, 0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("name", ["feathers", "fedex", "random"])
+def test_choose_and_update_jit_equal_eager(name):
+  strategy = hp.make_strategy(_hpo(name, period=4, gamma=1.0))
+
+  def round_(state, key):
+    state, ids, aggregate = strategy.choose(state, key, 4)
+    state = strategy.update(state, ids, _gains(ids), jnp.ones(4), aggregate)
+    return state, ids, aggregate, strategy.best(state)
+
+  state = strategy.init(5)
+  with jax.disable_jit():
+    eager = round_(state, jax.random.key(2))
+  chex.assert_trees_all_close(jax.jit(round_)(state, jax.random.key(2)),
+                              eager, rtol=1e-6)

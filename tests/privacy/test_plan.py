@@ -1,0 +1,181 @@
+"""The privacy plan: counts and ε against a direct dp_accounting composition."""
+
+import dataclasses
+
+import dp_accounting
+import numpy as np
+import pytest
+from jax_privacy import accounting as jp_accounting
+
+from fedsearch.errors import ConfigError
+from fedsearch.privacy import accounting
+from fedsearch.privacy.plan import NoiseMultipliers, make_plan
+
+
+def _rdp():
+  return dp_accounting.rdp.RdpAccountant(
+      orders=jp_accounting.RdpAccountantConfig().orders)
+
+
+def _sizes():
+  # Each client's size, released once with σ_n = 10 (the default).
+  return dp_accounting.GaussianDpEvent(10.0)
+
+
+def _subsampled(q, sigma):
+  return dp_accounting.PoissonSampledDpEvent(
+      q, dp_accounting.GaussianDpEvent(sigma))
+
+
+def _plan(probe_every, rounds=12, search_rounds=4, local_steps=3, q=0.2,
+          **kw):
+  schedule = np.tile(np.arange(5), (rounds, 1))[:, :4]  # Clients 0-3 always.
+  return make_plan(schedule, search_rounds=search_rounds,
+                   local_steps=local_steps, sampling_rate=q, num_clients=5,
+                   epsilon=3.0, delta=1e-5, truncation_delta_fraction=0.1,
+                   accountant="rdp", probe_every=probe_every,
+                   releases_per_probe=3, kappa=0.01, **kw)
+
+
+def test_accountant_total_matches_direct_dp_accounting_composition():
+  plan = _plan(probe_every=4)
+  sigmas = NoiseMultipliers(gradient=1.3, loss=5.0)
+  # 12 rounds x 3 steps = global steps 0..35; probes at 0, 4, ..., 32 (9),
+  # of which steps 0..11 are search rounds (0, 4, 8: 3 probes).
+  search_steps, train_steps = 4 * 3, 8 * 3
+  probe_search, probe_train = 3, 6
+  # A probe step releases the gradient and 3 losses of one Poisson sample:
+  # one Gaussian on the whitened stack, sensitivity sqrt(1/σ_g² + 3/σ_l²).
+  joint = (1.3**-2 + 3 * 5.0**-2) ** -0.5
+  acc = _rdp()
+  acc.compose(_sizes())
+  acc.compose(_subsampled(0.2, 1.3), search_steps - probe_search)  # Weights.
+  acc.compose(_subsampled(0.2, joint), probe_search)
+  acc.compose(_subsampled(0.2, 1.3), search_steps)  # Architecture.
+  acc.compose(_subsampled(0.2, 1.3), train_steps - probe_train)
+  acc.compose(_subsampled(0.2, joint), probe_train)
+  direct = acc.get_epsilon(plan.accounting_delta)
+  assert plan.spent(sigmas, 12) == pytest.approx(direct, rel=1e-9)
+  assert plan.counts(12) == {
+      "weight_steps_search": 9, "probe_steps_search": 3,
+      "arch_steps_search": 12, "weight_steps_train": 18,
+      "probe_steps_train": 6, "hp_feedback": 0}
+  # δ: the truncation's share is taken off the accountant's.
+  assert plan.accounting_delta == pytest.approx(1e-5 * 0.9)
+
+
+def test_spent_grows_round_by_round_from_the_sizes_release():
+  plan = _plan(probe_every=4)
+  sigmas = NoiseMultipliers(gradient=1.3, loss=5.0)
+  spent = [plan.spent(sigmas, r) for r in range(0, 13, 3)]
+  # Before round one only the clients' sizes are out.
+  acc = _rdp()
+  acc.compose(_sizes())
+  assert spent[0] == pytest.approx(acc.get_epsilon(plan.accounting_delta),
+                                   rel=1e-9)
+  assert 0 < spent[0] < 0.5
+  assert all(a < b for a, b in zip(spent, spent[1:]))
+
+
+def test_calibration_splits_the_budget():
+  plan = _plan(probe_every=2)
+  sigmas = plan.noise_multipliers(0.0)
+  reference = _plan(probe_every=0).noise_multipliers(0.0).gradient
+  # σ_g = (1 + κ)·σ_ref; σ_l fills the rest of ε.
+  assert sigmas.gradient == pytest.approx(1.01 * reference, rel=1e-3)
+  assert plan.spent(sigmas, 12) == pytest.approx(3.0, rel=1e-3)
+  assert plan.spent(sigmas, 12) <= 3.0 * (1 + 1e-6)
+  breakdown = plan.breakdown(sigmas)
+  assert breakdown["gradients_only"] < breakdown["total"]
+  assert breakdown["loss_probes_only"] < breakdown["total"]
+
+
+def test_a_given_noise_multiplier_over_the_budget_is_refused():
+  with pytest.raises(ConfigError, match="privacy.noise_multiplier=0.3"):
+    _plan(probe_every=0).noise_multipliers(0.3)
+
+
+def test_accountant_total_with_feedback_matches_direct_composition():
+  # 6 clients, 3 per round, 10 rounds of which 4 search; 2 local steps.
+  schedule = np.array([[0, 1, 2], [3, 4, 5], [0, 2, 4], [1, 3, 5], [0, 1, 2],
+                       [0, 1, 3], [2, 4, 5], [0, 2, 3], [1, 4, 5], [0, 3, 5]])
+  plan = make_plan(schedule, search_rounds=4, local_steps=2, sampling_rate=0.3,
+                   num_clients=6, epsilon=3.0, delta=1e-5,
+                   truncation_delta_fraction=0.1, accountant="rdp",
+                   feedback=True, feedback_fraction=0.2)
+  sigmas = NoiseMultipliers(gradient=2.0, feedback=6.0)
+  # Component-wise max over clients: search participations max 2 (client 0
+  # in rounds 0 and 2 ...), training participations max 4 (client 0).
+  counts = plan.counts(10)
+  search = int(np.bincount(schedule[:4].ravel(), minlength=6).max())
+  train = int(np.bincount(schedule[4:].ravel(), minlength=6).max())
+  assert (search, train) == (2, 4)
+  assert counts["hp_feedback"] == search
+  acc = _rdp()
+  acc.compose(_sizes())
+  step = _subsampled(0.3, 2.0)
+  acc.compose(step, 2 * search)  # Weight steps.
+  acc.compose(step, 2 * search)  # Architecture steps.
+  acc.compose(step, 2 * train)
+  acc.compose(dp_accounting.GaussianDpEvent(6.0), search)  # Whole val split.
+  assert plan.spent(sigmas, 10) == pytest.approx(
+      acc.get_epsilon(plan.accounting_delta), rel=1e-9)
+  # Calibration: gradients within 80 % of ε, the feedback fills it up.
+  calibrated = plan.noise_multipliers(0.0)
+  breakdown = plan.breakdown(calibrated)
+  # The gradients' share (with the sizes, released before them) is 80 %.
+  assert plan.spent(NoiseMultipliers(calibrated.gradient), 10) == (
+      pytest.approx(2.4, rel=1e-3))
+  assert breakdown["gradients_only"] < 2.4
+  assert breakdown["total"] == pytest.approx(3.0, rel=1e-3)
+  assert breakdown["total"] <= 3.0 * (1 + 1e-6)
+
+
+def test_the_mechanisms_release_stream_is_what_the_plan_accounts():
+  # A mechanism that, say, shares the noise out differently enters the plan
+  # only through `release_stream`: here one that doubles every σ.
+  def doubled(name, q, count, sigma):
+    return accounting.ReleaseStream(name, q, count, 2 * sigma)
+
+  plan = _plan(probe_every=0)
+  custom = dataclasses.replace(plan, release_stream=doubled)
+  assert custom.spent(NoiseMultipliers(1.0), 12) == pytest.approx(
+      _plan(probe_every=0, size_noise_multiplier=20.0).spent(
+          NoiseMultipliers(2.0), 12), rel=1e-12)
+  assert custom.spent(NoiseMultipliers(1.0), 12) < plan.spent(
+      NoiseMultipliers(1.0), 12)
+
+
+def test_one_stage_search_has_no_separate_architecture_releases():
+  plan = _plan(probe_every=0, arch_steps=False)
+  assert plan.counts(12)["arch_steps_search"] == 0
+  acc = _rdp()
+  acc.compose(_sizes())
+  acc.compose(_subsampled(0.2, 1.3), 12 * 3)  # Joint and weight steps only.
+  assert plan.spent(NoiseMultipliers(1.3), 12) == pytest.approx(
+      acc.get_epsilon(plan.accounting_delta), rel=1e-9)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_the_sizes_release_is_counted_once_whatever_the_rounds(accountant):
+  plan = dataclasses.replace(_plan(probe_every=0), accountant=accountant)
+  streams = plan.streams(NoiseMultipliers(1.3), 12)
+  sizes = [s for s in streams if s.name == "client_sizes"]
+  assert sizes == [accounting.ReleaseStream("client_sizes", 1.0, 1, 10.0)]
+  breakdown = plan.breakdown(NoiseMultipliers(1.3))
+  # Alone, the sizes spend what one Gaussian with σ = 10 spends.
+  assert breakdown["client_sizes_only"] == pytest.approx(accounting.epsilon(
+      sizes, plan.accounting_delta, accountant), rel=1e-9)
+  assert breakdown["gradients_only"] < breakdown["total"]
+  # Each client's size bound is one more event that may truncate.
+  assert plan.total_draws() == 5 + 4 * 3 * (2 * 4 + 8)
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("privacy.size_noise_multiplier", {"size_noise_multiplier": 0.0}),
+    ("federated.sampling_rate", {"q": 0.0}),
+    ("nas.controller_warmup_rounds", {"arch_warmup_rounds": 5}),
+])
+def test_bad_plan_inputs_name_the_field(field, kw):
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    _plan(probe_every=0, **kw)
