@@ -1,6 +1,8 @@
 """The run's final report: test accuracy (the only read of the test split), ε, costs."""
 
 import json
+import pathlib
+import subprocess
 import time
 
 import jax
@@ -72,6 +74,21 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
   return out
 
 
+def code_commit() -> str:
+  """The git commit of the fedsearch code that ran (`-dirty` if changed),
+  or "unknown" outside a git checkout."""
+  root = pathlib.Path(__file__).resolve().parents[2]
+  git = lambda *args: subprocess.run(
+      ["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+  try:
+    sha = git("rev-parse", "--short=12", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--",
+                "fedsearch", "experiments/configs")
+  except OSError:
+    return "unknown"
+  return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
 def summarize(job: Job, work: Workdir, progress: Progress,
               start_time: float) -> dict:
   """Tests the final (and the deployed) model once and writes summary.json."""
@@ -114,5 +131,6 @@ def summarize(job: Job, work: Workdir, progress: Progress,
       "devices": progress.phase.devices,
       **_hyperparameters(job, progress),
       "wall_time_s": time.time() - start_time,
+      "commit": code_commit(),
   }
   return summary

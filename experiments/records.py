@@ -1,0 +1,65 @@
+"""Results records: `experiments/results/NAME.json` rows and their table.
+
+Every results table `experiments/results/NAME.md` is written by one command
+from the rows of its twin `NAME.json`: a list of rows, each with at least
+`dataset`, `setting` (centralised | federated), `method`, `model`,
+`epsilon_total`, `delta`, `test_accuracy` (0–1), `wall_time_s`, `hardware`,
+`commit`, `command`, plus what a table adds. A row is written only by a
+finished run; a new row replaces the old one with the same key (dataset,
+setting, method, model), so re-running one row leaves the others.
+"""
+
+import json
+import pathlib
+import statistics
+import sys
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+REQUIRED = ("dataset", "setting", "method", "model", "epsilon_total", "delta",
+            "test_accuracy", "wall_time_s", "hardware", "commit", "command")
+_KEY = ("dataset", "setting", "method", "model")
+
+
+def commit(summaries: list[dict]) -> str:
+  """The commit(s) the runs' code was at, as their summaries recorded it."""
+  return " ".join(sorted({s.get("commit", "unrecorded") for s in summaries}))
+
+
+def command() -> str:
+  """How this script was started, as a user would type it."""
+  module = pathlib.Path(sys.argv[0]).resolve()
+  root = RESULTS.parents[1]
+  name = ".".join(module.relative_to(root).with_suffix("").parts) if (
+      root in module.parents) else sys.argv[0]
+  return " ".join(["python -m", name, *sys.argv[1:]])
+
+
+def seeds_summary(accuracies: list[float]) -> dict:
+  """Mean and sample standard deviation over seeds."""
+  return {"test_accuracy": statistics.fmean(accuracies),
+          "test_accuracy_sd": (statistics.stdev(accuracies)
+                               if len(accuracies) > 1 else 0.0),
+          "test_accuracies": accuracies}
+
+
+def read(name: str) -> list[dict]:
+  path = RESULTS / f"{name}.json"
+  return json.loads(path.read_text()) if path.exists() else []
+
+
+def write(name: str, new_rows: list[dict], render) -> list[dict]:
+  """Merges `new_rows` into NAME.json and rewrites NAME.md with `render`.
+
+  `render(rows) -> str` draws the whole table from every row on record.
+  """
+  for row in new_rows:
+    missing = [field for field in REQUIRED if field not in row]
+    if missing:
+      raise ValueError(f"results row lacks {missing}: {row}")
+  key = lambda row: tuple(row[k] for k in _KEY)
+  fresh = {key(r) for r in new_rows}
+  rows = [r for r in read(name) if key(r) not in fresh] + new_rows
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+  (RESULTS / f"{name}.md").write_text(render(rows))
+  return rows
