@@ -3,6 +3,7 @@
 from fedsearch import data
 from fedsearch import federated
 from fedsearch import hyperparameters
+from fedsearch import models
 from fedsearch import nas
 from fedsearch import optimizers
 from fedsearch import privacy
@@ -12,5 +13,5 @@ from fedsearch.errors import ConfigError
 from fedsearch.errors import DataFileError
 
 __all__ = ["ConfigError", "DataFileError", "data", "federated",
-           "hyperparameters", "nas", "optimizers", "privacy", "runner",
+           "hyperparameters", "models", "nas", "optimizers", "privacy", "runner",
            "search_space"]

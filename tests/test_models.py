@@ -64,20 +64,22 @@ def test_tanh_cnn_output_shape(shape, num_classes):
     assert float(jnp.std(logits)) > 0
 
 
+def _clipped_sums(model, weights, x, clip_norm):
+  """The vmap and the ghost backends' clipped sums of one batch: examples
+  of very different scales (some clipped, some not) and a padding row."""
+  x = x * jnp.array([0.01, 1.0, 30.0]).reshape(-1, 1, 1, 1)
+  y, padding = jnp.array([0, 1, 2]), jnp.array([False, False, True])
+  return (jax.jit(mechanisms.local(backend).weight_gradient(
+      model, softmax_cross_entropy, clip_norm))(
+          weights, None, x, y, None, is_padding_example=padding)
+          for backend in ("vmap", "ghost"))
+
+
 def test_tanh_cnn_ghost_clipped_sum_equals_the_vmap_backend():
-  # A tiny batch on 8x8x3 inputs (pools 8 -> 4 -> 2 -> 1), examples of
-  # different scales (some clipped, some not) and one padding row.
-  model = models.tanh_cnn_model(3)
-  x = (jax.random.normal(jax.random.key(2), (3, 8, 8, 3))
-       * jnp.array([0.01, 1.0, 30.0]).reshape(-1, 1, 1, 1))
-  y = jnp.array([0, 1, 2])
-  padding = jnp.array([False, False, True])
-  weights = _weights(3, (8, 8, 3), jax.random.key(0))
-  expected, got = (
-      jax.jit(mechanisms.local(backend).weight_gradient(
-          model, softmax_cross_entropy, 0.5))(weights, None, x, y, None,
-                                              is_padding_example=padding)
-      for backend in ("vmap", "ghost"))
+  # 8x8x3 inputs: pools 8 -> 4 -> 2 -> 1.
+  expected, got = _clipped_sums(
+      models.tanh_cnn_model(3), _weights(3, (8, 8, 3), jax.random.key(0)),
+      jax.random.normal(jax.random.key(2), (3, 8, 8, 3)), 0.5)
   chex.assert_trees_all_close(got, expected, rtol=2e-5, atol=1e-7)
   assert float(jnp.abs(got["conv0"]["kernel"]).sum()) > 0
 
@@ -114,18 +116,11 @@ def test_strided_padded_conv_equals_laxs_convolution():
 
 
 def test_tanh_cnn_small_ghost_clipped_sum_equals_the_vmap_backend():
-  model = models.as_model(models.make_module("tanh_cnn_small", 10))
-  model_weights = models.make_module("tanh_cnn_small", 10).init(
-      jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
-  x = (jax.random.normal(jax.random.key(2), (3, 28, 28, 1))
-       * jnp.array([0.01, 1.0, 30.0]).reshape(-1, 1, 1, 1))
-  y = jnp.array([0, 1, 2])
-  padding = jnp.array([False, False, True])
-  expected, got = (
-      jax.jit(mechanisms.local(backend).weight_gradient(
-          model, softmax_cross_entropy, 0.1))(model_weights, None, x, y, None,
-                                              is_padding_example=padding)
-      for backend in ("vmap", "ghost"))
+  module = models.make_module("tanh_cnn_small", 10)
+  expected, got = _clipped_sums(
+      models.as_model(module),
+      module.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"],
+      jax.random.normal(jax.random.key(2), (3, 28, 28, 1)), 0.1)
   chex.assert_trees_all_close(got, expected, rtol=2e-5, atol=1e-7)
   # Clipped at 0.1: the sum of two examples is at most 0.2 in norm.
   norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(got))))

@@ -75,6 +75,30 @@ def poisson_batches(rows: np.ndarray, sampling_rate: float, steps: int,
   return idx, padding
 
 
+def _size_rules(splits: ClientSplits,
+                sizes: client_sizes.PublicSizes | None):
+  """(weight_of(k), size_of(k, part, rows)): from the privatised release,
+  or (sizes None) the true sizes."""
+  if sizes is None:
+    true = splits.sizes()
+    return (lambda k: true[k]), (lambda k, part, rows: len(rows))
+  return ((lambda k: sizes.estimate()[k]),
+          (lambda k, part, rows: sizes.estimate(part)[k]))
+
+
+def _streams(splits: ClientSplits, k: int, validation_batches: bool,
+             train_on_all_local_data: bool):
+  """(name, rows, stream id, size part) of each batch stream of client k."""
+  train_rows, part = splits.train[k], client_sizes.TRAIN
+  if train_on_all_local_data:
+    train_rows = np.sort(np.concatenate([train_rows, splits.val[k]]))
+    part = client_sizes.ALL
+  streams = [("train", train_rows, _TRAIN, part)]
+  if validation_batches:
+    streams.append(("val", splits.val[k], _VAL, client_sizes.VAL))
+  return streams
+
+
 def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
                  round_: int, steps: int, sampling_rate: float,
                  batch_sizes: tuple[int, int], validation_batches: bool,
@@ -119,13 +143,7 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
     out["feedback_padding"] = np.ones((m, feedback_size), bool)
   weights = np.zeros(m, np.float32)
   ids = np.full(m, -1, np.int32)
-  if sizes is None:
-    true = splits.sizes()
-    weight_of = lambda k: true[k]
-    size_of = lambda k, part, rows: len(rows)
-  else:
-    weight_of = lambda k: sizes.estimate()[k]
-    size_of = lambda k, part, rows: sizes.estimate(part)[k]
+  weight_of, size_of = _size_rules(splits, sizes)
   active = np.zeros((m, steps), bool) if client_steps is not None else None
   for slot, k in enumerate(clients):
     k_steps = steps if client_steps is None else int(client_steps[slot])
@@ -135,15 +153,8 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
                        f" or sampling rate {k_rate} out of range")
     if active is not None:
       active[slot, :k_steps] = True
-    train_rows = splits.train[k]
-    if train_on_all_local_data:
-      train_rows = np.sort(np.concatenate([train_rows, splits.val[k]]))
-    streams = [("train", train_rows, _TRAIN,
-                client_sizes.ALL if train_on_all_local_data
-                else client_sizes.TRAIN)]
-    if validation_batches:
-      streams.append(("val", splits.val[k], _VAL, client_sizes.VAL))
-    for name, rows, stream, part in streams:
+    for name, rows, stream, part in _streams(splits, k, validation_batches,
+                                             train_on_all_local_data):
       rng = np.random.default_rng([seed, round_, int(k), stream])
       (out[f"{name}_idx"][slot, :k_steps],
        out[f"{name}_padding"][slot, :k_steps]) = poisson_batches(
@@ -156,8 +167,7 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
       out["feedback_idx"][slot, :len(val)] = val
       out["feedback_padding"][slot, :len(val)] = False
       expected[slot, 2] = max(size_of(k, client_sizes.VAL, val), 1)
-    weights[slot] = weight_of(k)
-    ids[slot] = k
+    weights[slot], ids[slot] = weight_of(k), k
   if not validation_batches:
     out["val_idx"] = out["val_padding"] = None
   return RoundInputs(expected_batch=expected, client_weights=weights,

@@ -36,7 +36,6 @@ from jax_privacy import noise_addition
 from fedsearch.errors import ConfigError
 from fedsearch.privacy import accounting, dp_grad, ghost
 
-DP_BACKENDS = ("vmap", "ghost")
 
 
 class Model(NamedTuple):
@@ -149,14 +148,34 @@ def private_optimizer(stddev: float, key, expected_batch_size,
   )
 
 
+def _vmap_weight_gradient(nan_safe: bool) -> Callable:
+  """jax-privacy's per-example gradients (`vmap(grad)`), then clipping."""
+  def weight_gradient(model, loss, clip_norm, clipping="flat", gamma=0.01):
+    return dp_grad.clipped_grad_sum(mean_loss(model, loss), 0, clip_norm,
+                                    nan_safe, clipping, gamma)
+  return weight_gradient
+
+
+def _ghost_weight_gradient(nan_safe: bool) -> Callable:
+  """Per-example norms from layer inputs and output cotangents, then the
+  clipped sum by book-keeping (`privacy.ghost`); always NaN-safe."""
+  del nan_safe
+  def weight_gradient(model, loss, clip_norm, clipping="flat", gamma=0.01):
+    return ghost.clipped_grad_sum(_probed_losses(model, loss), clip_norm,
+                                  clipping, gamma)
+  return weight_gradient
+
+
+# Keyed by `privacy.dp_backend`: how weight steps clip per example.
+DP_BACKENDS = {"vmap": _vmap_weight_gradient, "ghost": _ghost_weight_gradient}
+
+
 def local(dp_backend: str = "vmap", nan_safe: bool = True) -> Mechanism:
   """Example-level DP with each client adding its own full noise.
 
   Args:
-    dp_backend: how weight steps clip per example: "vmap" (jax-privacy's
-      per-example gradients) or "ghost" (per-example norms from layer inputs
-      and output cotangents, then the clipped sum by book-keeping;
-      `privacy.ghost`). Architecture and joint steps always use "vmap".
+    dp_backend: a key of `DP_BACKENDS`, for weight steps. Architecture and
+      joint steps always use per-example gradients ("vmap").
     nan_safe: zero a non-finite per-example gradient before clipping (vmap;
       ghost is always NaN-safe).
   """
@@ -168,14 +187,9 @@ def local(dp_backend: str = "vmap", nan_safe: bool = True) -> Mechanism:
     return dp_grad.clipped_grad_sum(loss_fn, argnums, clip_norm, nan_safe,
                                     clipping, gamma)
 
-  def weight_gradient(model, loss, clip_norm, clipping="flat", gamma=0.01):
-    if dp_backend == "ghost":
-      return ghost.clipped_grad_sum(_probed_losses(model, loss), clip_norm,
-                                    clipping, gamma)
-    return gradient(mean_loss(model, loss), 0, clip_norm, clipping, gamma)
-
   return Mechanism(
-      name="local", unit="example", weight_gradient=weight_gradient,
+      name="local", unit="example",
+      weight_gradient=DP_BACKENDS[dp_backend](nan_safe),
       gradient=gradient, private_optimizer=private_optimizer,
       noised_sum=noised_sum, aggregate=weighted_average,
       release_stream=accounting.ReleaseStream)

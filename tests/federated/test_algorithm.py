@@ -11,25 +11,18 @@ import numpy as np
 import optax
 import pytest
 
-from fedsearch import data
 from fedsearch import federated as fed
 from fedsearch import nas
 from fedsearch import search_space as ss
 from fedsearch.optimizers import dpsgd, hyfree
 from fedsearch.privacy import mechanisms
 from fedsearch.privacy.auto_lr import AutoLRConfig
+from tests import digits
 
 _SPACE = ss.SearchSpace(channels=4, nodes=1, cells=1)
 
 
-@functools.lru_cache(maxsize=None)
-def _data():
-  """Digits on 8 clients (Dirichlet), 30 % of each client for validation."""
-  ds = data.load_dataset("digits")
-  x = jnp.asarray(data.normalize("digits", ds.train_x, ds.pixel_max))
-  y = jnp.asarray(ds.train_y)
-  parts = data.partition(ds.train_y, "dirichlet", 8, seed=0)
-  return x, y, fed.split_clients(parts, 0.3, seed=0)
+_data = digits.federation
 
 
 def _supernet_params() -> fed.ModelParams:

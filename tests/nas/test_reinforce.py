@@ -2,7 +2,6 @@
 the privatised reward released by a client's local update, and a toy
 search that finds the rewarded child."""
 
-import functools
 
 import chex
 import jax
@@ -11,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from fedsearch import data
 from fedsearch import federated as fed
 from fedsearch import nas
 from fedsearch import search_space as ss
 from fedsearch.nas import base, reinforce
 from fedsearch.privacy import mechanisms
+from tests import digits
 
 _SHAPE = (8, 8, 1)
 
@@ -126,13 +125,7 @@ def test_controller_finds_the_rewarded_child_from_noisy_rewards():
       float(baseline.sum / baseline.weight))
 
 
-@functools.lru_cache(maxsize=None)
-def _digits_splits():
-  ds = data.load_dataset("digits")
-  x = jnp.asarray(data.normalize("digits", ds.train_x, ds.pixel_max))
-  y = jnp.asarray(ds.train_y)
-  parts = data.partition(ds.train_y, "dirichlet", 8, seed=0)
-  return x, y, fed.split_clients(parts, 0.3, seed=0)
+_digits_splits = digits.federation
 
 
 def _reinforce_step(noise_multiplier, steps=1):
