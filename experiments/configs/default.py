@@ -130,6 +130,11 @@ def get_config() -> ml_collections.ConfigDict:
   # FedAvg weights, normalisers and padded shapes are computed from that
   # (fedsearch/privacy/client_sizes.py).
   config.privacy.size_noise_multiplier = 10.0
+  # Share of privacy.epsilon this run spends. A search that a retraining
+  # stage will follow (nas.genotype = its workdir) gets a share < 1; the
+  # retraining then composes the search's releases (privacy_events.json) and
+  # spends the rest, so privacy.epsilon is the total of both stages.
+  config.privacy.stage_share = 1.0
 
   # HyFreeDP (client.optimizer=hyfree); constants from Liu, Bu et al. 2025.
   config.hyfree = ml_collections.ConfigDict()

@@ -25,6 +25,13 @@ composition would be tighter; we do not rely on it). With partial
 participation the counts are the component-wise maximum over clients, so the
 ε holds for every client.
 
+Stages: a retraining run of a genotype found by a private search composes
+the search's releases (its workdir's `privacy_events.json`, `PriorStage`)
+into the same accountant, so its `privacy.epsilon` is the total of both
+stages and its σ is calibrated for what the search left; the search itself
+calibrates to `privacy.stage_share` of the same total. Both stages'
+truncation shares are taken off δ.
+
 Noise multipliers: DP-SGD calibrates one σ for every release. HyFreeDP
 (Liu, Bu et al. 2025) calibrates σ_ref as if the gradients spent all of ε,
 gives the gradients σ_g = (1 + κ)·σ_ref, and solves the loss probes' σ_l so
@@ -32,6 +39,7 @@ that the whole composition spends exactly ε.
 """
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 
@@ -46,6 +54,33 @@ class NoiseMultipliers:
   gradient: float  # σ (σ_g for HyFreeDP), weight and architecture steps alike
   loss: float = math.inf  # σ_l of each HyFreeDP loss probe
   feedback: float = math.inf  # σ_f of each hyperparameter-feedback release
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorStage:
+  """The releases of earlier stages on the same data (a search before its
+  retraining), composed into this run's accountant.
+
+  Attributes:
+    streams: every release of those stages (most exposed client).
+    truncation_delta: the δ those stages set aside for truncation.
+    source: where they were read from (for the summary).
+  """
+
+  streams: tuple[accounting.ReleaseStream, ...]
+  truncation_delta: float
+  source: str = ""
+
+  def to_json(self) -> str:
+    return json.dumps({
+        "streams": [dataclasses.asdict(s) for s in self.streams],
+        "truncation_delta": self.truncation_delta})
+
+  @classmethod
+  def from_json(cls, text: str, source: str = "") -> "PriorStage":
+    data = json.loads(text)
+    return cls(tuple(accounting.ReleaseStream(**s) for s in data["streams"]),
+               float(data["truncation_delta"]), source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +108,21 @@ class PrivacyPlan:
       accounting.ReleaseStream)
   # σ_n of the one release of each client's size (`privacy.client_sizes`).
   size_noise_multiplier: float = 10.0
+  # Earlier stages on the same data, composed in (their ε is part of ours).
+  prior: PriorStage | None = None
+  # Share of `epsilon` this run calibrates to: a search that a composed
+  # retraining will follow leaves it the rest (`privacy.stage_share`).
+  stage_share: float = 1.0
 
   @property
   def accounting_delta(self) -> float:
-    return self.delta - self.truncation_delta
+    """δ of the accountant: the total less every stage's truncation share."""
+    prior = self.prior.truncation_delta if self.prior else 0.0
+    return self.delta - self.truncation_delta - prior
+
+  @property
+  def target_epsilon(self) -> float:
+    return self.epsilon * self.stage_share
 
   def counts(self, rounds_done: int) -> dict[str, int]:
     """Releases of each kind, component-wise max over clients."""
@@ -97,7 +143,14 @@ class PrivacyPlan:
 
   def streams(self, sigmas: NoiseMultipliers, rounds_done: int
               ) -> list[accounting.ReleaseStream]:
-    """Releases of the most exposed client after `rounds_done` rounds."""
+    """Releases of the most exposed client after `rounds_done` rounds,
+    earlier stages' included."""
+    prior = list(self.prior.streams) if self.prior else []
+    return prior + self.own_streams(sigmas, rounds_done)
+
+  def own_streams(self, sigmas: NoiseMultipliers, rounds_done: int
+                  ) -> list[accounting.ReleaseStream]:
+    """This run's releases of the most exposed client."""
     counts = self.counts(rounds_done)
     q = self.sampling_rate
     probe = accounting.joint_noise_multiplier(
@@ -134,10 +187,13 @@ class PrivacyPlan:
         streams, self.accounting_delta, self.accountant)
     out = {"total": self.spent(sigmas, rounds),
            "gradients_only": alone([
-               s for s in self.streams(NoiseMultipliers(sigmas.gradient),
-                                       rounds)
+               s for s in self.own_streams(NoiseMultipliers(sigmas.gradient),
+                                           rounds)
                if s.name != "client_sizes" and s.count]),
-           "client_sizes_only": alone(self.streams(sigmas, 0))}
+           "client_sizes_only": alone(self.own_streams(sigmas, 0))}
+    if self.prior:
+      out["earlier_stages_only"] = alone(list(self.prior.streams))
+      out["this_stage_only"] = alone(self.own_streams(sigmas, rounds))
     if self.feedback:
       count = counts["hp_feedback"]
       out["hp_feedback_only"] = accounting.epsilon(
@@ -162,7 +218,7 @@ class PrivacyPlan:
     rounds = len(self.schedule)
     # Gradients (and loss probes) first, within their share of ε; the
     # hyperparameter feedback then gets exactly the rest.
-    gradient_epsilon = self.epsilon * (
+    gradient_epsilon = self.target_epsilon * (
         1 - self.feedback_fraction if self.feedback else 1)
     calibrate = lambda make, target=gradient_epsilon: (
         accounting.calibrate_noise_multiplier(
@@ -190,15 +246,25 @@ class PrivacyPlan:
             f"privacy.noise_multiplier={given} leaves no budget for the"
             " hyperparameter feedback; raise it or set it to 0 to calibrate")
       sigmas = dataclasses.replace(sigmas, feedback=calibrate(
-          lambda s: dataclasses.replace(sigmas, feedback=s), self.epsilon))
+          lambda s: dataclasses.replace(sigmas, feedback=s),
+          self.target_epsilon))
     eps = self.spent(sigmas, rounds)
-    if eps > self.epsilon * (1 + 1e-6):
+    if eps > self.target_epsilon * (1 + 1e-6):
       raise ConfigError(
           f"privacy.noise_multiplier={given} would spend ε={eps:.3f} over this"
-          f" schedule, above privacy.epsilon={self.epsilon}; refusing to start."
+          f" schedule, above privacy.epsilon={self.epsilon} (times"
+          f" privacy.stage_share={self.stage_share}); refusing to start."
           " Raise the noise multiplier, shorten the schedule, or set"
           " privacy.noise_multiplier=0 to calibrate it")
     return sigmas
+
+  def as_prior(self, sigmas: NoiseMultipliers) -> PriorStage:
+    """This run's releases (and its own priors) as a later stage reads them."""
+    prior = self.prior.truncation_delta if self.prior else 0.0
+    return PriorStage(
+        tuple(s for s in self.streams(sigmas, len(self.schedule))
+              if s.count and math.isfinite(s.noise_multiplier)),
+        self.truncation_delta + prior)
 
   def total_draws(self) -> int:
     """Events on which a padded shape may truncate: Poisson batches drawn in
@@ -232,7 +298,8 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               feedback_fraction=0.1, arch_steps=True,
               arch_warmup_rounds=0,
               release_stream=accounting.ReleaseStream,
-              size_noise_multiplier=10.0) -> PrivacyPlan:
+              size_noise_multiplier=10.0, prior: PriorStage | None = None,
+              stage_share: float = 1.0) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -255,9 +322,28 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
   if not 0 < size_noise_multiplier < math.inf:
     raise ConfigError("privacy.size_noise_multiplier must be a finite number"
                       f" > 0, got {size_noise_multiplier}")
-  return PrivacyPlan(schedule, search_rounds, local_steps, sampling_rate,
+  if not 0 < stage_share <= 1:
+    raise ConfigError(f"privacy.stage_share must be in (0, 1], got"
+                      f" {stage_share}")
+  plan = PrivacyPlan(schedule, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
                      truncation_delta_fraction * delta, accountant,
                      probe_every, releases_per_probe, kappa, feedback,
                      feedback_fraction, arch_steps, arch_warmup_rounds,
-                     release_stream, size_noise_multiplier)
+                     release_stream, size_noise_multiplier, prior,
+                     stage_share)
+  if plan.accounting_delta <= 0:
+    raise ConfigError(
+        f"privacy.delta={delta} is spent by the truncation of this and the"
+        f" earlier stages ({delta - plan.accounting_delta:.2e}); raise"
+        " privacy.delta or lower privacy.truncation_delta_fraction")
+  if prior is not None:
+    spent = accounting.epsilon(list(prior.streams), plan.accounting_delta,
+                               accountant)
+    if spent >= plan.target_epsilon:
+      raise ConfigError(
+          f"the earlier stage ({prior.source}) already spends ε={spent:.3f}"
+          f" of privacy.epsilon={epsilon}: nothing is left for this run;"
+          " raise privacy.epsilon (the total of both stages) or give the"
+          " search a smaller privacy.stage_share")
+  return plan

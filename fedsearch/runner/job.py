@@ -30,8 +30,9 @@ from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
 from fedsearch.privacy import auto_lr, client_sizes, mechanisms
 from fedsearch.privacy import randomness as randomness_lib
-from fedsearch.privacy.plan import NoiseMultipliers, PrivacyPlan, make_plan
-from fedsearch.runner.workdir import GENOTYPE_FILE
+from fedsearch.privacy.plan import (NoiseMultipliers, PriorStage,
+                                    PrivacyPlan, make_plan)
+from fedsearch.runner.workdir import GENOTYPE_FILE, PRIVACY_EVENTS_FILE
 from fedsearch.search_space import cost as cost_lib
 
 # FedAvg(M) with server momentum, or FedAdam (Reddi et al. 2021).
@@ -237,7 +238,8 @@ def build_plan(config, mechanism: mechanisms.Mechanism,
       arch_steps=not nas_lib.traits(config.nas.strategy).one_stage,
       arch_warmup_rounds=config.nas.controller_warmup_rounds,
       release_stream=mechanism.release_stream,
-      size_noise_multiplier=p.size_noise_multiplier)
+      size_noise_multiplier=p.size_noise_multiplier,
+      prior=prior_stage(config), stage_share=p.stage_share)
 
 
 def read_named_file(field: str, value: str, path, parse: Callable,
@@ -249,6 +251,24 @@ def read_named_file(field: str, value: str, path, parse: Callable,
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ConfigError(f"{field}={value!r} {problem} ({type(e).__name__}:"
                       f" {e}); {remedy}") from e
+
+
+def prior_stage(config) -> PriorStage | None:
+  """The releases of the search whose genotype `nas.genotype` retrains
+  (its workdir's privacy_events.json), or None: a genotype that no private
+  search of this data wrote (a hand-written file) has none."""
+  path = config.nas.genotype
+  if not path:
+    return None
+  file = pathlib.Path(path)
+  events = (file if file.is_dir() else file.parent) / PRIVACY_EVENTS_FILE
+  if not events.exists():
+    return None
+  return read_named_file(
+      "nas.genotype", path, events,
+      lambda text: PriorStage.from_json(text, str(events)),
+      f"has a damaged {PRIVACY_EVENTS_FILE}",
+      "re-run the search stage in a new workdir")
 
 
 def check_fixed_model(config) -> None:

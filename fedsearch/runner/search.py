@@ -51,7 +51,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   # Nothing is written to the workdir before the whole job is valid.
   job = build_job(config, randomness.for_run(
       config.privacy.randomness, config.seed, work.path))
-  work.start(config.to_json(), job.randomness, config.checkpoint_every)
+  work.start(config.to_json(), job.randomness, config.checkpoint_every,
+             job.plan.as_prior(job.sigmas).to_json())
   report(_plan_line(job))
   progress, rounds_done = loop.start(job, work, report)
   finished = loop.run_rounds(job, work, progress, rounds_done, report,

@@ -50,10 +50,14 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
       "epsilon": plan.spent(sigmas, total_rounds),
       "epsilon_breakdown": plan.breakdown(sigmas),
       "epsilon_target": plan.epsilon,
+      "stage_share": plan.stage_share,
       "delta": plan.delta,
       "delta_truncation": plan.truncation_delta,
       "noise_multiplier": sigmas.gradient,
   }
+  if plan.prior:
+    # ε, its target and the releases below are the total of every stage.
+    out["earlier_stage_events"] = plan.prior.source
   if plan.probe_every:
     out["loss_noise_multiplier"] = sigmas.loss
     out["final_learning_rate"] = job.client_optimizer.metrics(

@@ -3,6 +3,8 @@
 Layout:
   config.json        the configuration the run was started with
   secret_key         the run's secret randomness (owner-only; secret mode)
+  privacy_events.json  every release of the run (and of earlier stages it
+                     composes), for a later stage's accountant
   checkpoints/<r>/   server state after r finished rounds (orbax)
   genotype.json      the derived genotype, once the search phase is over
   metrics.jsonl      one line per finished round
@@ -33,6 +35,9 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 GENOTYPE_FILE = "genotype.json"
+# Every release the run makes (its plan, known before round one), which a
+# later stage on the same data composes into its own accountant.
+PRIVACY_EVENTS_FILE = "privacy_events.json"
 
 class Workdir:
   """A run's folder. Opening it writes nothing; `start` writes the run's
@@ -55,9 +60,9 @@ class Workdir:
           " use a new --workdir or the same flags as that run")
 
   def start(self, config_json: str, run_randomness: randomness.Randomness,
-            checkpoint_every: int) -> None:
-    """Writes the config and the secret (first start) and opens the
-    checkpoints."""
+            checkpoint_every: int, privacy_events_json: str) -> None:
+    """Writes the config, the secret (first start) and the privacy events,
+    and opens the checkpoints."""
     self.check_config(config_json)
     self.path.mkdir(parents=True, exist_ok=True)
     if run_randomness.mode == "secret" and randomness.read_secret(
@@ -66,6 +71,7 @@ class Workdir:
     config_file = self.path / "config.json"
     if not config_file.exists():
       write_atomic(config_file, config_json)
+    write_atomic(self.path / PRIVACY_EVENTS_FILE, privacy_events_json)
     self._checkpoints = ocp.CheckpointManager(
         self.path / "checkpoints",
         options=ocp.CheckpointManagerOptions(

@@ -30,12 +30,24 @@ def test_federated_search_preset_is_ten_dirichlet_clients_with_reinforce():
       10, "dirichlet", 0.5)
   assert config.nas.strategy == "reinforce"
   assert 0 < config.nas.controller_warmup_rounds < f.search_rounds
-  assert config.privacy.epsilon == dpnas.SEARCH_EPSILON
+  # One budget: the search takes its share of the total.
+  assert (config.privacy.epsilon, config.privacy.stage_share) == (
+      dpnas.TOTAL_EPSILON, dpnas.SEARCH_SHARE)
   # The privacy plan of the preset is valid as it stands.
   plan = job_lib.privacy_plan(config)
   counts = plan.counts(f.search_rounds)
   assert counts["arch_steps_search"] == f.local_steps * (
       f.search_rounds - config.nas.controller_warmup_rounds)
+
+
+@pytest.mark.parametrize("dataset", dpnas.DATASETS)
+def test_the_baseline_is_the_hand_set_cnn_with_the_retraining_recipe(dataset):
+  baseline = dpnas.get_config(f"{dataset},centralised,baseline")
+  retrain = dpnas.get_config(f"{dataset},centralised,retrain")
+  assert baseline.model == dpnas.BASELINE_MODEL[dataset] and not retrain.model
+  baseline.model = ""
+  assert baseline.to_dict() == retrain.to_dict()
+  assert baseline.privacy.stage_share == 1.0
 
 
 @pytest.mark.parametrize("arg,named", [("mnist,centralised", "DATASET,SETTING"),

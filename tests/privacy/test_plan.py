@@ -9,6 +9,7 @@ from jax_privacy import accounting as jp_accounting
 
 from fedsearch.errors import ConfigError
 from fedsearch.privacy import accounting
+from fedsearch.privacy import plan as plan_lib
 from fedsearch.privacy.plan import NoiseMultipliers, make_plan
 
 
@@ -156,6 +157,46 @@ def test_one_stage_search_has_no_separate_architecture_releases():
       acc.get_epsilon(plan.accounting_delta), rel=1e-9)
 
 
+def test_two_stages_spend_one_total_budget_composed_in_one_accountant():
+  # A search calibrated to 30 % of ε = 3, then a retraining that composes
+  # the search's releases and calibrates its σ for what is left.
+  search = _plan(probe_every=0, rounds=6, search_rounds=6, stage_share=0.3)
+  search = dataclasses.replace(search, accountant="pld")
+  search_sigmas = search.noise_multipliers(0.0)
+  assert search.spent(search_sigmas, 6) == pytest.approx(0.9, rel=1e-3)
+  prior = plan_lib.PriorStage.from_json(
+      search.as_prior(search_sigmas).to_json(), "search")
+  schedule = np.zeros((10, 1), np.int32)  # One client holding all data.
+  retrain = make_plan(schedule, search_rounds=0, local_steps=5,
+                      sampling_rate=0.05, num_clients=1, epsilon=3.0,
+                      delta=1e-5, truncation_delta_fraction=0.1,
+                      accountant="pld", prior=prior)
+  sigmas = retrain.noise_multipliers(0.0)
+  total = retrain.spent(sigmas, 10)
+  assert total == pytest.approx(3.0, rel=1e-3) and total <= 3.0 * (1 + 1e-6)
+  # Both stages' truncation shares come off δ.
+  assert retrain.accounting_delta == pytest.approx(1e-5 - 2 * 1e-6)
+  # The total is dp_accounting's own composition of every release.
+  acc = dp_accounting.pld.PLDAccountant(
+      value_discretization_interval=1e-4)
+  acc.compose(_sizes())  # The search's clients' sizes ...
+  acc.compose(_subsampled(0.2, search_sigmas.gradient), 6 * 3)  # weights,
+  acc.compose(_subsampled(0.2, search_sigmas.gradient), 6 * 3)  # arch,
+  acc.compose(_sizes())  # ... then the retraining's.
+  acc.compose(_subsampled(0.05, sigmas.gradient), 10 * 5)
+  assert total == pytest.approx(acc.get_epsilon(retrain.accounting_delta),
+                                rel=1e-6)
+  breakdown = retrain.breakdown(sigmas)
+  assert breakdown["earlier_stages_only"] == pytest.approx(
+      search.spent(search_sigmas, 6), rel=0.02)  # At a slightly smaller δ.
+  assert breakdown["this_stage_only"] < total
+  # Nothing left: refused before any work.
+  with pytest.raises(ConfigError, match="already spends"):
+    make_plan(schedule, search_rounds=0, local_steps=5, sampling_rate=0.05,
+              num_clients=1, epsilon=0.5, delta=1e-5,
+              truncation_delta_fraction=0.1, accountant="pld", prior=prior)
+
+
 @pytest.mark.parametrize("accountant", ["pld", "rdp"])
 def test_the_sizes_release_is_counted_once_whatever_the_rounds(accountant):
   plan = dataclasses.replace(_plan(probe_every=0), accountant=accountant)
@@ -173,6 +214,7 @@ def test_the_sizes_release_is_counted_once_whatever_the_rounds(accountant):
 
 @pytest.mark.parametrize("field,kw", [
     ("privacy.size_noise_multiplier", {"size_noise_multiplier": 0.0}),
+    ("privacy.stage_share", {"stage_share": 0.0}),
     ("federated.sampling_rate", {"q": 0.0}),
     ("nas.controller_warmup_rounds", {"arch_warmup_rounds": 5}),
 ])

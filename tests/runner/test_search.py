@@ -185,13 +185,15 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
   config = small_config(**{"nas.strategy": "reinforce",
                            "nas.controller_warmup_rounds": 1,
                            "federated.search_rounds": 3,
-                           "federated.train_rounds": 0})
+                           "federated.train_rounds": 0,
+                           "privacy.stage_share": 0.5})
   search = runner.run(config, tmp_path / "search", report=_quiet)
   # The warm-up round releases no reward.
   assert search["releases_of_most_exposed_client"] == {
       "client_sizes": 1, "weight_steps_search": 6, "arch_steps_search": 4,
       "weight_steps_train": 0}
-  assert search["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
+  # Half of the total budget (the retraining spends the rest).
+  assert search["epsilon"] == pytest.approx(1.5, rel=1e-3)
   metrics = _metrics(tmp_path / "search")
   assert [m["phase"] for m in metrics] == ["warmup", "search", "search"]
   baselines = [m["reward_baseline"] for m in metrics]
@@ -210,7 +212,14 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
   assert json.dumps(retrain["genotype"]) == json.dumps(json.loads(genotype))
   assert retrain["clients"] == 1
   assert retrain["releases_of_most_exposed_client"]["weight_steps_train"] == 20
+  # One accountant over both stages: the total is ε = 3, the search's
+  # releases (read from its workdir) included.
   assert retrain["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
+  assert retrain["earlier_stage_events"].endswith("privacy_events.json")
+  assert retrain["releases_of_most_exposed_client"]["arch_steps_search"] == 4
+  breakdown = retrain["epsilon_breakdown"]
+  assert breakdown["earlier_stages_only"] == pytest.approx(1.5, rel=0.02)
+  assert breakdown["this_stage_only"] < retrain["epsilon"]
   # Measured 0.30 (seed 0): 20 steps from fresh weights; chance is 0.1.
   assert retrain["test_accuracy"] > 0.2
   assert "deployed_test_accuracy" not in retrain

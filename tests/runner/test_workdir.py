@@ -22,7 +22,7 @@ def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path):
 
 def _started(path, config_json="{}", mode="seeded"):
   work = Workdir(path)
-  work.start(config_json, randomness.Randomness(mode, 12345), 1)
+  work.start(config_json, randomness.Randomness(mode, 12345), 1, "{}")
   return work
 
 
@@ -49,7 +49,8 @@ def test_the_secret_is_written_owner_only_and_never_in_the_config(tmp_path):
   assert f"{12345:032x}" not in (tmp_path / "config.json").read_text()
   # A second start keeps the first secret (resume draws the same noise).
   work = Workdir(tmp_path)
-  work.start(json.dumps({"seed": 0}), randomness.Randomness("secret", 999), 1)
+  work.start(json.dumps({"seed": 0}), randomness.Randomness("secret", 999), 1,
+             "{}")
   work.close()
   assert randomness.read_secret(tmp_path) == 12345
 
