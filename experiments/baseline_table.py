@@ -17,7 +17,7 @@ from absl import app, flags
 from experiments import records
 from experiments.configs import dpnas
 from fedsearch import runner
-from fedsearch.errors import ConfigError, DataFileError
+from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.runner import job as job_lib
 
 _DATASETS = flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"],
@@ -117,7 +117,7 @@ def main(argv):
       row = run_row(dataset, setting)
       records.write(NAME, [row], render)
       print(render([row]), flush=True)
-  except (ConfigError, DataFileError) as e:
+  except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -23,7 +23,7 @@ from absl import app, flags
 from experiments import reporting
 from experiments.configs import dpnas
 from fedsearch import runner
-from fedsearch.errors import ConfigError, DataFileError
+from fedsearch.errors import USER_ERRORS, ConfigError
 
 _DATASETS = flags.DEFINE_list("datasets", list(dpnas.DATASETS),
                               "datasets to run")
@@ -99,7 +99,7 @@ def main(argv):
             dataset, setting, lambda line: print(line, flush=True))
         lines.append(row_line(dataset, setting, search, retrain))
         print(lines[-1], flush=True)
-  except (ConfigError, DataFileError) as e:
+  except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   size = "reduced (CPU-sized: " if _REDUCED.value else "full ("

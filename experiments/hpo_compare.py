@@ -15,7 +15,7 @@ from absl import app, flags
 from experiments import reporting
 from experiments.configs import default
 from fedsearch import nas
-from fedsearch.errors import ConfigError, DataFileError
+from fedsearch.errors import USER_ERRORS
 
 _PRESET = flags.DEFINE_enum(
     "preset", "digits_quick", ["digits_quick", "fmnist_feathers"],
@@ -73,7 +73,7 @@ def main(argv):
       rows.append((strategy, s["test_accuracy"], s["epsilon"], feedback_eps,
                    chosen, s["wall_time_s"]))
       print(rows[-1], flush=True)
-  except (ConfigError, DataFileError) as e:
+  except USER_ERRORS as e:
     raise SystemExit(f"error: {e}") from None
 
   base = preset_config(_PRESET.value, "none")

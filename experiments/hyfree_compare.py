@@ -18,7 +18,7 @@ from absl import app, flags
 
 from experiments import reporting
 from experiments.configs import default
-from fedsearch.errors import ConfigError, DataFileError
+from fedsearch.errors import USER_ERRORS
 from fedsearch.privacy import accounting
 from fedsearch.runner import job as job_lib
 
@@ -90,7 +90,7 @@ def main(argv):
                       s["epsilon"], s["final_learning_rate"], s["wall_time_s"]))
       print(rows[-1], flush=True)
     grid_eps = grid_epsilon(base, len(_GRID.value))
-  except (ConfigError, DataFileError) as e:
+  except USER_ERRORS as e:
     raise SystemExit(f"error: {e}") from None
 
   best = max((r for r in rows if r.method == "DP-SGD"), key=lambda r: r.accuracy)

@@ -8,14 +8,12 @@ import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from fedsearch.errors import ConfigError, DataFileError
+from experiments import cli
+from fedsearch.errors import USER_ERRORS
 from fedsearch.runner import run
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/default.py", "Search configuration.",
-    lock_config=True)
+_CONFIG = cli.define_config_file(cli.DEFAULT_CONFIG, "Search configuration.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdir/search",
     "Output folder; a run started there before resumes from its last round.")
@@ -25,10 +23,10 @@ def main(argv):
   del argv
   try:
     run(_CONFIG.value, _WORKDIR.value, report=lambda line: print(line, flush=True))
-  except (ConfigError, DataFileError) as e:
+  except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,6 +9,7 @@ registries branches on a plug-in's name.
 
 import dataclasses
 import json
+import math
 import pathlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -145,8 +146,43 @@ def build_federation(config, plan: PrivacyPlan,
                     ds.test_y, x.shape[1:], ds.num_classes)
 
 
+# Fields that must be finite and above a bound: (field, lowest, inclusive).
+_LOWER_BOUNDS = (
+    ("privacy.clip_norm", 0, False), ("privacy.arch_clip_norm", 0, False),
+    ("privacy.noise_multiplier", 0, True), ("client.learning_rate", 0, False),
+    ("client.weight_decay", 0, True), ("client.arch_weight_decay", 0, True),
+    ("federated.server_learning_rate", 0, False),
+    ("federated.num_clients", 1, True), ("federated.local_steps", 1, True),
+    ("federated.dirichlet_alpha", 0, False),
+    ("federated.shards_per_client", 1, True), ("hpo.pool_size", 1, True),
+    ("hpo.feedback_clip", 0, False), ("hyfree.probe_every", 1, True),
+    ("hyfree.gamma", 0, False), ("checkpoint_every", 1, True),
+)
+
+
+def _field(config, path: str):
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def _check_bounds(config) -> None:
+  for path, lowest, inclusive in _LOWER_BOUNDS:
+    value = _field(config, path)
+    ok = (isinstance(value, (int, float)) and math.isfinite(value)
+          and (value >= lowest if inclusive else value > lowest))
+    if not ok:
+      raise ConfigError(f"{path} must be a finite number"
+                        f" {'>=' if inclusive else '>'} {lowest}, got {value}")
+  if not 0 <= config.client.momentum < 1:
+    raise ConfigError(f"client.momentum must be in [0, 1), got"
+                      f" {config.client.momentum}")
+
+
 def check_config(config) -> None:
   """The checks that need no data or plug-in (those check themselves)."""
+  _check_bounds(config)
   if not 0 <= config.monitor_fraction < 1:
     raise ConfigError("monitor_fraction must be in [0, 1), got"
                       f" {config.monitor_fraction}")

@@ -9,15 +9,18 @@ current round runs, when they do not depend on its results.
 """
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedsearch import federated as fed
 from fedsearch import search_space as ss
+from fedsearch.errors import DivergedError
 from fedsearch.privacy import client_sizes
 from fedsearch.runner import states
 from fedsearch.runner.evaluation import accuracy_and_loss
@@ -41,30 +44,52 @@ def checkpoint_tree(progress: Progress) -> dict:
   return {"server": progress.server, "hpo": progress.hpo_state}
 
 
-def start(job: Job, work: Workdir, report: Callable) -> tuple[Progress, int]:
-  """The run's state after its last finished round (fresh, or restored)."""
-  f = job.config.federated
-  rounds_done = work.latest_round()
+def _fresh_progress(job: Job, work: Workdir, rounds_done: int) -> Progress:
+  """The state a run has after `rounds_done` rounds, before its restore.
+
+  Up to and including the last search round the checkpoint holds the
+  supernet: a run stopped just after the genotype was derived (before the
+  first derived-model checkpoint) resumes from it and derives again, with
+  the same result.
+  """
   hpo_state = job.hpo.strategy.init(job.config.hpo.pool_size) if job.hpo else None
   if job.retrained is not None:
     phase = build_phase(job, job.retrained)
-    progress = Progress(states.retrain_state(job, phase, job.retrained),
-                        hpo_state, job.retrained, phase, [])
-  elif rounds_done > f.search_rounds or (rounds_done == f.search_rounds
-                                         and work.genotype_file.exists()):
+    return Progress(states.retrain_state(job, phase, job.retrained),
+                    hpo_state, job.retrained, phase, [])
+  if rounds_done > job.config.federated.search_rounds:
     genotype = ss.Genotype.from_json(work.genotype_file.read_text())
     phase = build_phase(job, genotype)
     supernet = states.supernet_state(job, build_phase(job))
-    progress = Progress(states.after_search(job, phase, supernet, genotype),
-                        hpo_state, genotype, phase, [])
-  else:
-    phase = build_phase(job)
-    progress = Progress(states.supernet_state(job, phase), hpo_state, None,
-                        phase, [])
-  if rounds_done:
-    restored = work.restore_state(rounds_done, checkpoint_tree(progress))
+    return Progress(states.after_search(job, phase, supernet, genotype),
+                    hpo_state, genotype, phase, [])
+  phase = build_phase(job)
+  return Progress(states.supernet_state(job, phase), hpo_state, None, phase,
+                  [])
+
+
+def start(job: Job, work: Workdir, report: Callable) -> tuple[Progress, int]:
+  """The run's state after its last intact checkpoint (or a fresh one).
+
+  A checkpoint that cannot be restored (damaged, partial) is discarded with
+  one warning line and the one before it is used.
+  """
+  for rounds_done in work.checkpointed_rounds():
+    progress = _fresh_progress(job, work, rounds_done)
+    try:
+      restored = work.restore_state(rounds_done, checkpoint_tree(progress))
+    except Exception as e:  # Orbax raises many kinds for a damaged tree.
+      report(f"warning: the checkpoint after round {rounds_done} cannot be"
+             f" restored ({type(e).__name__}); discarding it and falling"
+             " back to the one before")
+      work.discard_checkpoint(rounds_done)
+      continue
     progress.server, progress.hpo_state = restored["server"], restored["hpo"]
     report(f"resuming after round {rounds_done}")
+    break
+  else:
+    rounds_done = 0
+    progress = _fresh_progress(job, work, 0)
   progress.server = states.place(job, progress.server)
   progress.metrics = [m for m in work.metrics() if m["round"] <= rounds_done]
   return progress, rounds_done
@@ -145,6 +170,24 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
   return record
 
 
+def _check_finite(job: Job, server: fed.ServerState, round_: int,
+                  monitor_loss: float) -> None:
+  """Stops a run whose parameters, or whose loss on the server's public
+  monitor split, are no longer finite, before that round is checkpointed."""
+  finite = jax.tree.reduce(
+      lambda ok, leaf: ok & jnp.all(jnp.isfinite(leaf)), server.params,
+      jnp.bool_(True))
+  if not (bool(finite) and math.isfinite(monitor_loss)):
+    c, f = job.config.client, job.config.federated
+    raise DivergedError(
+        f"round {round_ + 1}: the model's parameters or loss are no longer"
+        " finite"
+        f" (ε spent so far {job.plan.spent(job.sigmas, round_ + 1):.3f}); the"
+        f" steps are too large: lower client.learning_rate={c.learning_rate}"
+        f" (or federated.server_learning_rate={f.server_learning_rate},"
+        f" client.arch_learning_rate={c.arch_learning_rate})")
+
+
 def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
                report: Callable, start_time: float,
                stop_after_round: int | None = None) -> bool:
@@ -198,13 +241,16 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
           aggregate)
     record = round_record(job, progress, round_, start_time, inputs,
                           gains if searching else None, aggregate)
+    _check_finite(job, progress.server, round_, record["monitor_loss"])
     progress.metrics.append(record)
     report(f"round {round_ + 1:3d}/{total} [{phase.name}] loss"
            f" {record['monitor_loss']:.4f} acc {record['monitor_accuracy']:.4f}"
            f" ε {record['epsilon']:.3f}")
+    # Metrics first: a run stopped between the two re-runs the round, and
+    # its metrics line is cut back with it.
+    work.write_metrics(progress.metrics)
     work.save_state(round_ + 1, checkpoint_tree(progress),
                     force=round_ + 1 in (f.search_rounds, total))
-    work.write_metrics(progress.metrics)
     if stop_after_round is not None and round_ + 1 >= stop_after_round:
       return False
   if progress.genotype is None:  # No training rounds: deploy the supernet's.

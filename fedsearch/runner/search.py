@@ -17,6 +17,7 @@ set there is no search: the named genotype is trained from fresh weights
 """
 
 import json
+import math
 import time
 from collections.abc import Callable
 
@@ -62,11 +63,24 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     return {}
   summary = summarize(job, work, progress, start_time)
   work.close()
-  write_atomic(work.summary_file, json.dumps(summary, indent=1))
+  write_atomic(work.summary_file, json.dumps(finite_json(summary), indent=1,
+                                            allow_nan=False))
   report(f"test accuracy {summary['test_accuracy']:.4f} at"
          f" ε={summary['epsilon']:.3f} (δ={job.plan.delta}); wall time"
          f" {summary['wall_time_s']:.0f} s; workdir {work.path}")
   return summary
+
+
+def finite_json(value):
+  """`value` with every non-finite float replaced by None: strict JSON
+  parsers reject NaN and Infinity."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: finite_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite_json(v) for v in value]
+  return value
 
 
 def _plan_line(job) -> str:

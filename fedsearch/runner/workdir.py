@@ -89,6 +89,15 @@ class Workdir:
   def latest_round(self) -> int:
     return self._checkpoints.latest_step() or 0
 
+  def checkpointed_rounds(self) -> list[int]:
+    """Rounds with a finished checkpoint, latest first."""
+    return sorted(self._checkpoints.all_steps(), reverse=True)
+
+  def discard_checkpoint(self, rounds_done: int) -> None:
+    """Removes a damaged checkpoint, so that the round is saved anew."""
+    self._checkpoints.delete(rounds_done)
+    self._checkpoints.reload()
+
   def save_state(self, rounds_done: int, state, force: bool = False) -> None:
     self._checkpoints.save(rounds_done, args=ocp.args.StandardSave(state),
                            force=force)

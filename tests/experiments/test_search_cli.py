@@ -1,10 +1,14 @@
 """The main job's command line: a bad value is one `error:` line and exit 2,
 before any work and before anything is written."""
 
+import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -26,6 +30,22 @@ def test_bad_flag_value_gives_one_clear_line_and_writes_nothing(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("flag,expected", [
+    ("--config.federated.rounds=5",
+     "--config.federated.rounds is not a config field; did you mean"
+     " federated.train_rounds"),
+    ("--config=missing.py", "--config=missing.py cannot be loaded"),
+    ("--config.seed=abc", "--config.seed=abc"),
+])
+def test_a_bad_flag_is_one_line_with_a_suggestion(tmp_path, flag, expected):
+  result = _cli(flag, f"--workdir={tmp_path}/w")
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and expected in errors[0], result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
   (tmp_path / "file").write_text("")
   result = _cli(f"--workdir={tmp_path}/file")
@@ -41,3 +61,40 @@ def test_missing_data_file_is_one_line(tmp_path):
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1
   assert "fashion-mnist/train-images-idx3-ubyte.gz" in errors[0]
+
+
+_SMALL = ("--config.space.nodes=1", "--config.federated.search_rounds=2",
+          "--config.federated.train_rounds=2",
+          "--config.federated.local_steps=2",
+          "--config.privacy.randomness=seeded", "--verbosity=-1")
+
+
+def _metrics(workdir):
+  return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+          for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_process_killed_at_the_phase_change_resumes_to_the_same_result(
+    tmp_path):
+  straight = _cli(*_SMALL, f"--workdir={tmp_path}/a")
+  assert straight.returncode == 0, straight.stderr
+  # SIGKILL as soon as the genotype is written: the first derived-model
+  # checkpoint is not there yet.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.search", *_SMALL,
+       f"--workdir={tmp_path}/b"], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL, text=True, env=env)
+  for line in process.stdout:
+    if line.startswith("derived genotype"):
+      process.send_signal(signal.SIGKILL)
+      break
+  process.wait(timeout=300)
+  assert process.returncode == -signal.SIGKILL
+  assert not (tmp_path / "b" / "summary.json").exists()
+  resumed = _cli(*_SMALL, f"--workdir={tmp_path}/b")
+  assert resumed.returncode == 0, resumed.stderr
+  assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+  summary = lambda d: json.loads((tmp_path / d / "summary.json").read_text())
+  assert summary("a")["test_accuracy"] == summary("b")["test_accuracy"]

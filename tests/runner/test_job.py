@@ -55,6 +55,13 @@ def small_config(**overrides):
     ("privacy.randomness", "urandom", "privacy.randomness"),
     ("privacy.size_noise_multiplier", 0.0, "privacy.size_noise_multiplier"),
     ("model", "vgg", "model='vgg'"),
+    ("privacy.clip_norm", -1.0, "privacy.clip_norm"),
+    ("privacy.arch_clip_norm", 0.0, "privacy.arch_clip_norm"),
+    ("client.learning_rate", float("inf"), "client.learning_rate"),
+    ("client.momentum", 1.0, "client.momentum"),
+    ("federated.local_steps", 0, "federated.local_steps"),
+    ("hpo.feedback_clip", float("nan"), "hpo.feedback_clip"),
+    ("checkpoint_every", 0, "checkpoint_every"),
     ("model", "tanh_cnn", "federated.search_rounds=0"),
 ])
 def test_bad_values_are_named(field, value, named):

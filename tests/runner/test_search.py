@@ -10,6 +10,9 @@ import pytest
 from fedsearch import runner
 from fedsearch import search_space as ss
 from fedsearch.data import load_dataset, normalize
+from fedsearch.errors import DivergedError
+from fedsearch.runner import search as search_lib
+from fedsearch.runner.workdir import Workdir
 from fedsearch.search_space import cost
 from tests.runner.test_job import small_config
 
@@ -82,6 +85,21 @@ def test_a_fixed_network_trains_by_the_main_jobs_path(tmp_path):
   assert summary["deployed_cost"]["params"] == summary["model_parameters"]
   assert summary["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
   assert [m["phase"] for m in _metrics(tmp_path)] == ["train", "train"]
+
+
+def test_a_diverging_run_stops_with_the_round_and_the_field(tmp_path):
+  config = small_config(**{"client.learning_rate": 1e30})
+  with pytest.raises(DivergedError,
+                     match=r"round 1: .*no longer finite.*client\.learning_rate"):
+    runner.run(config, tmp_path, report=_quiet)
+  assert not (tmp_path / "summary.json").exists()
+  assert not (tmp_path / "checkpoints" / "1").exists()
+
+
+def test_the_summary_is_strict_json():
+  summary = {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}}
+  assert search_lib.finite_json(summary) == {"a": None, "b": [1.0, None],
+                                                 "c": {"d": 2}}
 
 
 def test_workdir_of_another_config_is_not_reused(tmp_path):
@@ -244,3 +262,42 @@ def test_main_job_runs_hyfree_within_budget_and_resumes(tmp_path):
   resumed = runner.run(config, tmp_path / "b", report=_quiet)
   for key in ("test_accuracy", "epsilon", "final_learning_rate"):
     assert resumed[key] == pytest.approx(straight[key], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_every_stop_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+  config = small_config()  # 2 search + 2 training rounds, seeded.
+  straight = runner.run(config, tmp_path / "a", report=_quiet)
+
+  # Killed after the genotype is derived and before the first derived-model
+  # checkpoint (round 3) is written: the window that used to fail to resume.
+  save_state = Workdir.save_state
+
+  def killed_at_round_3(self, rounds_done, state, force=False):
+    if rounds_done == 3:
+      raise KeyboardInterrupt
+    return save_state(self, rounds_done, state, force)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(Workdir, "save_state", killed_at_round_3)
+    with pytest.raises(KeyboardInterrupt):
+      runner.run(config, tmp_path / "b", report=_quiet)
+  assert (tmp_path / "b" / "genotype.json").exists()
+  assert Workdir(tmp_path / "b").path.joinpath("checkpoints", "2").exists()
+  resumed = runner.run(config, tmp_path / "b", report=_quiet)
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+  assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+
+  # A damaged latest checkpoint: one warning line, the one before is used.
+  runner.run(config, tmp_path / "c", report=_quiet, stop_after_round=3)
+  latest = tmp_path / "c" / "checkpoints" / "3"
+  for file in latest.rglob("*"):
+    if file.is_file():
+      file.write_bytes(b"\0" * 16)
+  lines = []
+  repaired = runner.run(config, tmp_path / "c", report=lines.append)
+  warnings = [l for l in lines if l.startswith("warning:")]
+  assert len(warnings) == 1 and "round 3" in warnings[0], lines
+  assert "resuming after round 2" in lines
+  assert repaired["test_accuracy"] == straight["test_accuracy"]
+  assert _metrics(tmp_path / "a") == _metrics(tmp_path / "c")
