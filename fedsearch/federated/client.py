@@ -166,6 +166,28 @@ def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
                 weight_state, arch_carry, opt_state, carry.index + 1)
 
 
+def _varying_like(tree, reference):
+  """`tree`, typed as varying wherever the per-client `reference` is.
+
+  Inside `shard_map`, a carry masked by a per-client `reference` (which
+  steps a client takes) becomes varying over the client axis, so its
+  initial value must be too, or the scan's carry types differ (e.g. the step
+  count of a fresh optimiser state). Under `vmap` the axis types cannot be
+  read, so the type is carried over by adding a zero computed from
+  `reference` (compiled away). Key leaves are left as they are.
+  """
+  zero = jnp.sum(jnp.zeros_like(reference, jnp.int32))
+
+  def cast(x):
+    if jnp.issubdtype(x.dtype, jnp.bool_):
+      return x | zero.astype(bool)
+    if jnp.issubdtype(x.dtype, jnp.number):
+      return x + zero.astype(x.dtype)
+    return x
+
+  return jax.tree.map(cast, tree)
+
+
 def _run_steps(step: _Step, start: ClientState, batches: ClientBatches,
                reads_validation: bool) -> _Carry:
   def scan_body(carry, batch):
@@ -181,6 +203,9 @@ def _run_steps(step: _Step, start: ClientState, batches: ClientBatches,
   carry = _Carry(weights, arch_params, step.weight_opt.init(weights),
                  step.arch.init(arch_params, start.nas), start.optimizer,
                  jnp.int32(0))
+  if batches.active_steps is not None:
+    carry = _varying_like(carry, batches.active_steps)._replace(
+        index=carry.index)
   carry, _ = jax.lax.scan(scan_body, carry, (
       batches.train, batches.val if reads_validation else None,
       batches.active_steps))

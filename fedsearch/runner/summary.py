@@ -56,8 +56,10 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
       "noise_multiplier": sigmas.gradient,
   }
   if plan.prior:
-    # ε, its target and the releases below are the total of every stage.
+    # ε and its target are the total of every stage.
     out["earlier_stage_events"] = plan.prior.source
+    out["releases_of_earlier_stages"] = {
+        s.name: s.count for s in plan.prior.streams}
   if plan.probe_every:
     out["loss_noise_multiplier"] = sigmas.loss
     out["final_learning_rate"] = job.client_optimizer.metrics(
@@ -73,7 +75,7 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
       "client_sizes_released": [
           round(float(n), 2) for n in job.federation.sizes.released],
       "releases_of_most_exposed_client": {
-          s.name: s.count for s in plan.streams(sigmas, total_rounds)},
+          s.name: s.count for s in plan.own_streams(sigmas, total_rounds)},
   })
   return out
 

@@ -234,7 +234,7 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
   # releases (read from its workdir) included.
   assert retrain["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
   assert retrain["earlier_stage_events"].endswith("privacy_events.json")
-  assert retrain["releases_of_most_exposed_client"]["arch_steps_search"] == 4
+  assert retrain["releases_of_earlier_stages"]["arch_steps_search"] == 4
   breakdown = retrain["epsilon_breakdown"]
   assert breakdown["earlier_stages_only"] == pytest.approx(1.5, rel=0.02)
   assert breakdown["this_stage_only"] < retrain["epsilon"]
