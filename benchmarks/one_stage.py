@@ -20,8 +20,8 @@ import time
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
+from experiments import cli
 from experiments import reporting
 from fedsearch import federated as fed
 from fedsearch import optimizers
@@ -30,9 +30,7 @@ from fedsearch import search_space as ss
 from fedsearch.privacy import NoiseMultipliers
 from fedsearch.runner import job as job_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/default.py", "Main-job configuration.",
-    lock_config=True)
+_CONFIG = cli.define_config_file(cli.DEFAULT_CONFIG, "Main-job configuration.")
 _TIMED = flags.DEFINE_integer("timed_rounds", 10, "rounds timed per strategy")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds of the accuracy runs")
 _ONE_STAGE_TRAIN_ROUNDS = flags.DEFINE_integer(
@@ -125,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,15 +9,13 @@ Run it on the machine the model is meant for, then search with its table:
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
+from experiments import cli
 from fedsearch.data import load_dataset
 from fedsearch.runner.job import search_space_from
 from fedsearch.search_space import cost
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/default.py", "Search configuration.",
-    lock_config=True)
+_CONFIG = cli.define_config_file(cli.DEFAULT_CONFIG, "Search configuration.")
 _OUT = flags.DEFINE_string("out", "op_costs.json", "Where to write the table.")
 _BATCH = flags.DEFINE_integer("latency_batch", 64, "Examples per timed call.")
 
@@ -39,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
