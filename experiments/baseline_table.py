@@ -97,8 +97,13 @@ def render(rows: list[dict]) -> str:
         f" {100 * r['reference_test_accuracy']:.2f} % |"
         f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) | {r['accountant']} |"
         f" {r['noise_multiplier']:.3f} | {r['parameters']:,} |"
-        f" {r['flops']:,} | {r['wall_time_s'] / 60:.1f} min |"
+        f" {int(r['flops']):,} | {r['wall_time_s'] / 60:.1f} min |"
         f" {r['hardware']} | {r['commit']} |")
+  lines += ["", "Commands and notes:", ""]
+  for r in rows:
+    note = f" ({r['commit_note']})" if r.get("commit_note") else ""
+    lines.append(f"- {_DATASET_LABEL[r['dataset']]}, {r['setting']}:"
+                 f" `{r['command']}`{note}")
   return "\n".join(lines) + "\n"
 
 

@@ -81,8 +81,8 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
 
 
 def code_commit() -> str:
-  """The git commit of the fedsearch code that ran (`-dirty` if changed),
-  or "unknown" outside a git checkout."""
+  """The git commit of the fedsearch code on disk (`-dirty` if changed), or
+  "unknown" outside a git checkout."""
   root = pathlib.Path(__file__).resolve().parents[2]
   git = lambda *args: subprocess.run(
       ["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
@@ -93,6 +93,10 @@ def code_commit() -> str:
   except OSError:
     return "unknown"
   return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+# Read when the code is imported: the tree may change while a long run goes.
+CODE_COMMIT = code_commit()
 
 
 def summarize(job: Job, work: Workdir, progress: Progress,
@@ -137,6 +141,6 @@ def summarize(job: Job, work: Workdir, progress: Progress,
       "devices": progress.phase.devices,
       **_hyperparameters(job, progress),
       "wall_time_s": time.time() - start_time,
-      "commit": code_commit(),
+      "commit": CODE_COMMIT,
   }
   return summary
