@@ -82,8 +82,10 @@ def _size_rules(splits: ClientSplits,
   if sizes is None:
     true = splits.sizes()
     return (lambda k: true[k]), (lambda k, part, rows: len(rows))
-  return ((lambda k: sizes.estimate()[k]),
-          (lambda k, part, rows: sizes.estimate(part)[k]))
+  estimates = {part: sizes.estimate(part) for part in
+               (client_sizes.ALL, client_sizes.TRAIN, client_sizes.VAL)}
+  return ((lambda k: estimates[client_sizes.ALL][k]),
+          (lambda k, part, rows: estimates[part][k]))
 
 
 def _streams(splits: ClientSplits, k: int, validation_batches: bool,

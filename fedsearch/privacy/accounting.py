@@ -135,8 +135,9 @@ def calibrate_noise_multiplier(
 ) -> float:
   """Smallest noise multiplier σ whose composed schedule spends ≤ target ε.
 
-  PLD calibration of a long schedule takes seconds, so a result is cached (`$XDG_CACHE_HOME/fedsearch/calibration.json`, keyed by the
-  schedule's events, target and accountant). The cache is only a hint: a
+  PLD calibration of a long schedule takes seconds, so a result is cached
+  (`$XDG_CACHE_HOME/fedsearch/calibration.json`, keyed by the schedule's
+  events, target and accountant). The cache is only a hint: a
   cached σ is used after one ε evaluation confirms it spends at most the
   target (and at least 0.999 of it, so that it is not needlessly noisy);
   otherwise σ is calibrated again.

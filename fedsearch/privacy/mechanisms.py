@@ -37,7 +37,6 @@ from fedsearch.errors import ConfigError
 from fedsearch.privacy import accounting, dp_grad, ghost
 
 
-
 class Model(NamedTuple):
   """A model as the DP code sees it.
 

@@ -115,10 +115,19 @@ class PrivacyPlan:
   stage_share: float = 1.0
 
   @property
+  def all_truncation_delta(self) -> float:
+    """The truncation shares of δ of this run and of its earlier stages."""
+    prior = self.prior.truncation_delta if self.prior else 0.0
+    return self.truncation_delta + prior
+
+  @property
   def accounting_delta(self) -> float:
     """δ of the accountant: the total less every stage's truncation share."""
-    prior = self.prior.truncation_delta if self.prior else 0.0
-    return self.delta - self.truncation_delta - prior
+    return self.delta - self.all_truncation_delta
+
+  def epsilon_of(self, streams) -> float:
+    """ε of `streams` composed, by this plan's accountant at its δ."""
+    return accounting.epsilon(streams, self.accounting_delta, self.accountant)
 
   @property
   def target_epsilon(self) -> float:
@@ -177,14 +186,13 @@ class PrivacyPlan:
     streams = self.streams(sigmas, rounds_done)
     if not any(st.count for st in streams):
       return 0.0
-    return accounting.epsilon(streams, self.accounting_delta, self.accountant)
+    return self.epsilon_of(streams)
 
   def breakdown(self, sigmas: NoiseMultipliers) -> dict[str, float]:
     """ε of the whole run, and of each kind of release alone."""
     rounds = len(self.schedule)
     counts = self.counts(rounds)
-    alone = lambda streams: accounting.epsilon(
-        streams, self.accounting_delta, self.accountant)
+    alone = self.epsilon_of
     out = {"total": self.spent(sigmas, rounds),
            "gradients_only": alone([
                s for s in self.own_streams(NoiseMultipliers(sigmas.gradient),
@@ -196,17 +204,14 @@ class PrivacyPlan:
       out["this_stage_only"] = alone(self.own_streams(sigmas, rounds))
     if self.feedback:
       count = counts["hp_feedback"]
-      out["hp_feedback_only"] = accounting.epsilon(
-          [self.release_stream("hp_feedback", 1.0, count,
-                                    sigmas.feedback)],
-          self.accounting_delta, self.accountant)
+      out["hp_feedback_only"] = alone(
+          [self.release_stream("hp_feedback", 1.0, count, sigmas.feedback)])
     if self.probe_every:
       probes = sum(v for k, v in counts.items() if k.startswith("probe"))
       loss_only = sigmas.loss / math.sqrt(self.releases_per_probe)
-      out["loss_probes_only"] = accounting.epsilon(
+      out["loss_probes_only"] = alone(
           [self.release_stream("loss_probes", self.sampling_rate, probes,
-                                    loss_only)],
-          self.accounting_delta, self.accountant)
+                               loss_only)])
     return out
 
   def noise_multipliers(self, given: float) -> NoiseMultipliers:
@@ -260,11 +265,10 @@ class PrivacyPlan:
 
   def as_prior(self, sigmas: NoiseMultipliers) -> PriorStage:
     """This run's releases (and its own priors) as a later stage reads them."""
-    prior = self.prior.truncation_delta if self.prior else 0.0
     return PriorStage(
         tuple(s for s in self.streams(sigmas, len(self.schedule))
               if s.count and math.isfinite(s.noise_multiplier)),
-        self.truncation_delta + prior)
+        self.all_truncation_delta)
 
   def total_draws(self) -> int:
     """Events on which a padded shape may truncate: Poisson batches drawn in
@@ -338,8 +342,7 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
         f" earlier stages ({delta - plan.accounting_delta:.2e}); raise"
         " privacy.delta or lower privacy.truncation_delta_fraction")
   if prior is not None:
-    spent = accounting.epsilon(list(prior.streams), plan.accounting_delta,
-                               accountant)
+    spent = plan.epsilon_of(list(prior.streams))
     if spent >= plan.target_epsilon:
       raise ConfigError(
           f"the earlier stage ({prior.source}) already spends ε={spent:.3f}"

@@ -86,9 +86,6 @@ class Workdir:
   def genotype_file(self) -> pathlib.Path:
     return self.path / GENOTYPE_FILE
 
-  def latest_round(self) -> int:
-    return self._checkpoints.latest_step() or 0
-
   def checkpointed_rounds(self) -> list[int]:
     """Rounds with a finished checkpoint, latest first."""
     return sorted(self._checkpoints.all_steps(), reverse=True)

@@ -57,11 +57,11 @@ def test_the_secret_is_written_owner_only_and_never_in_the_config(tmp_path):
 
 def test_checkpoints_restore_the_latest_round_and_metrics_round_trip(tmp_path):
   work = _started(tmp_path)
-  assert work.latest_round() == 0 and work.metrics() == []
+  assert work.checkpointed_rounds() == [] and work.metrics() == []
   state = {"w": jnp.arange(3.0), "h": None}
   for r in (1, 2, 3):
     work.save_state(r, {"w": state["w"] * r, "h": None})
-  assert work.latest_round() == 3
+  assert work.checkpointed_rounds()[0] == 3
   restored = work.restore_state(3, state)
   np.testing.assert_array_equal(restored["w"], np.arange(3.0) * 3)
   assert restored["h"] is None
