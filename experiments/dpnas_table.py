@@ -1,124 +1,247 @@
-r"""The DPNAS results table: private search, DP-SGD retraining, test accuracy.
+r"""The DPNAS results table: private search, DP-SGD retraining, at total ε = 3.
 
-For every dataset and setting it runs the search stage and then retrains the
-found genotype from fresh weights (`experiments/configs/dpnas.py`), in
-resumable workdirs under --workdir (a finished stage is not re-run), and
-writes one markdown table. Test data is read only in each stage's final
-report; the search's own test accuracy (of its supernet child) is not used.
+For every dataset and setting it runs the search stage once (the first
+seed), then retrains the found genotype from fresh weights once per seed
+(`experiments/configs/dpnas.py`), in resumable workdirs under --workdir (a
+finished run is not re-run), and writes `experiments/results/dpnas.json`
+and `.md`, the baseline's row beside each searched one (from
+`baseline.json`), and a plot per dataset of the monitor split's accuracy
+per epoch. Test data is read only in each run's final report; the search's
+own test accuracy (of its supernet child) is not used for anything.
 
-  python -m experiments.dpnas_table --reduced            # 2-core CPU sizes
-  python -m experiments.dpnas_table --datasets=mnist --settings=centralised
+  python -m experiments.dpnas_table --cpu --datasets=mnist,fashion_mnist
+  python -m experiments.dpnas_table --cpu --ablations --datasets=mnist
 
-ε of a row: the total of both stages, composed in one accountant (the
-retraining reads the search's releases from its workdir and calibrates its
-σ for the rest of the budget; `privacy.stage_share` is the search's part).
+ε of a searched row is the total of both stages, composed in one accountant
+(the retraining reads the search's releases from its workdir and calibrates
+its σ for the rest of the budget; `privacy.stage_share` is the search's
+part). --ablations adds, for the first seed, the found genotype retrained at
+the whole ε = 3 as if the search had been free (which separates the search's
+privacy cost from its choice; not a private pipeline, labelled so), and a
+fixed cell of the same space (`--fixed_op` on every edge) at ε = 3 (which
+separates the space and layout from the search).
 """
 
-import json
 import pathlib
+import shutil
 import sys
 
 from absl import app, flags
 
-from experiments import reporting
+from experiments import records
 from experiments.configs import dpnas
 from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
+from fedsearch.runner import job as job_lib
+from fedsearch.search_space import ops
+from fedsearch.search_space.genotype import Genotype
 
-_DATASETS = flags.DEFINE_list("datasets", list(dpnas.DATASETS),
-                              "datasets to run")
-_SETTINGS = flags.DEFINE_list("settings", list(dpnas.SETTINGS),
-                              "centralised and/or federated")
-_REDUCED = flags.DEFINE_bool("reduced", False, "CPU-sized runs (labelled)")
+_DATASETS = flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"],
+                              f"any of {list(dpnas.DATASETS)}")
+_SETTINGS = flags.DEFINE_list("settings", ["centralised"],
+                              f"any of {list(dpnas.SETTINGS)}")
+_CPU = flags.DEFINE_bool("cpu", False, "the CPU-sized design (labelled)")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"],
+                           "retraining seeds; the search runs with the first")
+_ABLATIONS = flags.DEFINE_bool("ablations", False,
+                               "also the two ablation rows (first seed)")
+_FIXED_OP = flags.DEFINE_string("fixed_op", "sep_conv_3x3_tanh",
+                                "the op of the fixed-cell ablation")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/dpnas", "run folders")
-_OUT = flags.DEFINE_string("out", "", "markdown file to append the table to")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of every run")
 
+NAME = "dpnas"
+SEARCHED = "REINFORCE search (privatised reward) + DP-SGD retraining"
+FREE_SEARCH = ("ablation: found cell retrained at the whole ε, search's ε"
+               " not counted (not private)")
+FIXED_CELL = "ablation: fixed cell of the same space, DP-SGD"
 _DATASET_LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
                   "cifar10": "CIFAR-10 (JPEG q75)"}
-_SETTING_LABEL = {"centralised": "centralised (1 client)",
-                  "federated": "10 clients, Dirichlet(0.5)"}
 
 
-def stage_config(dataset, setting, stage, genotype_from=""):
-  arg = f"{dataset},{setting},{stage}" + (",reduced" if _REDUCED.value else "")
-  config = dpnas.get_config(arg)
+def stage_config(dataset, setting, stage, seed, genotype_from=""):
+  config = dpnas.get_config(f"{dataset},{setting},{stage}"
+                            + (",cpu" if _CPU.value else ""))
   config.data_dir = _DATA_DIR.value
-  config.seed = _SEED.value
+  config.seed = seed
   config.nas.genotype = genotype_from
-  return arg, config
+  return config
 
 
-def run_row(dataset, setting, report):
-  root = pathlib.Path(_WORKDIR.value) / (
-      f"{dataset}_{setting}" + ("_reduced" if _REDUCED.value else ""))
-  search_dir = root / "search"
-  _, config = stage_config(dataset, setting, "search")
-  search = runner.run(config, str(search_dir), report=report)
-  _, config = stage_config(dataset, setting, "retrain", str(search_dir))
-  retrain = runner.run(config, str(root / "retrain"), report=report)
-  return search, retrain
+def _root(dataset, setting) -> pathlib.Path:
+  return pathlib.Path(_WORKDIR.value) / (
+      f"{dataset}_{setting}" + ("_cpu" if _CPU.value else ""))
 
 
-def row_line(dataset, setting, search, retrain) -> str:
-  # The retraining's accountant composes the search's releases: its ε and δ
-  # are the pipeline's.
-  eps, delta = retrain["epsilon"], retrain["delta"]
-  wall = search["wall_time_s"] + retrain["wall_time_s"]
-  return (f"| {_DATASET_LABEL[dataset]} | REINFORCE (privatised reward) |"
-          f" {_SETTING_LABEL[setting]} | {eps:.2f} ({delta:.0e}) |"
-          f" **{100 * retrain['test_accuracy']:.2f} %** |"
-          f" {search['epsilon']:.2f} / {eps:.2f} |"
-          f" {_cell(retrain['genotype'])} | {retrain['model_parameters']} |"
-          f" {wall / 60:.1f} min | {_devices(search, retrain)} |"
-          f" {100 * dpnas.PUBLISHED[dataset]:.2f} % |")
+def _run(config, workdir: pathlib.Path) -> dict:
+  """The run's summary, with its seed and its monitor accuracy per round."""
+  print(f"[run] {workdir}", flush=True)
+  summary = runner.run(config, str(workdir),
+                       report=lambda line: print(line, flush=True))
+  return {**summary, "seed": config.seed,
+          "monitor_accuracy_per_round": records.monitor_curve(workdir)}
 
 
-def _cell(genotype: dict) -> str:
-  return ", ".join(f"({to},{src}) {op}" for to, src, op in genotype["edges"])
+def _lone_genotype(genotype: Genotype, folder: pathlib.Path) -> str:
+  """`genotype` in a folder of its own, without the search's privacy events:
+  a retraining of it composes nothing before it."""
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / job_lib.GENOTYPE_FILE
+  path.write_text(genotype.to_json())
+  return str(path)
 
 
-def _devices(*summaries) -> str:
-  """The machines the stages ran on, as their summaries recorded them."""
-  names = [s["deployed_cost"]["hardware"] for s in summaries]
-  return names[0] if len(set(names)) == 1 else "; ".join(names)
+def _row(dataset, setting, method, summaries, search=None) -> dict:
+  first = summaries[0]
+  cost = first["deployed_cost"]
+  row = {
+      "dataset": dataset, "setting": setting, "method": method,
+      "model": _cell(first["genotype"]),
+      "epsilon_total": max(s["epsilon"] for s in summaries),
+      "delta": first["delta"],
+      **records.seeds_summary([s["test_accuracy"] for s in summaries]),
+      "seeds": [s["seed"] for s in summaries],
+      "published_dpnas": dpnas.PUBLISHED[dataset],
+      "parameters": first["model_parameters"], "flops": cost["flops"],
+      "epochs": first["rounds"],
+      "noise_multiplier": first["noise_multiplier"],
+      "accountant": first["accountant"], "randomness": first["randomness"],
+      "clients": first["clients"], "design": "cpu" if _CPU.value else "dpnas",
+      "monitor_accuracy_per_epoch": [s["monitor_accuracy_per_round"]
+                                     for s in summaries],
+      "wall_time_s": sum(s["wall_time_s"] for s in summaries),
+      "hardware": cost["hardware"],
+      "commit": records.commit(summaries + ([search] if search else [])),
+      "command": records.command(),
+  }
+  if search is not None:
+    row.update(epsilon_search_alone=search["epsilon"],
+               search_share=search["stage_share"],
+               search_wall_time_s=search["wall_time_s"],
+               search_rounds=search["rounds"])
+    row["wall_time_s"] += search["wall_time_s"]
+  return row
+
+
+def run_rows(dataset, setting, seeds) -> list[dict]:
+  root = _root(dataset, setting)
+  search = _run(stage_config(dataset, setting, "search", seeds[0]),
+                root / "search")
+  retrains = [
+      _run(stage_config(dataset, setting, "retrain", seed,
+                        str(root / "search")), root / f"retrain_s{seed}")
+      for seed in seeds]
+  rows = [_row(dataset, setting, SEARCHED, retrains, search)]
+  if not _ABLATIONS.value:
+    return rows
+  found = Genotype.from_json(
+      (root / "search" / job_lib.GENOTYPE_FILE).read_text())
+  free = stage_config(dataset, setting, "retrain", seeds[0],
+                      _lone_genotype(found, root / "found_alone"))
+  rows.append(_row(dataset, setting, FREE_SEARCH,
+                   [_run(free, root / f"found_alone_s{seeds[0]}")]))
+  fixed = Genotype(found.op_set, found.nodes, tuple(
+      (to, src, _FIXED_OP.value) for to, src, _ in found.edges))
+  config = stage_config(dataset, setting, "retrain", seeds[0],
+                        _lone_genotype(fixed, root / "fixed_cell"))
+  rows.append(_row(dataset, setting, FIXED_CELL,
+                   [_run(config, root / f"fixed_cell_s{seeds[0]}")]))
+  return rows
+
+
+def _cell(genotype) -> str:
+  if genotype is None:
+    return ""
+  return "cell: " + ", ".join(f"({to},{src}) {op}"
+                              for to, src, op in genotype["edges"])
+
+
+def _percent(row) -> str:
+  sd = (f" ± {100 * row['test_accuracy_sd']:.2f}"
+        if len(row.get("seeds", [])) > 1 else "")
+  return f"{100 * row['test_accuracy']:.2f}{sd} %"
+
+
+def render(rows: list[dict]) -> str:
+  baseline = {(r["dataset"], r["setting"]): r for r in records.read("baseline")}
+  lines = [
+      "# DPNAS: private REINFORCE search + DP-SGD retraining, against the"
+      " hand-set CNN",
+      "",
+      "Written by `experiments/dpnas_table.py` from `dpnas.json` (each row's"
+      " command is its own). A searched row spends its **total** ε over"
+      " both stages in one accountant (PLD): the search calibrates to"
+      " `search_share` of ε = 3 and persists its releases, the retraining"
+      " composes them and spends the rest. Each searched genotype is"
+      " retrained from fresh weights once per seed (mean ± sd); the"
+      " baseline (Tramer & Boneh's tanh CNN, `baseline.json`) trains with"
+      " the same retraining recipe at ε = 3. Test accuracy is read once, at"
+      " the end of each run; no decision reads it. Plots:"
+      " `dpnas_<dataset>.svg` (monitor-split accuracy per epoch).",
+      "",
+      "| dataset | setting | method | model | test accuracy | ε total (δ) |"
+      " search ε alone / share | σ (retraining) | parameters | FLOPs |"
+      " wall time | hardware | commit | DPNAS published |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  shown = set()
+  for r in rows:
+    if r.get("superseded"):
+      continue
+    key = (r["dataset"], r["setting"])
+    if key in baseline and key not in shown:
+      shown.add(key)
+      lines.append(_line(baseline[key], "—"))
+    search = (f"{r['epsilon_search_alone']:.2f} / {r['search_share']:.2f}"
+              if "epsilon_search_alone" in r else "—")
+    lines.append(_line(r, search))
+  lines += ["", "Commands:", ""]
+  for r in rows:
+    if not r.get("superseded"):
+      lines.append(f"- {_DATASET_LABEL[r['dataset']]}, {r['setting']},"
+                   f" {r['method']}: `{r['command']}`")
+  old = [r for r in rows if r.get("superseded")]
+  if old:
+    lines += ["", "## Superseded rows (not comparable; kept in dpnas.json)",
+              "", *[f"- {_DATASET_LABEL[r['dataset']]}, {r['setting']},"
+                    f" {r['method']}: {100 * r['test_accuracy']:.2f} % at ε"
+                    f" {r['epsilon_total']} — {r['superseded_why']}"
+                    for r in old]]
+  return "\n".join(lines) + "\n"
+
+
+def _line(r, search) -> str:
+  return (f"| {_DATASET_LABEL[r['dataset']]} | {r['setting']} | {r['method']}"
+          f" | {r['model']} | **{_percent(r)}** (seeds"
+          f" {', '.join(map(str, r['seeds']))}) |"
+          f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) | {search} |"
+          f" {r['noise_multiplier']:.3f} | {r['parameters']:,} |"
+          f" {int(r['flops']):,} | {r['wall_time_s'] / 60:.1f} min |"
+          f" {r['hardware']} | {r['commit']} |"
+          f" {100 * dpnas.PUBLISHED[r['dataset']]:.2f} % |")
 
 
 def main(argv):
   del argv
-  lines = []
   try:
-    for dataset in _DATASETS.value:
-      for setting in _SETTINGS.value:
-        if dataset not in dpnas.DATASETS or setting not in dpnas.SETTINGS:
-          raise ConfigError(
-              f"--datasets must name {list(dpnas.DATASETS)} and --settings"
-              f" {list(dpnas.SETTINGS)}; got {dataset!r}, {setting!r}")
-        search, retrain = run_row(
-            dataset, setting, lambda line: print(line, flush=True))
-        lines.append(row_line(dataset, setting, search, retrain))
-        print(lines[-1], flush=True)
+    seeds = [int(s) for s in _SEEDS.value]
+    pairs = [(d, s) for d in _DATASETS.value for s in _SETTINGS.value]
+    if _FIXED_OP.value not in ops.op_names("dpnas"):
+      raise ConfigError(f"--fixed_op={_FIXED_OP.value!r} is not allowed;"
+                        f" choose one of {list(ops.op_names('dpnas'))}")
+    for dataset, setting in pairs:  # All checked before any work.
+      if dataset not in dpnas.DATASETS or setting not in dpnas.SETTINGS:
+        raise ConfigError(
+            f"--datasets must name {list(dpnas.DATASETS)} and --settings"
+            f" {list(dpnas.SETTINGS)}; got {dataset!r}, {setting!r}")
+      job_lib.privacy_plan(stage_config(dataset, setting, "search", seeds[0]))
+    for dataset, setting in pairs:
+      rows = run_rows(dataset, setting, seeds)
+      records.write(NAME, rows, render)
+      print(render(rows), flush=True)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  size = "reduced (CPU-sized: " if _REDUCED.value else "full ("
-  example = stage_config(_DATASETS.value[0], _SETTINGS.value[0], "retrain")[1]
-  header = [
-      f"### DPNAS table, {size}space {json.dumps(example.space.to_dict())},"
-      f" seed {_SEED.value})",
-      "",
-      reporting.machine_line(),
-      "",
-      "Command: `python -m experiments.dpnas_table " + " ".join(sys.argv[1:])
-      + "`",
-      "",
-      "| dataset | search strategy | setting | total ε (δ) | test accuracy |"
-      " search's ε alone / total | found cell | parameters | wall time | hardware |"
-      " DPNAS published (ε=3, non-private search) |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  reporting.emit("\n".join(header + lines + [""]), _OUT.value)
 
 
 if __name__ == "__main__":

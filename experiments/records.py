@@ -42,6 +42,12 @@ def seeds_summary(accuracies: list[float]) -> dict:
           "test_accuracies": accuracies}
 
 
+def monitor_curve(workdir) -> list[float]:
+  """The monitor split's accuracy after each round of a run's workdir."""
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line)["monitor_accuracy"] for line in lines if line]
+
+
 def read(name: str) -> list[dict]:
   path = RESULTS / f"{name}.json"
   return json.loads(path.read_text()) if path.exists() else []

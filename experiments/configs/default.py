@@ -35,6 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
   # the signal (measured: 80 % noise-free, 60 % at centralised ε=3 vs 92 %
   # with flatten); DPNAS's gap head is for 32x32 inputs.
   config.space.head = "flatten"  # gap | flatten
+  # Layout (fedsearch/search_space/space.py): conv3x3 | strided (Tramer &
+  # Boneh's 8x8 stride-2 first layer); max_pool | strided_conv between
+  # cells; a dense hidden layer of that many units before the classifier.
+  config.space.stem = "conv3x3"
+  config.space.reduction = "max_pool"
+  config.space.hidden = 0
 
   # Architecture search strategy (fedsearch/nas/, one module each):
   # darts: the mixture supernet, alternating DARTS steps, then retraining

@@ -121,8 +121,8 @@ def build_cost_table(space: SearchSpace, input_shape,
       (to, src, "skip_connect") for to, src in space.edges))
   all_skips = measure_model(space, skips, input_shape, latency_batch, repeats)
   per_op = {m: [0.0] * len(space.op_names) for m in METRICS}
-  height, width = input_shape[:2]
-  for cell in range(space.cells):
+  resolutions = space.cell_resolutions(*input_shape[:2])
+  for cell, (height, width) in enumerate(resolutions):
     channels = space.cell_channels(cell)
     x = jnp.zeros((1, height, width, channels))
     for i, name in enumerate(space.op_names):
@@ -133,8 +133,6 @@ def build_cost_table(space: SearchSpace, input_shape,
           latency_batch, repeats)
       for m in METRICS:
         per_op[m][i] += cost[m]
-    if min(height, width) >= 2:
-      height, width = height // 2, width // 2
   skip = space.op_names.index("skip_connect")
   fixed = {m: max(all_skips[m] - space.num_edges * per_op[m][skip], 0.0)
            for m in METRICS}

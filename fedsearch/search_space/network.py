@@ -92,18 +92,35 @@ class CellNetwork(nn.Module):
       raise ValueError("the supernet needs edge_weights")
     if self.genotype is not None:
       check_genotype(self.genotype, space)
-    x = layers.Conv(space.stem_multiplier * space.channels, 3, name="stem")(x)
+    act = ops.ACTIVATIONS[space.activation]
+    stem_channels = space.stem_multiplier * space.channels
+    if space.stem == "conv3x3":
+      x = layers.Conv(stem_channels, 3, name="stem")(x)
+    else:
+      x = layers.Conv(stem_channels, 8, stride=2, padding=2, name="stem")(x)
     x = layers.GroupNorm(space.groups, name="stem_norm")(x)
+    if space.stem == "strided":
+      x = layers.max_pool_2x2_stride_1(x)
     for c in range(space.cells):
       x = Cell(space, space.cell_channels(c), self.genotype, name=f"cell{c}")(
           x, edge_weights, edge_choices)
-      if min(x.shape[-3:-1]) >= 2:
-        x = layers.max_pool_2x2(x)
-    x = ops.ACTIVATIONS[space.activation](x)
+      if not space.reduces_after(c):
+        continue
+      if space.reduction == "max_pool":
+        if min(x.shape[-3:-1]) >= 2:
+          x = layers.max_pool_2x2(x)
+      else:
+        x = layers.Conv(space.cell_channels(c + 1), 4, stride=2, padding=0,
+                        name=f"reduce{c}")(act(x))
+        x = layers.GroupNorm(space.groups, name=f"reduce{c}_norm")(x)
+        x = layers.max_pool_2x2_stride_1(x)
+    x = act(x)
     if space.head == "gap":
       x = jnp.mean(x, axis=(-3, -2))
     else:
       x = x.reshape(x.shape[:-3] + (-1,))
+    if space.hidden:
+      x = act(layers.Dense(space.hidden, name="hidden")(x))
     return layers.Dense(space.num_classes, name="classifier")(x)
 
 

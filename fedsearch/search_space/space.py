@@ -7,13 +7,23 @@ from fedsearch.search_space import ops
 
 
 HEADS = ("gap", "flatten")
+# conv3x3: DPNAS's stem, a 3x3 conv at full resolution. strided: Tramer &
+# Boneh's first layer, an 8x8 conv at stride 2 (padding 2) then a 2x2
+# max-pool at stride 1, which leaves the cells a quarter of the pixels.
+STEMS = ("conv3x3", "strided")
+# max_pool: a 2x2 max-pool after every cell (DPNAS). strided_conv: between
+# cells, activation -> 4x4 conv at stride 2 -> GroupNorm -> 2x2 max-pool at
+# stride 1 (Tramer & Boneh's second layer); the last cell feeds the head.
+REDUCTIONS = ("max_pool", "strided_conv")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-  """A stack of identical searched cells separated by 2x2 max-pooling.
+  """A stack of identical searched cells separated by reductions.
 
   Layout (DPNAS): stem conv -> [cell -> maxpool 2x2] x cells -> head -> dense,
+  or, with `stem="strided"` and `reduction="strided_conv"`, Tramer & Boneh's
+  CNN with a searched cell after each of its convolutions,
   where the head is a global average pool (DPNAS, for 32x32 inputs) or a
   flatten that keeps the spatial layout (small inputs such as 8x8 digits,
   where a global pool over a few channels throws away most of the signal). Channels double after every pooling. A cell has one input
@@ -35,6 +45,10 @@ class SearchSpace:
       2); 0 keeps every edge (DPNAS).
     num_classes: classifier outputs.
     head: "gap" (global average pool) or "flatten".
+    stem: one of STEMS.
+    reduction: one of REDUCTIONS.
+    hidden: units of a dense layer (with the space's activation) before the
+      classifier; 0 for none (DPNAS). Tramer & Boneh use 32.
   """
 
   op_set: str = "dpnas"
@@ -47,6 +61,9 @@ class SearchSpace:
   max_in_edges: int = 0
   num_classes: int = 10
   head: str = "gap"
+  stem: str = "conv3x3"
+  reduction: str = "max_pool"
+  hidden: int = 0
 
   def __post_init__(self):
     if self.op_set not in ops.OP_SETS:
@@ -62,6 +79,13 @@ class SearchSpace:
     if self.head not in HEADS:
       raise ConfigError(
           f"space.head={self.head!r} is not allowed; choose one of {list(HEADS)}")
+    for field, allowed in (("stem", STEMS), ("reduction", REDUCTIONS)):
+      if getattr(self, field) not in allowed:
+        raise ConfigError(
+            f"space.{field}={getattr(self, field)!r} is not allowed; choose"
+            f" one of {list(allowed)}")
+    if self.hidden < 0:
+      raise ConfigError(f"space.hidden must be >= 0, got {self.hidden}")
     for field in ("channels", "stem_multiplier", "nodes", "cells", "groups",
                   "num_classes"):
       if getattr(self, field) < 1:
@@ -96,6 +120,29 @@ class SearchSpace:
 
   def cell_channels(self, cell: int) -> int:
     return self.channels * 2**cell
+
+  def stem_resolution(self, height: int, width: int) -> tuple[int, int]:
+    """The first cell's input resolution for (height, width) images."""
+    if self.stem == "conv3x3":
+      return height, width
+    return tuple((size + 2 * 2 - 8) // 2 + 1 - 1 for size in (height, width))
+
+  def reduces_after(self, cell: int) -> bool:
+    return self.reduction == "max_pool" or cell < self.cells - 1
+
+  def reduced_resolution(self, height: int, width: int) -> tuple[int, int]:
+    """The resolution after a reduction of a (height, width) map."""
+    if self.reduction == "max_pool":
+      return (height // 2, width // 2) if min(height, width) >= 2 else (
+          height, width)
+    return tuple((size - 4) // 2 + 1 - 1 for size in (height, width))
+
+  def cell_resolutions(self, height: int, width: int) -> list[tuple[int, int]]:
+    """Each cell's input (and output) resolution."""
+    sizes = [self.stem_resolution(height, width)]
+    for cell in range(self.cells - 1):
+      sizes.append(self.reduced_resolution(*sizes[-1]))
+    return sizes
 
   def edge_index(self, to_node: int, from_node: int) -> int:
     return to_node * (to_node - 1) // 2 + from_node
