@@ -45,12 +45,13 @@ def seed_config(dataset: str, setting: str, seed: int):
 
 
 def run_row(dataset: str, setting: str) -> dict:
-  summaries = []
+  summaries, curves = [], []
   for seed in map(int, _SEEDS.value):
     workdir = f"{_WORKDIR.value}/{dataset}_{setting}_s{seed}"
     print(f"[{dataset}, {setting}, seed {seed}] {workdir}", flush=True)
     summaries.append(runner.run(seed_config(dataset, setting, seed), workdir,
                                 report=lambda line: print(line, flush=True)))
+    curves.append(records.monitor_curve(workdir))
   first = summaries[0]
   cost = first["deployed_cost"]
   return {
@@ -64,7 +65,7 @@ def run_row(dataset: str, setting: str) -> dict:
       "parameters": first["model_parameters"], "flops": cost["flops"],
       "epochs": first["rounds"], "noise_multiplier": first["noise_multiplier"],
       "accountant": first["accountant"], "randomness": first["randomness"],
-      "clients": first["clients"],
+      "clients": first["clients"], "monitor_accuracy_per_epoch": curves,
       "wall_time_s": sum(s["wall_time_s"] for s in summaries),
       "hardware": cost["hardware"], "commit": records.commit(summaries),
       "command": records.command(),

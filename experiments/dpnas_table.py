@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import records
+from experiments import plots, records
 from experiments.configs import dpnas
 from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
@@ -149,6 +149,26 @@ def run_rows(dataset, setting, seeds) -> list[dict]:
   return rows
 
 
+_SHORT = {SEARCHED: "searched, retrained", FREE_SEARCH: "found, search free",
+          FIXED_CELL: "fixed cell"}
+
+
+def plot(dataset: str, rows: list[dict]) -> pathlib.Path:
+  """Monitor-split accuracy per epoch of every retraining of `dataset`
+  (centralised rows) beside the baseline's; one line per seed."""
+  series = {}
+  for r in records.read("baseline") + rows:
+    if (r["dataset"], r["setting"]) == (dataset, "centralised") and (
+        "monitor_accuracy_per_epoch" in r):
+      name = _SHORT.get(r["method"], "baseline (T&B CNN)")
+      series[name] = r["monitor_accuracy_per_epoch"]
+  path = records.RESULTS / f"{NAME}_{dataset}.svg"
+  plots.line_plot(
+      series, f"{_DATASET_LABEL[dataset]}, centralised, total ε = 3:"
+      " monitor-split accuracy", "monitor accuracy", path, (0.8, 1.0))
+  return path
+
+
 def _cell(genotype) -> str:
   if genotype is None:
     return ""
@@ -237,8 +257,10 @@ def main(argv):
       job_lib.privacy_plan(stage_config(dataset, setting, "search", seeds[0]))
     for dataset, setting in pairs:
       rows = run_rows(dataset, setting, seeds)
-      records.write(NAME, rows, render)
+      on_record = records.write(NAME, rows, render)
       print(render(rows), flush=True)
+      if setting == "centralised":
+        print(f"plot: {plot(dataset, on_record)}", flush=True)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

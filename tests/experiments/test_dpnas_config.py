@@ -63,3 +63,19 @@ def test_warmup_is_refused_for_strategies_without_a_controller():
   config.nas.strategy = "darts"
   with pytest.raises(ConfigError, match="nas.controller_warmup_rounds"):
     job_lib.privacy_plan(config)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_cpu_design_is_tramer_boneh_layout_searched_with_the_recipe(dataset):
+  search = dpnas.get_config(f"{dataset},centralised,search,cpu")
+  retrain = dpnas.get_config(f"{dataset},centralised,retrain,cpu")
+  space = job_lib.search_space_from(search, 10)
+  assert (space.stem, space.reduction, space.hidden) == (
+      "strided", "strided_conv", 32)
+  assert space == job_lib.search_space_from(retrain, 10)
+  # The supernet trains with the retraining recipe; the controller starts
+  # after a sixth of the search.
+  assert (search.client.learning_rate, search.privacy.clip_norm) == (2.0, 0.1)
+  assert search.nas.controller_warmup_rounds == search.federated.search_rounds // 6
+  assert retrain.federated.train_rounds == 40
+  job_lib.privacy_plan(search)  # Valid as it stands.

@@ -80,3 +80,19 @@ def test_table_round_trips_through_json_and_metric_is_checked():
   assert cost.CostTable.from_json(table.to_json()) == table
   with pytest.raises(ConfigError, match="nas.cost_metric='energy'"):
     cost.check_metric("energy")
+
+
+def test_table_measures_each_cell_at_its_own_resolution():
+  """With the strided layout the cells see 12x12 and 4x4 maps (not 28x28
+  and 14x14): the table's per-op sum matches the measured child."""
+  space = ss.SearchSpace(channels=4, nodes=1, cells=2, head="flatten",
+                         stem="strided", reduction="strided_conv", hidden=8)
+  shape = (28, 28, 1)
+  table = cost.build_cost_table(space, shape, latency_batch=2, repeats=1)
+  choices = np.array([space.op_names.index("sep_conv_3x3_tanh")])
+  measured = cost.measure_model(
+      space, nas_base.choices_genotype(choices, space), shape,
+      latency_batch=2, repeats=1)
+  assert table.child_cost(choices, "params") == measured["params"]
+  assert table.child_cost(choices, "flops") == pytest.approx(
+      measured["flops"], rel=0.05)

@@ -130,3 +130,43 @@ def test_supernet_gradient_jit_equals_eager(op_set):
     eager = jax.grad(loss)(weights)
   chex.assert_trees_all_close(jax.jit(jax.grad(loss))(weights), eager,
                               rtol=1e-3, atol=1e-5)
+
+
+def _tramer_boneh_space(nodes=1):
+  return ss.SearchSpace(op_set="dpnas", channels=16, stem_multiplier=1,
+                        nodes=nodes, cells=2, head="flatten", stem="strided",
+                        reduction="strided_conv", hidden=32)
+
+
+def test_strided_layout_is_tramer_boneh_with_searched_cells():
+  space = _tramer_boneh_space()
+  genotype = ss.Genotype("dpnas", 1, ((1, 0, "skip_connect"),))
+  weights = ss.derived_network(space, genotype).init(
+      jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  shapes = jax.tree.map(jnp.shape, weights)
+  # Tramer & Boneh's kernels: 8x8x1 → 16 at stride 2, 4x4 → 32 at stride 2,
+  # dense 4·4·32 → 32 → 10; a cell (1x1 preprocessing) after each conv.
+  assert shapes["stem"]["kernel"] == (8, 8, 1, 16)
+  assert shapes["reduce0"]["kernel"] == (4, 4, 16, 32)
+  assert shapes["cell0"]["preprocess"]["kernel"] == (1, 1, 16, 16)
+  assert shapes["cell1"]["preprocess"]["kernel"] == (1, 1, 32, 32)
+  assert shapes["hidden"]["kernel"] == (4 * 4 * 32, 32)
+  assert shapes["classifier"]["kernel"] == (32, 10)
+  assert "reduce1" not in shapes  # The last cell feeds the head.
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_strided_layout_one_hot_supernet_equals_derived_model(seed):
+  space = _tramer_boneh_space(nodes=2)
+  shape = (28, 28, 1)
+  keys = jax.random.split(jax.random.key(seed), 3)
+  weights = ss.init_supernet(space, keys[0], shape)
+  genotype = ss.derive(ss.init_arch_params(space, scale=3.0, key=keys[1]),
+                       space)
+  x = jax.random.normal(keys[2], (3, *shape))
+  supernet_out = ss.supernet_model(space).apply(
+      weights, genotype_arch_params(genotype, space), x)
+  network_out = ss.derived_network(space, genotype).apply(
+      {"params": ss.extract_weights(weights, space, genotype, shape)}, x)
+  chex.assert_shape(network_out, (3, 10))
+  chex.assert_trees_all_close(supernet_out, network_out, atol=1e-5)
