@@ -126,6 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.privacy.dp_backend = "vmap"
   # Who is trusted with what (fedsearch/privacy/mechanisms.py): local = each
   # client adds the full noise to each of its releases; nothing is trusted.
+  # aggregate = each client adds a 1/clients_per_round share of the noise
+  # and only the sum is seen (secure aggregation, simulated); needs one
+  # local step and no search, hpo or HyFreeDP (refused otherwise).
   config.privacy.trust = "local"
   # Noise and Poisson draws (fedsearch/privacy/randomness.py): secret = from
   # the OS entropy, kept owner-only in the workdir's secret_key; seeded =

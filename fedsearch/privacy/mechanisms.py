@@ -22,6 +22,18 @@ Members:
     so every message that leaves a client is already private; the server
     averages them (FedAvg weights, treated as public). Each release is a
     Poisson(q)-subsampled Gaussian on the client's examples.
+  aggregate: example-level DP with the noise added once to the sum over the
+    round's m clients, as secure aggregation gives it: each client adds only
+    its share N(0, (σ·S)²/m), so a client's own message is not private on
+    its own; the server (or anyone) sees only the sum, which carries
+    N(0, (σ·S)²), exactly the noise of `local`'s one release. The
+    accountant is therefore the same. Sound only when every release of a
+    round is a linear function of the round-start state and the client's
+    bounded sums (one local step, nothing post-processed by the client from
+    its share-noised value): `runner.job` refuses the other combinations.
+    The simulation is idealised: continuous Gaussian shares, no
+    quantisation or modular arithmetic, and every sampled client reports
+    (no dropouts).
 """
 
 from collections.abc import Callable
@@ -169,7 +181,8 @@ def _ghost_weight_gradient(nan_safe: bool) -> Callable:
 DP_BACKENDS = {"vmap": _vmap_weight_gradient, "ghost": _ghost_weight_gradient}
 
 
-def local(dp_backend: str = "vmap", nan_safe: bool = True) -> Mechanism:
+def local(dp_backend: str = "vmap", nan_safe: bool = True,
+          clients_per_round: int = 1) -> Mechanism:
   """Example-level DP with each client adding its own full noise.
 
   Args:
@@ -177,7 +190,9 @@ def local(dp_backend: str = "vmap", nan_safe: bool = True) -> Mechanism:
       joint steps always use per-example gradients ("vmap").
     nan_safe: zero a non-finite per-example gradient before clipping (vmap;
       ghost is always NaN-safe).
+    clients_per_round: unused (each client's noise is whole).
   """
+  del clients_per_round
   if dp_backend not in DP_BACKENDS:
     raise ConfigError(f"privacy.dp_backend={dp_backend!r} is not allowed;"
                       f" choose one of {list(DP_BACKENDS)}")
@@ -194,8 +209,35 @@ def local(dp_backend: str = "vmap", nan_safe: bool = True) -> Mechanism:
       release_stream=accounting.ReleaseStream)
 
 
+def aggregate(dp_backend: str = "vmap", nan_safe: bool = True,
+              clients_per_round: int = 1) -> Mechanism:
+  """Example-level DP with the noise shared out among the round's clients.
+
+  Each of the `clients_per_round` clients adds N(0, (σ·S)²/m) to its bounded
+  sums, so their sum carries N(0, (σ·S)²). With FedAvg weights
+  proportional to the sizes the normalisers q·n̂_k come from, the server's
+  average is Σ_k (bounded sum_k + share_k) / (q·Σ n̂_k): centralised DP-SGD
+  on the union of the clients' batches.
+  """
+  if clients_per_round < 1:
+    raise ConfigError("federated.clients_per_round must be >= 1, got"
+                      f" {clients_per_round}")
+  share = 1.0 / clients_per_round**0.5
+  whole = local(dp_backend, nan_safe)
+
+  def shared_optimizer(stddev, key, expected_batch_size, optimizer):
+    return private_optimizer(stddev * share, key, expected_batch_size,
+                             optimizer)
+
+  def shared_sum(total, stddev, key):
+    return noised_sum(total, stddev * share, key)
+
+  return whole._replace(name="aggregate", private_optimizer=shared_optimizer,
+                        noised_sum=shared_sum)
+
+
 # Keyed by `privacy.trust`.
-MECHANISMS = {"local": local}
+MECHANISMS = {"local": local, "aggregate": aggregate}
 
 
 def make_mechanism(trust: str, **options) -> Mechanism:

@@ -415,8 +415,39 @@ def cost_model(config, space, input_shape) -> CostModel | None:
 
 def build_mechanism(config) -> mechanisms.Mechanism:
   p = config.privacy
-  return mechanisms.make_mechanism(p.trust, dp_backend=p.dp_backend,
-                                   nan_safe=p.nan_safe)
+  mechanism = mechanisms.make_mechanism(
+      p.trust, dp_backend=p.dp_backend, nan_safe=p.nan_safe,
+      clients_per_round=config.federated.clients_per_round)
+  if mechanism.name == "aggregate":
+    _check_shared_noise(config)
+  return mechanism
+
+
+def _check_shared_noise(config) -> None:
+  """Under `aggregate`, a client's own state carries only its share of the
+  noise: every release must be a linear function of the round-start state
+  and of bounded sums, so that the sum of the shares is the only noise that
+  counts. The first release that is not names itself."""
+  f = config.federated
+  refusals = (
+      (f.local_steps != 1, "a second local step releases a function of the"
+       " client's own update (share-noised)",
+       f"federated.local_steps=1 (got {f.local_steps})"),
+      (f.search_rounds > 0, "architecture steps and rewards are"
+       " post-processed by each client's optimiser from its share-noised"
+       " value", "federated.search_rounds=0 and a given nas.genotype or"
+       f" model (got {f.search_rounds} search rounds)"),
+      (config.hpo.strategy != "none", "hyperparameter feedback measures the"
+       " client's own update", f"hpo.strategy='none' (got"
+       f" {config.hpo.strategy!r})"),
+      (config.client.optimizer != "dpsgd", "HyFreeDP's loss probes read the"
+       " client's own update", f"client.optimizer='dpsgd' (got"
+       f" {config.client.optimizer!r})"),
+  )
+  for refused, release, fields in refusals:
+    if refused:
+      raise ConfigError(f"privacy.trust='aggregate': {release}; set {fields}"
+                        " or use privacy.trust='local'")
 
 
 def privacy_plan(config) -> PrivacyPlan:

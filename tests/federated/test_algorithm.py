@@ -202,3 +202,78 @@ def test_a_round_without_aggregation_keeps_the_state_and_measures_gains():
   chex.assert_trees_all_close(gains, gains_moved, rtol=1e-6)
   assert bool(jnp.all(jnp.isfinite(gains)))
   assert _max_change(moved.params, state.params) > 1e-4
+
+
+_GENOTYPE = ss.Genotype("dpnas", 1, ((1, 0, "sep_conv_3x3_tanh"),))
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_algorithm(trust, clients_per_round, noise_multiplier):
+  """One local DP-SGD step of a fixed network, FedAvg with server SGD(1)."""
+  return fed.federated_algorithm(
+      ss.derived_model(_SPACE, _GENOTYPE),
+      fed.ClientConfig(noise_multiplier=noise_multiplier, clip_norm=0.5,
+                       learning_rate=0.5, momentum=0.9),
+      optax.sgd(1.0), mechanism=mechanisms.make_mechanism(
+          trust, clients_per_round=clients_per_round))
+
+
+def _one_step_inputs(splits, clients):
+  return fed.round_inputs(
+      splits, np.asarray(clients), seed=0, round_=1, steps=1,
+      sampling_rate=0.3, batch_sizes=(48, 1), validation_batches=False,
+      train_on_all_local_data=True, client_multiple=1)
+
+
+def _union(inputs):
+  """The round's batches as one centralised client: every client's sampled
+  rows in one batch, normalised by the sum of their expected sizes."""
+  take = lambda a: a.reshape(1, 1, -1)
+  return inputs._replace(
+      train_idx=take(inputs.train_idx), train_padding=take(inputs.train_padding),
+      expected_batch=inputs.expected_batch.sum(0, keepdims=True),
+      client_weights=np.ones(1, np.float32), client_ids=np.zeros(1, np.int32))
+
+
+def _weights():
+  return ss.derived_network(_SPACE, _GENOTYPE).init(
+      jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+
+
+def test_aggregate_noise_is_centralised_dp_sgd_on_the_union():
+  """Full participation, one local step, FedAvg weights: the aggregate
+  trust model's round is one DP-SGD step on the union of the clients'
+  batches, and its noise is the centralised σ·C / (q·N), not √m times it."""
+  x, y, splits = _data()
+  clients = list(range(8))
+  inputs = _one_step_inputs(splits, clients)
+  # The FedAvg weight of a client over its normaliser is the same for all:
+  # the shares add up with equal weight.
+  ratio = inputs.client_weights / inputs.expected_batch[:, 0]
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
+  params = fed.ModelParams(_weights(), {})
+
+  def run(trust, sigma, inp, m, key=jax.random.key(3)):
+    algorithm = _fixed_algorithm(trust, m, sigma)
+    return algorithm.apply(algorithm.init(params), x, y, inp, key, 1)[0]
+
+
+  # Noise off: exactly the centralised step on the union of the batches.
+  federated = run("aggregate", 0.0, inputs, len(clients))
+  centralised = run("local", 0.0, _union(inputs), 1)
+  chex.assert_trees_all_close(federated.params, centralised.params,
+                              rtol=1e-4, atol=1e-6)
+  assert _max_change(federated.params, params) > 1e-4
+  # Noise on: the noise of the average is the centralised one (the model's
+  # 238 coordinates over 16 keys: the sample std is within ~1 %).
+  sigma, clip, lr = 2.0, 0.5, 0.5
+  want = lr * sigma * clip / inputs.expected_batch[:, 0].sum()
+  for trust, factor in (("aggregate", 1.0), ("local", len(clients) ** 0.5)):
+    noise = np.concatenate([
+        np.ravel(a - b)
+        for seed in range(16)
+        for a, b in zip(
+            jax.tree.leaves(run(trust, sigma, inputs, len(clients),
+                                jax.random.key(seed)).params),
+            jax.tree.leaves(federated.params))])
+    assert noise.std() == pytest.approx(factor * want, rel=0.05), trust

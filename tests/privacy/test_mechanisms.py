@@ -173,3 +173,26 @@ def test_privatized_mean_jit_equals_eager(sigma, padded):
   with jax.disable_jit():
     eager = release(key)
   chex.assert_trees_all_close(jax.jit(release)(key), eager, rtol=1e-6)
+
+
+@pytest.mark.parametrize("clients", [1, 4, 10])
+def test_aggregate_shares_sum_to_the_stated_noise(clients):
+  """Each client's share has std σ·S/√m; the sum of the m shares has σ·S
+  (fixed seed, 20,000 coordinates: the sample std is within 2 %)."""
+  stddev, dim = 1.5, 20_000
+  mechanism = mechanisms.make_mechanism("aggregate", clients_per_round=clients)
+  zeros = {"w": jnp.zeros(dim)}
+  shares = []
+  for k in range(clients):
+    opt = mechanism.private_optimizer(stddev, jax.random.key(k), 1.0,
+                                      optax.identity())
+    shares.append(opt.update(zeros, opt.init(zeros), zeros)[0]["w"])
+  shares = jnp.stack(shares)
+  assert float(shares[0].std()) == pytest.approx(stddev / clients**0.5,
+                                                 rel=0.02)
+  assert float(shares.sum(0).std()) == pytest.approx(stddev, rel=0.02)
+  # Scalar releases (rewards, probes, feedback): one draw per key.
+  release = jax.vmap(lambda key: mechanism.noised_sum(0.0, stddev, key))
+  scalar = jnp.stack([release(jax.random.split(jax.random.key(100 + k), dim))
+                      for k in range(clients)])
+  assert float(scalar.sum(0).std()) == pytest.approx(stddev, rel=0.02)

@@ -132,3 +132,30 @@ def test_each_strategy_gets_its_plan_and_learning_rate(strategy):
   assert counts["arch_steps_search"] == (0 if traits.one_stage else 4)
   assert job.sigmas.gradient > 0
   assert job.plan.spent(job.sigmas, 4) == pytest.approx(3.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("federated.local_steps", 2, "federated.local_steps=1"),
+    ("federated.search_rounds", 3, "federated.search_rounds=0"),
+    ("hpo.strategy", "feathers", "hpo.strategy='none'"),
+    ("client.optimizer", "hyfree", "client.optimizer='dpsgd'"),
+])
+def test_aggregate_trust_refuses_releases_of_a_clients_own_update(
+    field, value, named):
+  config = default.get_config()
+  config.privacy.trust = "aggregate"
+  config.federated.search_rounds = 0
+  config.model = "tanh_cnn_small"
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=named) as error:
+    job_lib.privacy_plan(config)
+  assert "\n" not in str(error.value)
+
+
+def test_aggregate_trust_accepts_one_step_training_and_is_recorded():
+  config = default.get_config()
+  config.privacy.trust, config.model = "aggregate", "tanh_cnn_small"
+  config.federated.search_rounds = 0
+  job_lib.privacy_plan(config)
+  assert job_lib.build_mechanism(config).name == "aggregate"
