@@ -96,7 +96,7 @@ def _row(dataset, setting, method, summaries, search=None) -> dict:
   cost = first["deployed_cost"]
   row = {
       "dataset": dataset, "setting": setting, "method": method,
-      "model": _cell(first["genotype"]),
+      "model": records.model_name(first),
       "epsilon_total": max(s["epsilon"] for s in summaries),
       "delta": first["delta"],
       **records.seeds_summary([s["test_accuracy"] for s in summaries]),
@@ -107,6 +107,7 @@ def _row(dataset, setting, method, summaries, search=None) -> dict:
       "noise_multiplier": first["noise_multiplier"],
       "accountant": first["accountant"], "randomness": first["randomness"],
       "clients": first["clients"], "design": "cpu" if _CPU.value else "dpnas",
+      "trust": first["trust"], "unit": "example",
       "monitor_accuracy_per_epoch": [s["monitor_accuracy_per_round"]
                                      for s in summaries],
       "wall_time_s": sum(s["wall_time_s"] for s in summaries),
@@ -167,13 +168,6 @@ def plot(dataset: str, rows: list[dict]) -> pathlib.Path:
       series, f"{_DATASET_LABEL[dataset]}, centralised, total ε = 3:"
       " monitor-split accuracy", "monitor accuracy", path, (0.8, 1.0))
   return path
-
-
-def _cell(genotype) -> str:
-  if genotype is None:
-    return ""
-  return "cell: " + ", ".join(f"({to},{src}) {op}"
-                              for to, src, op in genotype["edges"])
 
 
 def _percent(row) -> str:

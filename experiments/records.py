@@ -42,6 +42,17 @@ def seeds_summary(accuracies: list[float]) -> dict:
           "test_accuracies": accuracies}
 
 
+def model_name(summary: dict) -> str:
+  """The fixed network a run trained, or the cell of its genotype."""
+  if summary.get("model"):
+    return summary["model"]
+  genotype = summary.get("genotype")
+  if not genotype:
+    return ""
+  return "cell: " + ", ".join(f"({to},{src}) {op}"
+                              for to, src, op in genotype["edges"])
+
+
 def monitor_curve(workdir) -> list[float]:
   """The monitor split's accuracy after each round of a run's workdir."""
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
