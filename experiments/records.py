@@ -10,11 +10,14 @@ setting, method, model), so re-running one row leaves the others.
 """
 
 import json
+import os
 import pathlib
 import statistics
 import sys
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+# FEDSEARCH_RESULTS_DIR redirects the records (tests write elsewhere).
+RESULTS = pathlib.Path(os.environ.get("FEDSEARCH_RESULTS_DIR") or (
+    pathlib.Path(__file__).resolve().parent / "results"))
 REQUIRED = ("dataset", "setting", "method", "model", "epsilon_total", "delta",
             "test_accuracy", "wall_time_s", "hardware", "commit", "command")
 _KEY = ("dataset", "setting", "method", "model")

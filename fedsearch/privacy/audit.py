@@ -26,6 +26,14 @@ release that could contain it.
 The other examples' gradients are left out: they are independent of which
 canaries are in, so they can only add to the scores' noise; leaving them
 out audits the mechanism at its worst case.
+
+Black box, input canaries (`InputCanaries`): m examples of random pixels
+(in the data's normalised units) with random labels, each included with
+probability ½ in one client's training split of a real run (the main job,
+`runner.run(..., canaries=...)`); the adversary sees only the final model
+and scores each canary by the log-probability it gives the canary's label.
+Far weaker than the white box (the final model is all it sees), it checks
+the whole pipeline end to end.
 """
 
 from typing import NamedTuple
@@ -72,6 +80,32 @@ class AuditResult(NamedTuple):
   delta: float
   trust: str
   observation: str  # what the adversary saw (OBSERVATIONS)
+
+
+class InputCanaries(NamedTuple):
+  """Black-box canaries: examples, labels, inclusion and owning client."""
+
+  x: np.ndarray  # (m, *input_shape) float32, normalised units
+  y: np.ndarray  # (m,) int32
+  included: np.ndarray  # (m,) bool
+  owner: np.ndarray  # (m,) int32: the client whose training split holds it
+
+  @classmethod
+  def draw(cls, seed: int, count: int, input_shape, num_classes: int,
+           num_clients: int) -> "InputCanaries":
+    rng = np.random.default_rng([seed, 0xCA7A])
+    return cls(rng.standard_normal((count, *input_shape)).astype(np.float32),
+               rng.integers(num_classes, size=count).astype(np.int32),
+               rng.random(count) < 0.5,
+               rng.integers(num_clients, size=count).astype(np.int32))
+
+
+def input_canary_scores(predict, canaries: InputCanaries) -> np.ndarray:
+  """log p(label) the final model gives each canary (`predict(x) -> logits`)."""
+  logits = np.asarray(predict(jnp.asarray(canaries.x)), np.float64)
+  log_p = logits - logits.max(-1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  return log_p[np.arange(len(canaries.y)), canaries.y]
 
 
 def _linear_loss(weights, arch, x, y):

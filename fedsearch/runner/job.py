@@ -29,7 +29,7 @@ from fedsearch import nas as nas_lib
 from fedsearch import optimizers
 from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
-from fedsearch.privacy import auto_lr, client_sizes, mechanisms
+from fedsearch.privacy import audit, auto_lr, client_sizes, mechanisms
 from fedsearch.privacy import randomness as randomness_lib
 from fedsearch.privacy.plan import (NoiseMultipliers, PriorStage,
                                     PrivacyPlan, make_plan)
@@ -108,6 +108,8 @@ class Job:
   costs: CostModel | None
   # No search: train this from fresh weights (`nas.genotype`, `model`).
   retrained: Architecture | None
+  # Black-box audit canaries in the training data, or None.
+  canaries: audit.InputCanaries | None = None
 
   @property
   def devices(self) -> int:
@@ -122,9 +124,12 @@ class Job:
 
 
 def build_federation(config, plan: PrivacyPlan,
-                     randomness: randomness_lib.Randomness) -> Federation:
+                     randomness: randomness_lib.Randomness,
+                     canaries: audit.InputCanaries | None = None
+                     ) -> Federation:
   """The clients' data and their privatised sizes. The monitor split is
-  the server's own (public) data: no client holds it."""
+  the server's own (public) data: no client holds it. `canaries` (a
+  black-box audit): the included ones join their owners' training splits."""
   ds = data_lib.load_dataset(config.dataset, config.data_dir,
                              config.cache_dir or None)
   x = data_lib.normalize(ds.name, ds.train_x, ds.pixel_max)
@@ -136,14 +141,33 @@ def build_federation(config, plan: PrivacyPlan,
                              f.shards_per_client)
   splits = fed.split_clients([client_rows[p] for p in parts], f.val_fraction,
                              config.seed)
+  train_y = ds.train_y
+  if canaries is not None:
+    x, train_y, splits = _with_canaries(x, train_y, splits, canaries)
   sizes = client_sizes.release(
       splits.sizes(), plan.size_noise_multiplier,
       randomness.rng(randomness_lib.CLIENT_SIZES_STREAM),
       plan.truncation_tail(), f.val_fraction)
-  return Federation(jnp.asarray(x), jnp.asarray(ds.train_y), splits, sizes,
+  return Federation(jnp.asarray(x), jnp.asarray(train_y), splits, sizes,
                     x[monitor_rows], ds.train_y[monitor_rows],
                     data_lib.normalize(ds.name, ds.test_x, ds.pixel_max),
                     ds.test_y, x.shape[1:], ds.num_classes)
+
+
+def _with_canaries(x, y, splits: fed.ClientSplits,
+                   canaries: audit.InputCanaries):
+  """The examples with the included canaries appended, each in its owner's
+  training split."""
+  if canaries.x.shape[1:] != x.shape[1:]:
+    raise ConfigError(f"canaries of shape {canaries.x.shape[1:]} do not fit"
+                      f" the data's {x.shape[1:]}")
+  rows = len(x) + np.arange(int(canaries.included.sum()))
+  owners = canaries.owner[canaries.included]
+  train = tuple(np.sort(np.concatenate([t, rows[owners == k]]))
+                for k, t in enumerate(splits.train))
+  return (np.concatenate([x, canaries.x[canaries.included]]),
+          np.concatenate([y, canaries.y[canaries.included]]),
+          fed.ClientSplits(train, splits.val))
 
 
 # Fields that must be finite and above a bound: (field, lowest, inclusive).
@@ -463,7 +487,8 @@ def privacy_plan(config) -> PrivacyPlan:
 
 
 def build_job(config: ml_collections.ConfigDict,
-              randomness: randomness_lib.Randomness | None = None) -> Job:
+              randomness: randomness_lib.Randomness | None = None,
+              canaries: audit.InputCanaries | None = None) -> Job:
   """Checks the config, calibrates the plan, reads the data, builds the
   plug-ins.
 
@@ -476,10 +501,11 @@ def build_job(config: ml_collections.ConfigDict,
     randomness = randomness_lib.fresh(config.privacy.randomness, config.seed)
   sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
   mechanism, hpo = build_mechanism(config), build_hpo(config)
-  federation = build_federation(config, plan, randomness)
+  federation = build_federation(config, plan, randomness, canaries)
   space = search_space_from(config, federation.num_classes)
   return Job(
       config=config, randomness=randomness, federation=federation,
+      canaries=canaries,
       space=space,
       nas=nas_lib.make_strategy(config.nas.strategy, space), plan=plan,
       sigmas=sigmas, mechanism=mechanism,

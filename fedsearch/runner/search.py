@@ -24,6 +24,7 @@ from collections.abc import Callable
 import ml_collections
 
 from fedsearch.privacy import randomness
+from fedsearch.privacy.audit import InputCanaries
 from fedsearch.runner import loop
 from fedsearch.runner.job import build_job
 from fedsearch.runner.summary import summarize
@@ -32,7 +33,8 @@ from fedsearch.runner.workdir import Workdir, write_atomic
 
 def run(config: ml_collections.ConfigDict, workdir: str,
         report: Callable[[str], None] = print,
-        stop_after_round: int | None = None) -> dict:
+        stop_after_round: int | None = None,
+        canaries: InputCanaries | None = None) -> dict:
   """Runs (or resumes) a search; returns the summary written to the workdir.
 
   Args:
@@ -42,6 +44,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     report: receives one progress line per round.
     stop_after_round: stop (as if interrupted) once this many rounds are
       checkpointed; for testing resumption.
+    canaries: a black-box audit's input canaries (`privacy.audit`): the
+      included ones are trained on, and the summary reports the one-run
+      ε lower bound from the final model's scores of all of them. The same
+      canaries must be given when such a run resumes.
   """
   start_time = time.time()
   work = Workdir(workdir)
@@ -51,7 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   work.check_config(config.to_json())
   # Nothing is written to the workdir before the whole job is valid.
   job = build_job(config, randomness.for_run(
-      config.privacy.randomness, config.seed, work.path))
+      config.privacy.randomness, config.seed, work.path), canaries)
   work.start(config.to_json(), job.randomness, config.checkpoint_every,
              job.plan.as_prior(job.sigmas).to_json())
   report(_plan_line(job))

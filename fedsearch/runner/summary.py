@@ -8,6 +8,7 @@ import time
 import jax
 
 from fedsearch import nas as nas_lib
+from fedsearch.privacy import audit
 from fedsearch.runner.evaluation import accuracy_and_loss
 from fedsearch.runner.job import Job
 from fedsearch.runner.loop import Progress
@@ -95,6 +96,9 @@ def code_commit() -> str:
   return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
 
 
+# A black-box audit's bound holds with confidence 1 − this.
+AUDIT_SIGNIFICANCE = 0.05
+
 # Read when the code is imported: the tree may change while a long run goes.
 CODE_COMMIT = code_commit()
 
@@ -109,6 +113,17 @@ def summarize(job: Job, work: Workdir, progress: Progress,
       lambda x: progress.phase.predict(w, {}, x), job.federation.test_x,
       job.federation.test_y)
   test_acc, test_loss = test_on(weights)
+  black_box = {}
+  if job.canaries is not None:
+    scores = audit.input_canary_scores(
+        lambda x: progress.phase.predict(weights, {}, x), job.canaries)
+    black_box = {"black_box_audit": {
+        "empirical_epsilon_lower_bound": audit.one_run_epsilon(
+            scores, job.canaries.included, AUDIT_SIGNIFICANCE,
+            job.plan.delta),
+        "confidence": 1 - AUDIT_SIGNIFICANCE,
+        "canaries": len(job.canaries.y),
+        "included": int(job.canaries.included.sum())}}
   work.save_weights("final", weights)
   if job.retrained is None:
     searched = {
@@ -138,6 +153,7 @@ def summarize(job: Job, work: Workdir, progress: Progress,
       "test_loss": test_loss,
       **_privacy(job, progress, total_rounds),
       "rounds": total_rounds,
+      **black_box,
       "devices": progress.phase.devices,
       **_hyperparameters(job, progress),
       "wall_time_s": time.time() - start_time,

@@ -3,9 +3,13 @@ broken one (noise off, clipping off, a share of the noise seen alone) is
 caught far above it."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fedsearch.privacy import audit, dp_grad, mechanisms
+from fedsearch.runner import job as job_lib
+from tests import digits
 
 # Claimed ε ≈ 1.3 at δ = 1e-5 (PLD); a 1,000-canary one-run audit tops out
 # near 4.8 when every guess is right.
@@ -75,3 +79,35 @@ def test_scores_separate_only_through_the_release():
 def test_bad_audit_arguments_are_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
     audit.white_box(mechanisms.local(), _SCHEDULE, **kwargs)
+
+
+def test_input_canaries_are_reproducible_and_half_included():
+  a = audit.InputCanaries.draw(3, 2000, (8, 8, 1), 10, 5)
+  b = audit.InputCanaries.draw(3, 2000, (8, 8, 1), 10, 5)
+  np.testing.assert_array_equal(a.x, b.x)
+  assert a.x.shape == (2000, 8, 8, 1) and a.y.max() < 10 and a.owner.max() < 5
+  assert 900 < a.included.sum() < 1100
+
+
+def test_input_canary_scores_are_the_log_probability_of_the_label():
+  canaries = audit.InputCanaries.draw(0, 6, (2,), 3, 1)
+  logits = np.arange(18, dtype=np.float32).reshape(6, 3) / 7
+  scores = audit.input_canary_scores(lambda x: jnp.asarray(logits), canaries)
+  want = jax.nn.log_softmax(logits)[np.arange(6), canaries.y]
+  np.testing.assert_allclose(scores, want, rtol=1e-5)
+
+
+def test_included_input_canaries_join_their_owners_training_split():
+  x, y, splits = digits.federation()
+  x, y = np.asarray(x), np.asarray(y)
+  canaries = audit.InputCanaries.draw(1, 40, x.shape[1:], 10, len(splits.train))
+  new_x, new_y, new_splits = job_lib._with_canaries(x, y, splits, canaries)
+  added = len(new_x) - len(x)
+  assert added == canaries.included.sum()
+  np.testing.assert_array_equal(new_x[len(x):],
+                                canaries.x[canaries.included])
+  for k, (old, new) in enumerate(zip(splits.train, new_splits.train)):
+    extra = np.setdiff1d(new, old)
+    assert len(extra) == np.sum(canaries.included & (canaries.owner == k))
+    assert (extra >= len(x)).all()
+  assert new_splits.val == splits.val  # Validation splits are untouched.
