@@ -30,6 +30,7 @@ import ml_collections
 from absl import app, flags
 
 from experiments import cli, records
+from experiments.configs import default
 from fedsearch import data as data_lib
 from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
@@ -70,13 +71,28 @@ def run_schedule(config, mechanism) -> audit.AuditSchedule:
       clients=config.federated.clients_per_round)
 
 
+def run_config(recorded: dict) -> ml_collections.ConfigDict:
+  """A run's recorded config over today's defaults: fields added since the
+  run keep the default, which is what the code of its day did."""
+  def merge(into, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in into and isinstance(
+          into[key], ml_collections.ConfigDict):
+        merge(into[key], value)
+      else:
+        into[key] = value
+  config = default.get_config()
+  with config.unlocked():
+    merge(config, recorded)
+  return config
+
+
 def audit_run(workdir: pathlib.Path) -> dict:
   summary_file = workdir / "summary.json"
   if not summary_file.exists():
     raise ConfigError(f"--workdirs: {workdir} holds no finished run"
                       " (summary.json); finish or name another run")
-  config = ml_collections.ConfigDict(
-      json.loads((workdir / "config.json").read_text()))
+  config = run_config(json.loads((workdir / "config.json").read_text()))
   summary = json.loads(summary_file.read_text())
   mechanism = job_lib.build_mechanism(config)
   schedule = run_schedule(config, mechanism)
