@@ -16,11 +16,19 @@ steps on a fixed model); `--model=supernet` instead runs the search phase of
 the default search space (architecture and weight steps on the supernet).
 With `--max_clients` the script doubles the client count until a round no
 longer fits the device (accelerators) and reports the largest that ran and
-its peak memory.
+its peak memory. `--sweep=10,40,160 --client_chunk=10` instead measures,
+for each clients-per-round count, the round with all clients at once and
+in a scan over chunks of `client_chunk` (`federated.client_chunk`): clients
+per second and the compiled round's peak memory, whose growth with the
+clients is what chunking bounds.
 
   python -m benchmarks.federation                    # GPU: 64 clients x 4 x 32
   python -m benchmarks.federation --clients=8 --steps=2 --batch=16  # CPU form
+  python -m benchmarks.federation --sweep=10,40,160 --client_chunk=10 \
+      --steps=1 --batch=8                                # chunking, CPU form
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +56,9 @@ _BACKEND = flags.DEFINE_enum("dp_backend", "ghost", ["vmap", "ghost"],
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "timed repetitions (median)")
 _MAX_CLIENTS = flags.DEFINE_bool("max_clients", False,
                                  "search the largest client count that fits")
+_SWEEP = flags.DEFINE_list("sweep", [], "clients-per-round counts to measure"
+                           " all at once and in chunks")
+_CHUNK = flags.DEFINE_integer("client_chunk", 10, "clients per chunk (--sweep)")
 
 INPUT_SHAPE = (32, 32, 3)
 
@@ -97,6 +108,43 @@ def _peak_bytes(compiled) -> int | None:
   return reporting.compiled_peak_bytes(compiled)
 
 
+def _sweep(model, params, strategy, steps, batch, config, update_options):
+  """Clients per second and peak memory, all clients at once vs in chunks."""
+  train_arch = strategy is not None
+  devices = jax.device_count()
+  mesh = fed.client_mesh() if devices > 1 else None
+  counts = [int(c) for c in _SWEEP.value]
+  examples = 4 * max(counts) * steps * batch
+  x = jax.random.normal(jax.random.key(1), (examples, *INPUT_SHAPE))
+  y = jnp.arange(examples) % 10
+  key = jax.random.key(2)
+  print(reporting.machine_line())
+  print(f"model {_MODEL.value}, {steps} local steps x batch {batch},"
+        f" dp_backend {_BACKEND.value}, {devices} device(s), chunks of"
+        f" {_CHUNK.value}; median of {_ROUNDS.value}")
+  print("| clients / round | all at once: clients/s | peak MiB |"
+        " chunked: clients/s | peak MiB | peak ratio (all / chunked) |")
+  print("|---|---|---|---|---|---|")
+  for clients in counts:
+    row = []
+    for chunk in (0, _CHUNK.value):
+      algorithm = fed.federated_algorithm(
+          model, config, optax.sgd(1.0), client_optimizer=dpsgd(), mesh=mesh,
+          client_chunk=chunk, **update_options)
+      state = algorithm.init(params)
+      inputs = _inputs(clients, steps, batch, examples, train_arch,
+                       math.lcm(devices, chunk or 1))
+      seconds = reporting.median_seconds(
+          lambda: algorithm.apply(state, x, y, inputs, key, 0)[0],
+          _ROUNDS.value)
+      compiled = algorithm.apply.lower(state, x, y, inputs, key, 0).compile()
+      row.append((clients / seconds, reporting.compiled_peak_bytes(compiled)))
+    (rate, peak), (chunk_rate, chunk_peak) = row
+    print(f"| {clients} | {rate:,.1f} | {peak / 2**20:,.1f} |"
+          f" {chunk_rate:,.1f} | {chunk_peak / 2**20:,.1f} |"
+          f" {peak / chunk_peak:.2f} |", flush=True)
+
+
 def main(argv):
   del argv
   on_cpu = jax.default_backend() == "cpu"
@@ -112,6 +160,9 @@ def main(argv):
       mechanism=mechanism, arch_step=(strategy.arch_step if strategy
                                       else nas.weights_only),
       reads_validation=train_arch)
+  if _SWEEP.value:
+    _sweep(model, params, strategy, steps, batch, config, update_options)
+    return
   local = fed.make_local_update(model, config, optimizer=client_optimizer,
                                 **update_options)
   server_opt = optax.sgd(1.0)

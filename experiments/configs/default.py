@@ -92,6 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
   # over rounds, which is what stateless clients cannot do.
   config.federated.server_momentum = 0.5
   config.federated.num_devices = 0  # 0 = all local devices
+  # Clients run this many at a time (a scan over chunks, each vmapped and
+  # sharded over the devices), so memory grows with the chunk, not with
+  # clients_per_round; 0 runs the round's clients all at once.
+  config.federated.client_chunk = 0
 
   config.client = ml_collections.ConfigDict()
   # dpsgd: flat clipping at privacy.clip_norm, fixed learning_rate.

@@ -46,10 +46,19 @@ def federated_algorithm(
     active_weights: Callable | None = None,
     arch_penalty: Callable | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    shared_program: bool = True) -> FederatedAlgorithm:
+    shared_program: bool = True,
+    client_chunk: int = 0) -> FederatedAlgorithm:
   """See the module docstring; the keyword arguments are those of
-  `client.make_local_update`, plus `mesh` (shard clients over its devices)
-  and `shared_program=False` (map a device's clients in sequence)."""
+  `client.make_local_update`, plus `mesh` (shard clients over its devices),
+  `shared_program=False` (map a device's clients in sequence) and
+  `client_chunk` (> 0: run the round's clients that many at a time, in a
+  scan that sums their weighted deltas into its carry, so that memory grows
+  with the chunk, not with the clients per round; a multiple of the mesh's
+  devices, dividing the padded client count; 0: all at once).
+
+  Chunks combine by their total weight, which is exact for the mechanism's
+  `aggregate` as long as it is a weighted mean (both trust models' are).
+  """
   client_optimizer = client_optimizer or dpsgd()
   mechanism = mechanism or mechanisms.local()
   local_update = make_local_update(
@@ -69,23 +78,60 @@ def federated_algorithm(
   def gather(x, y, idx, padding):
     return None if idx is None else Batches(x[idx], y[idx], padding)
 
-  @jax.jit
-  def apply(state: ServerState, x, y, inputs: RoundInputs, base_key, round_,
-            aggregate=True):
+  def clients_result(state, x, y, inputs: RoundInputs, round_key,
+                     first_step):
+    """(aggregated delta, total weight, gains) of some of the clients."""
     batches = ClientBatches(
         gather(x, y, inputs.train_idx, inputs.train_padding),
         gather(x, y, inputs.val_idx, inputs.val_padding),
         gather(x, y, inputs.feedback_idx, inputs.feedback_padding),
         None if inputs.active_steps is None
         else jnp.asarray(inputs.active_steps))
-    round_key = jax.random.fold_in(base_key, round_)
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(
         inputs.client_ids)
-    steps = inputs.train_idx.shape[1]
     deltas, gains = all_deltas(state.client_state(), batches, keys,
                                inputs.expected_batch, inputs.hparams,
-                               round_ * steps)
-    mean_delta = mechanism.aggregate(deltas, inputs.client_weights)
+                               first_step)
+    weight = jnp.sum(inputs.client_weights)
+    return mechanism.aggregate(deltas, inputs.client_weights), weight, gains
+
+  def chunked_result(state, x, y, inputs: RoundInputs, round_key,
+                     first_step):
+    clients = inputs.client_ids.shape[0]
+    if clients % client_chunk:
+      raise ValueError(f"{clients} clients do not split into chunks of"
+                       f" {client_chunk}")
+    chunks = jax.tree.map(
+        lambda a: jnp.reshape(a, (clients // client_chunk, client_chunk,
+                                  *a.shape[1:])), inputs)
+    run = lambda part: clients_result(state, x, y, part, round_key,
+                                      first_step)
+    mean_shape = jax.eval_shape(
+        lambda: run(jax.tree.map(lambda a: a[0], chunks)))[0]
+
+    def body(total, part):
+      mean, weight, gains = run(part)
+      # An all-padding chunk weighs nothing (its mean is 0/0).
+      total = jax.tree.map(
+          lambda t, m: t + jnp.where(weight > 0, weight * m, 0.0),
+          total, mean)
+      return total, (weight, gains)
+
+    total, (weights, gains) = jax.lax.scan(
+        body, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), mean_shape),
+        chunks)
+    weight = jnp.sum(weights)
+    mean = jax.tree.map(lambda t: (t / weight).astype(t.dtype), total)
+    gains = None if gains is None else jnp.reshape(gains, (clients,))
+    return mean, weight, gains
+
+  @jax.jit
+  def apply(state: ServerState, x, y, inputs: RoundInputs, base_key, round_,
+            aggregate=True):
+    round_key = jax.random.fold_in(base_key, round_)
+    first_step = round_ * inputs.train_idx.shape[1]
+    result = chunked_result if client_chunk else clients_result
+    mean_delta, _, gains = result(state, x, y, inputs, round_key, first_step)
     new = server_update(state, mean_delta, server_optimizer, client_optimizer)
     new = jax.tree.map(lambda a, b: jnp.where(aggregate, a, b), new, state)
     return new, gains

@@ -409,6 +409,11 @@ def make_mesh(config):
   if not 1 <= wanted <= available:
     raise ConfigError(f"federated.num_devices must be in [0, {available}],"
                       f" got {config.federated.num_devices}")
+  chunk = config.federated.client_chunk
+  if chunk < 0 or chunk % wanted:
+    raise ConfigError(f"federated.client_chunk must be 0 (all clients at"
+                      f" once) or a positive multiple of the {wanted}"
+                      f" device(s), got {chunk}")
   return fed.client_mesh(wanted) if wanted > 1 else None
 
 

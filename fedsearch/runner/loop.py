@@ -116,9 +116,9 @@ class RoundInputsBuilder:
     self.feedback_size = int(max(job.federation.sizes.bound(client_sizes.VAL)))
 
   def client_slots(self, round_: int, phase: Phase) -> int:
-    """The round's clients padded to a multiple of the devices."""
-    return (-(-len(self.job.plan.schedule[round_]) // phase.devices)
-            * phase.devices)
+    """The round's clients padded to a multiple of the devices and chunk."""
+    return (-(-len(self.job.plan.schedule[round_]) // phase.client_multiple)
+            * phase.client_multiple)
 
   def fixed_ids(self, round_: int, phase: Phase, hpo_state):
     """Every client's configuration index when none is being searched."""
@@ -140,7 +140,7 @@ class RoundInputsBuilder:
         sampling_rate=job.plan.sampling_rate, batch_sizes=phase.batch_sizes,
         validation_batches=phase.validation_batches,
         train_on_all_local_data=phase.all_local_data,
-        client_multiple=phase.devices,
+        client_multiple=phase.client_multiple,
         feedback_size=self.feedback_size if searching else 0,
         client_steps=values.pop("local_steps", None),
         client_rates=values.pop("sampling_rate", None))

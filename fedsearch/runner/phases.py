@@ -8,6 +8,7 @@ holds its federated algorithm, its predictor and the shape of its batches.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -30,7 +31,9 @@ class Phase:
   # validation split, it is free for the weights.
   all_local_data: bool
   batch_sizes: tuple[int, int]  # static (train, validation) batch sizes
-  devices: int
+  # The round's clients are padded to a multiple of this: the devices, and
+  # the chunk of clients run at a time (`federated.client_chunk`).
+  client_multiple: int
 
 
 def build_phase(job: Job, genotype: Architecture | None = None,
@@ -57,7 +60,8 @@ def build_phase(job: Job, genotype: Architecture | None = None,
       active_weights=strategy.active_weights if strategy else None,
       arch_penalty=job.costs.penalty if searching and job.costs else None,
       mesh=job.mesh,
-      shared_program=traits.shared_program if strategy else True)
+      shared_program=traits.shared_program if strategy else True,
+      client_chunk=job.config.federated.client_chunk)
   # Shapes from the public bounds of the clients' sizes, never the sizes.
   sizes = job.federation.sizes
   batch_sizes = (
@@ -68,4 +72,5 @@ def build_phase(job: Job, genotype: Architecture | None = None,
   name = "train" if genotype is not None else (
       "search" if searching else "warmup")
   return Phase(name, algorithm, jax.jit(predict), searching,
-               validation_batches, all_local_data, batch_sizes, job.devices)
+               validation_batches, all_local_data, batch_sizes,
+               math.lcm(job.devices, job.config.federated.client_chunk or 1))

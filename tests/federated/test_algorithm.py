@@ -38,7 +38,8 @@ def _client_optimizer(name):
 
 
 @functools.lru_cache(maxsize=None)
-def _darts_algorithm(optimizer="dpsgd", dp_backend="vmap", devices=None):
+def _darts_algorithm(optimizer="dpsgd", dp_backend="vmap", devices=None,
+                     client_chunk=0):
   """A DARTS search round on the supernet, FedAvg on the server; with
   `devices`, clients are sharded over that many devices. Cached: tests that
   run the same round reuse its compiled program."""
@@ -51,7 +52,8 @@ def _darts_algorithm(optimizer="dpsgd", dp_backend="vmap", devices=None):
       arch_step=strategy.arch_step,
       reads_validation=strategy.traits.reads_validation,
       active_weights=strategy.active_weights, mesh=mesh,
-      shared_program=strategy.traits.shared_program)
+      shared_program=strategy.traits.shared_program,
+      client_chunk=client_chunk)
 
 
 def _inputs(splits, clients, multiple, feedback=False):
@@ -277,3 +279,24 @@ def test_aggregate_noise_is_centralised_dp_sgd_on_the_union():
                                 jax.random.key(seed)).params),
             jax.tree.leaves(federated.params))])
     assert noise.std() == pytest.approx(factor * want, rel=0.05), trust
+
+
+@pytest.mark.parametrize("chunk,devices", [(2, None), (4, 4)])
+def test_clients_in_chunks_equal_all_at_once(chunk, devices):
+  """A scan over chunks of clients (memory bounded by the chunk) gives the
+  round of all clients at once: the same state and the same gains, an
+  all-padding chunk weighing nothing."""
+  x, y, splits = _data()
+  params = _supernet_params()
+  clients = [0, 2, 3, 5, 6]  # Padded to 8: the last chunk of 2 is padding.
+  key = jax.random.key(5)
+  inputs = _inputs(splits, clients, 8, feedback=True)
+  whole = _darts_algorithm()
+  state = whole.init(params)
+  one, gains_one = whole.apply(state, x, y, inputs, key, 3)
+  chunked, gains_chunked = _darts_algorithm(
+      devices=devices, client_chunk=chunk).apply(state, x, y, inputs, key, 3)
+  chex.assert_trees_all_close(one.params, chunked.params, rtol=1e-5,
+                              atol=1e-6)
+  chex.assert_trees_all_close(gains_one, gains_chunked, rtol=1e-4, atol=1e-5)
+  assert _max_change(chunked.params, params) > 1e-4
