@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from experiments import reporting
+from experiments import cli, reporting
 from fedsearch import models, search_space as ss
 from fedsearch.privacy import mechanisms, private_optimizer
 
@@ -203,4 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments import reporting
+from experiments import cli, reporting
 from experiments.configs import default
 from fedsearch import federated as fed, models, nas, search_space as ss
 from fedsearch.federated import server
@@ -269,4 +269,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

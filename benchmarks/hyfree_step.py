@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import reporting
+from experiments import cli, reporting
 from experiments.configs import default
 from fedsearch import data, federated as fed, nas, optimizers
 from fedsearch import search_space as ss
@@ -78,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import records
+from experiments import cli, records
 from experiments.configs import dpnas
 from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
@@ -129,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -74,6 +74,11 @@ def define_config_file(default: str = DEFAULT_CONFIG, help_text: str = ""):
 
 
 def parse_flags(argv):
+  """absl's flag parsing, with one `error:` line for a bad flag, and the
+  dependencies' INFO logs (orbax writes hundreds a run) off unless
+  `--verbosity` (or `-v`) asks for them."""
+  if not any(a.split("=")[0] in ("--verbosity", "-v") for a in argv[1:]):
+    argv = [*argv, "--verbosity=-1"]
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # absl and ml_collections raise many kinds.

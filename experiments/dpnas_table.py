@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import plots, records
+from experiments import cli, plots, records
 from experiments.configs import dpnas
 from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
@@ -261,4 +261,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -12,7 +12,7 @@ Appends the markdown table to --out (default: print only).
 
 from absl import app, flags
 
-from experiments import reporting
+from experiments import cli, reporting
 from experiments.configs import default
 from fedsearch import nas
 from fedsearch.errors import USER_ERRORS
@@ -100,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -16,7 +16,7 @@ import dataclasses
 
 from absl import app, flags
 
-from experiments import reporting
+from experiments import cli, reporting
 from experiments.configs import default
 from fedsearch.errors import USER_ERRORS
 from fedsearch.privacy import accounting
@@ -114,4 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -61,6 +61,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   work.start(config.to_json(), job.randomness, config.checkpoint_every,
              job.plan.as_prior(job.sigmas).to_json())
   report(_plan_line(job))
+  report("compiling the round (the first takes longest; a minute or more on"
+         " a CPU)")
   progress, rounds_done = loop.start(job, work, report)
   finished = loop.run_rounds(job, work, progress, rounds_done, report,
                              start_time, stop_after_round)
