@@ -2,6 +2,7 @@
 tests/federated/test_multihost.py
 (`python -m tests.federated.multihost_round PORT RANK OUT`)."""
 
+import pathlib
 import sys
 
 import numpy as np
@@ -60,6 +61,10 @@ def main(port: str, rank: str, out: str) -> None:
   result = two_rounds(mesh)
   if jax.process_index() == 0:
     np.savez(out, **result)
+  # Each process draws its own OS entropy; all must use process 0's.
+  from fedsearch.privacy import randomness
+  secret = randomness.fresh("secret", 0).entropy
+  pathlib.Path(f"{out}.secret{rank}").write_text(f"{secret:x}")
   jax.distributed.shutdown()
 
 

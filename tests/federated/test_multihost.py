@@ -44,3 +44,7 @@ def test_two_processes_equal_one_process(tmp_path):
   for name, value in single.items():
     np.testing.assert_allclose(distributed[name], value, rtol=1e-5,
                                atol=1e-6, err_msg=name)
+  # The secret key: process 0's, in both processes (`randomness.fresh`).
+  secrets = [pathlib.Path(f"{out}.secret{rank}").read_text()
+             for rank in (0, 1)]
+  assert secrets[0] == secrets[1] and int(secrets[0], 16) > 0
