@@ -301,3 +301,25 @@ def test_every_stop_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
   assert "resuming after round 2" in lines
   assert repaired["test_accuracy"] == straight["test_accuracy"]
   assert _metrics(tmp_path / "a") == _metrics(tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_aggregate_trust_in_chunks_resumes_to_the_uninterrupted_result(
+    tmp_path):
+  """The `aggregate` trust model (one local step, a given genotype), with
+  the clients in chunks: a run stopped after round 2 and resumed ends where
+  the uninterrupted one does, and names its trust model."""
+  genotype = tmp_path / "genotype.json"
+  genotype.write_text(ss.Genotype(
+      "dpnas", 1, ((1, 0, "sep_conv_3x3_tanh"),)).to_json())
+  config = small_config(**{
+      "privacy.trust": "aggregate", "federated.local_steps": 1,
+      "federated.search_rounds": 0, "federated.train_rounds": 4,
+      "nas.genotype": str(genotype), "federated.client_chunk": 4})
+  straight = runner.run(config, tmp_path / "a", report=_quiet)
+  assert straight["trust"] == "aggregate" and straight["client_chunk"] == 4
+  assert straight["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
+  runner.run(config, tmp_path / "b", report=_quiet, stop_after_round=2)
+  resumed = runner.run(config, tmp_path / "b", report=_quiet)
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+  assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
