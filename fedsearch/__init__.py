@@ -11,7 +11,8 @@ from fedsearch import runner
 from fedsearch import search_space
 from fedsearch.errors import ConfigError
 from fedsearch.errors import DataFileError
+from fedsearch.runner import load
 
 __all__ = ["ConfigError", "DataFileError", "data", "federated",
-           "hyperparameters", "models", "nas", "optimizers", "privacy", "runner",
-           "search_space"]
+           "hyperparameters", "load", "models", "nas", "optimizers", "privacy",
+           "runner", "search_space"]

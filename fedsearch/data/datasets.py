@@ -58,6 +58,9 @@ _STATS = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+# The largest pixel value of each dataset's own images (uint8).
+PIXEL_MAX = {"digits": 16.0, "mnist": 255.0, "fashion_mnist": 255.0,
+             "cifar10": 255.0}
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_SPLIT_SEED = 0
 
@@ -102,7 +105,7 @@ def _load_digits() -> Dataset:
   n_test = int(round(_DIGITS_TEST_FRACTION * len(labels)))
   test, train = order[:n_test], order[n_test:]
   return Dataset("digits", images[train], labels[train], images[test],
-                 labels[test], 10, 16.0)
+                 labels[test], 10, PIXEL_MAX["digits"])
 
 
 def _checked_path(data_dir: pathlib.Path, relative: str) -> pathlib.Path:
@@ -135,7 +138,7 @@ def _load_idx_dataset(name: str, data_dir: pathlib.Path) -> Dataset:
   return Dataset(name, arrays["train_x"][..., None],
                  arrays["train_y"].astype(np.int32),
                  arrays["test_x"][..., None],
-                 arrays["test_y"].astype(np.int32), 10, 255.0)
+                 arrays["test_y"].astype(np.int32), 10, PIXEL_MAX[name])
 
 
 def _default_cache_dir() -> pathlib.Path:
@@ -165,7 +168,7 @@ def _load_cifar10(data_dir: pathlib.Path, cache_dir) -> Dataset:
   # any later split by position is not a split by class.
   order = np.random.default_rng(0).permutation(len(arrays["train_y"]))
   return Dataset("cifar10", arrays["train_x"][order], arrays["train_y"][order],
-                 arrays["test_x"], arrays["test_y"], 10, 255.0)
+                 arrays["test_x"], arrays["test_y"], 10, PIXEL_MAX["cifar10"])
 
 
 def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -5,6 +5,9 @@ from fedsearch.runner.job import build_job
 from fedsearch.runner.phases import Phase
 from fedsearch.runner.phases import build_phase
 from fedsearch.runner.search import run
+from fedsearch.runner.trained import TrainedModel
+from fedsearch.runner.trained import load
 from fedsearch.runner.workdir import load_weights
 
-__all__ = ["Job", "Phase", "build_job", "build_phase", "load_weights", "run"]
+__all__ = ["Job", "Phase", "TrainedModel", "build_job", "build_phase",
+           "load", "load_weights", "run"]

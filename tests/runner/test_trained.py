@@ -1,0 +1,57 @@
+"""`fedsearch.load(workdir)`: the found model, its weights and predict()."""
+
+import contextlib
+import io
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import fedsearch
+from fedsearch import runner
+from tests.runner.test_job import small_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  summary = runner.run(small_config(), workdir, report=lambda _: None)
+  return workdir, summary
+
+
+def test_load_predicts_the_runs_test_accuracy(finished):
+  workdir, summary = finished
+  model = fedsearch.load(workdir)
+  test = fedsearch.data.load_dataset("digits")
+  logits = np.asarray(model.predict(test.test_x))
+  assert logits.shape == (len(test.test_y), 10)
+  accuracy = np.mean(np.argmax(logits, -1) == test.test_y)
+  assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
+  assert model.genotype is not None and model.parameters == (
+      summary["model_parameters"])
+  # One-channel images may come without their channel axis.
+  np.testing.assert_allclose(model.predict(test.test_x[..., 0]), logits,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="this model takes"):
+    model.predict(np.zeros((1, 28, 28, 1), np.uint8))
+
+
+def test_load_refuses_an_unfinished_run(tmp_path):
+  with pytest.raises(fedsearch.ConfigError, match="no finished run"):
+    fedsearch.load(tmp_path)
+
+
+def test_readme_example_runs(finished):
+  workdir, summary = finished
+  text = (ROOT / "README.md").read_text()
+  block = re.search(r"<!-- load example[^>]*-->\s*```python\n(.*?)```", text,
+                    re.S).group(1)
+  assert '"workdir/search"' in block
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    exec(block.replace('"workdir/search"', repr(str(workdir))), {})
+  accuracy = float(out.getvalue().split()[0])
+  assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
