@@ -6,7 +6,9 @@ applies them as the flag is defined, at import, with a traceback);
 `parse_flags` is an `app.run(..., flags_parser=...)` parser for the rest. A
 bad flag (a misspelt field, with the closest fields suggested, a value of
 the wrong type, a config file that cannot be loaded) stops the script with
-one `error:` line and exit status 2, before any work.
+one `error:` line and exit status 2, before any work. `--config_help`
+lists every field of the config with its default and, where the field
+names a plug-in, the allowed values (from the registries themselves).
 """
 
 import difflib
@@ -27,6 +29,50 @@ def config_fields(config: ml_collections.ConfigDict, prefix: str = ""):
     yield path
     if isinstance(value, ml_collections.ConfigDict):
       yield from config_fields(value, path + ".")
+
+
+def allowed_values() -> dict[str, list[str]]:
+  """Config fields that name a plug-in or a choice: their allowed values."""
+  # Imported here: the library is only needed when help is asked for.
+  from fedsearch import data, models, nas, optimizers  # pylint: disable=g-import-not-at-top
+  from fedsearch.hyperparameters import strategy as hpo
+  from fedsearch.privacy import accounting, mechanisms, randomness
+  from fedsearch.runner import job
+  from fedsearch.search_space import cost, ops, space
+  return {
+      "dataset": list(data.DATASETS),
+      "model": ["", *sorted(models.MODELS)],
+      "space.op_set": sorted(ops.OP_SETS),
+      "space.activation": sorted(ops.ACTIVATIONS),
+      "space.head": list(space.HEADS), "space.stem": list(space.STEMS),
+      "space.reduction": list(space.REDUCTIONS),
+      "nas.strategy": sorted(nas.STRATEGIES),
+      "nas.cost_metric": list(cost.METRICS),
+      "federated.partition": list(data.PARTITIONS),
+      "federated.server_optimizer": sorted(job.SERVER_OPTIMIZERS),
+      "client.optimizer": sorted(optimizers.OPTIMIZERS),
+      "privacy.accountant": list(accounting.ACCOUNTANTS),
+      "privacy.dp_backend": sorted(mechanisms.DP_BACKENDS),
+      "privacy.trust": sorted(mechanisms.MECHANISMS),
+      "privacy.randomness": list(randomness.MODES),
+      "hpo.strategy": sorted(hpo.STRATEGIES),
+  }
+
+
+def config_help(config: ml_collections.ConfigDict) -> str:
+  """One line per field: `--config.FIELD=default  (allowed: ...)`."""
+  allowed = allowed_values()
+  lines = []
+  for path in config_fields(config):
+    value = config
+    for part in path.split("."):
+      value = value[part]
+    if isinstance(value, ml_collections.ConfigDict):
+      continue
+    choices = (f"  (one of: {', '.join(repr(v) for v in allowed[path])})"
+               if path in allowed else "")
+    lines.append(f"--config.{path}={value!r}{choices}")
+  return "\n".join(lines)
 
 
 def _fail(line: str):
@@ -65,6 +111,10 @@ def _unknown_field_line(argv, config) -> str | None:
 def define_config_file(default: str = DEFAULT_CONFIG, help_text: str = ""):
   """`config_flags.DEFINE_config_file("config", default, lock_config=True)`,
   after the command line's config overrides are checked."""
+  if "--config_help" in sys.argv[1:]:
+    print(config_help(_config_of(
+        [a for a in sys.argv if a != "--config_help"], default)))
+    sys.exit(0)
   if any(a.startswith("--config") for a in sys.argv[1:]):
     line = _unknown_field_line(sys.argv, _config_of(sys.argv, default))
     if line:

@@ -98,3 +98,26 @@ def test_a_process_killed_at_the_phase_change_resumes_to_the_same_result(
   assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
   summary = lambda d: json.loads((tmp_path / d / "summary.json").read_text())
   assert summary("a")["test_accuracy"] == summary("b")["test_accuracy"]
+
+
+def test_config_help_lists_every_field_with_default_and_choices():
+  result = _cli("--config_help")
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  from experiments import cli
+  from experiments.configs import default
+  config = default.get_config()
+
+  def value(path):
+    node = config
+    for part in path.split("."):
+      node = node[part]
+    return node
+
+  leaves = [p for p in cli.config_fields(config)
+            if not hasattr(value(p), "items")]
+  assert len(lines) == len(leaves)
+  trust = next(l for l in lines if l.startswith("--config.privacy.trust="))
+  assert "'local'" in trust and "'aggregate'" in trust
+  # Every field given allowed values exists in the config.
+  assert set(cli.allowed_values()) <= set(leaves)
