@@ -143,6 +143,8 @@ def run_rows(dataset, setting, seeds) -> list[dict]:
                    [_run(free, root / f"found_alone_s{seeds[0]}")]))
   fixed = Genotype(found.op_set, found.nodes, tuple(
       (to, src, _FIXED_OP.value) for to, src, _ in found.edges))
+  if fixed == found:  # Then the first ablation already is the fixed cell.
+    return rows
   config = stage_config(dataset, setting, "retrain", seeds[0],
                         _lone_genotype(fixed, root / "fixed_cell"))
   rows.append(_row(dataset, setting, FIXED_CELL,
