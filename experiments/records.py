@@ -31,7 +31,7 @@ def commit(summaries: list[dict]) -> str:
 def command() -> str:
   """How this script was started, as a user would type it."""
   module = pathlib.Path(sys.argv[0]).resolve()
-  root = RESULTS.parents[1]
+  root = pathlib.Path(__file__).resolve().parents[1]
   name = ".".join(module.relative_to(root).with_suffix("").parts) if (
       root in module.parents) else sys.argv[0]
   return " ".join(["python -m", name, *sys.argv[1:]])

@@ -1,6 +1,8 @@
 """Results records: required fields, row replacement, monitor curves, plots."""
 
 import json
+import pathlib
+import sys
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -71,3 +73,10 @@ def test_line_plot_draws_one_line_per_run_and_a_legend(tmp_path):
 def test_line_plot_refuses_no_data(tmp_path):
   with pytest.raises(ValueError):
     plots.line_plot({"a": [[]]}, "t", "y", tmp_path / "p.svg")
+
+
+def test_command_names_the_module_wherever_the_records_go(results,
+                                                          monkeypatch):
+  script = pathlib.Path(records.__file__).with_name("dpnas_table.py")
+  monkeypatch.setattr(sys, "argv", [str(script), "--cpu"])
+  assert records.command() == "python -m experiments.dpnas_table --cpu"
