@@ -59,7 +59,7 @@ METHOD = {"white_box": "white-box one-run audit, Dirac canaries",
           "black_box": "black-box one-run audit, input canaries"}
 
 
-def run_schedule(config, mechanism) -> audit.AuditSchedule:
+def run_schedule(config) -> audit.AuditSchedule:
   """The most exposed client's weight releases in the run `config` plans."""
   plan = job_lib.privacy_plan(config)
   sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
@@ -95,7 +95,7 @@ def audit_run(workdir: pathlib.Path) -> dict:
   config = run_config(json.loads((workdir / "config.json").read_text()))
   summary = json.loads(summary_file.read_text())
   mechanism = job_lib.build_mechanism(config)
-  schedule = run_schedule(config, mechanism)
+  schedule = run_schedule(config)
   if abs(schedule.noise_multiplier - summary["noise_multiplier"]) > 1e-3 * (
       summary["noise_multiplier"]):
     raise ConfigError(f"{workdir}: the plan's σ {schedule.noise_multiplier}"

@@ -30,8 +30,6 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/baseline", "run folders")
 
 NAME = "baseline"
 METHOD = "DP-SGD, DPNAS retraining recipe"
-_DATASET_LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
-                  "cifar10": "CIFAR-10 (JPEG q75)"}
 # Tramer & Boneh's CNN with this recipe at ε = 3, one seed, fixed-size
 # shuffled batches, on an H100 (../shared/BENCHMARKS.md).
 REFERENCE = {"mnist": 0.9787, "fashion_mnist": 0.8595, "cifar10": 0.6056}
@@ -52,23 +50,10 @@ def run_row(dataset: str, setting: str) -> dict:
     summaries.append(runner.run(seed_config(dataset, setting, seed), workdir,
                                 report=lambda line: print(line, flush=True)))
     curves.append(records.monitor_curve(workdir))
-  first = summaries[0]
-  cost = first["deployed_cost"]
   return {
       "dataset": dataset, "setting": setting, "method": METHOD,
-      "model": first["model"],
-      "epsilon_total": max(s["epsilon"] for s in summaries),
-      "delta": first["delta"],
-      **records.seeds_summary([s["test_accuracy"] for s in summaries]),
-      "seeds": [int(s) for s in _SEEDS.value],
+      **records.seeds_row(summaries, [int(s) for s in _SEEDS.value], curves),
       "reference_test_accuracy": REFERENCE[dataset],
-      "parameters": first["model_parameters"], "flops": cost["flops"],
-      "epochs": first["rounds"], "noise_multiplier": first["noise_multiplier"],
-      "accountant": first["accountant"], "randomness": first["randomness"],
-      "clients": first["clients"], "monitor_accuracy_per_epoch": curves,
-      "wall_time_s": sum(s["wall_time_s"] for s in summaries),
-      "hardware": cost["hardware"], "commit": records.commit(summaries),
-      "command": records.command(),
   }
 
 
@@ -92,7 +77,8 @@ def render(rows: list[dict]) -> str:
   for r in rows:
     seeds = " / ".join(f"{100 * a:.2f}" for a in r["test_accuracies"])
     lines.append(
-        f"| {_DATASET_LABEL[r['dataset']]} | {r['setting']} | {r['model']} |"
+        f"| {records.DATASET_LABEL[r['dataset']]} | {r['setting']} |"
+        f" {r['model']} |"
         f" **{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_sd']:.2f}"
         f" %** | {seeds} (seeds {', '.join(map(str, r['seeds']))}) |"
         f" {100 * r['reference_test_accuracy']:.2f} % |"
@@ -103,7 +89,7 @@ def render(rows: list[dict]) -> str:
   lines += ["", "Commands and notes:", ""]
   for r in rows:
     note = f" ({r['commit_note']})" if r.get("commit_note") else ""
-    lines.append(f"- {_DATASET_LABEL[r['dataset']]}, {r['setting']}:"
+    lines.append(f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']}:"
                  f" `{r['command']}`{note}")
   return "\n".join(lines) + "\n"
 

@@ -23,7 +23,6 @@ separates the space and layout from the search).
 """
 
 import pathlib
-import shutil
 import sys
 
 from absl import app, flags
@@ -55,8 +54,6 @@ SEARCHED = "REINFORCE search (privatised reward) + DP-SGD retraining"
 FREE_SEARCH = ("ablation: found cell retrained at the whole ε, search's ε"
                " not counted (not private)")
 FIXED_CELL = "ablation: fixed cell of the same space, DP-SGD"
-_DATASET_LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
-                  "cifar10": "CIFAR-10 (JPEG q75)"}
 
 
 def stage_config(dataset, setting, stage, seed, genotype_from=""):
@@ -92,34 +89,20 @@ def _lone_genotype(genotype: Genotype, folder: pathlib.Path) -> str:
 
 
 def _row(dataset, setting, method, summaries, search=None) -> dict:
-  first = summaries[0]
-  cost = first["deployed_cost"]
   row = {
       "dataset": dataset, "setting": setting, "method": method,
-      "model": records.model_name(first),
-      "epsilon_total": max(s["epsilon"] for s in summaries),
-      "delta": first["delta"],
-      **records.seeds_summary([s["test_accuracy"] for s in summaries]),
-      "seeds": [s["seed"] for s in summaries],
+      **records.seeds_row(summaries, [s["seed"] for s in summaries],
+                          [s["monitor_accuracy_per_round"] for s in summaries]),
       "published_dpnas": dpnas.PUBLISHED[dataset],
-      "parameters": first["model_parameters"], "flops": cost["flops"],
-      "epochs": first["rounds"],
-      "noise_multiplier": first["noise_multiplier"],
-      "accountant": first["accountant"], "randomness": first["randomness"],
-      "clients": first["clients"], "design": "cpu" if _CPU.value else "dpnas",
-      "trust": first["trust"], "unit": "example",
-      "monitor_accuracy_per_epoch": [s["monitor_accuracy_per_round"]
-                                     for s in summaries],
-      "wall_time_s": sum(s["wall_time_s"] for s in summaries),
-      "hardware": cost["hardware"],
-      "commit": records.commit(summaries + ([search] if search else [])),
-      "command": records.command(),
+      "design": "cpu" if _CPU.value else "dpnas",
+      "trust": summaries[0]["trust"], "unit": "example",
   }
   if search is not None:
     row.update(epsilon_search_alone=search["epsilon"],
                search_share=search["stage_share"],
                search_wall_time_s=search["wall_time_s"],
-               search_rounds=search["rounds"])
+               search_rounds=search["rounds"],
+               commit=records.commit(summaries + [search]))
     row["wall_time_s"] += search["wall_time_s"]
   return row
 
@@ -167,7 +150,7 @@ def plot(dataset: str, rows: list[dict]) -> pathlib.Path:
       series[name] = r["monitor_accuracy_per_epoch"]
   path = records.RESULTS / f"{NAME}_{dataset}.svg"
   plots.line_plot(
-      series, f"{_DATASET_LABEL[dataset]}, centralised, total ε = 3:"
+      series, f"{records.DATASET_LABEL[dataset]}, centralised, total ε = 3:"
       " monitor-split accuracy", "monitor accuracy", path, (0.8, 1.0))
   return path
 
@@ -214,12 +197,12 @@ def render(rows: list[dict]) -> str:
   lines += ["", "Commands:", ""]
   for r in rows:
     if not r.get("superseded"):
-      lines.append(f"- {_DATASET_LABEL[r['dataset']]}, {r['setting']},"
+      lines.append(f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
                    f" {r['method']}: `{r['command']}`")
   old = [r for r in rows if r.get("superseded")]
   if old:
     lines += ["", "## Superseded rows (not comparable; kept in dpnas.json)",
-              "", *[f"- {_DATASET_LABEL[r['dataset']]}, {r['setting']},"
+              "", *[f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
                     f" {r['method']}: {100 * r['test_accuracy']:.2f} % at ε"
                     f" {r['epsilon_total']} — {r['superseded_why']}"
                     for r in old]]
@@ -227,7 +210,8 @@ def render(rows: list[dict]) -> str:
 
 
 def _line(r, search) -> str:
-  return (f"| {_DATASET_LABEL[r['dataset']]} | {r['setting']} | {r['method']}"
+  return (f"| {records.DATASET_LABEL[r['dataset']]} | {r['setting']} |"
+          f" {r['method']}"
           f" | {r['model']} | **{_percent(r)}** (seeds"
           f" {', '.join(map(str, r['seeds']))}) |"
           f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) | {search} |"

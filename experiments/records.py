@@ -21,6 +21,9 @@ RESULTS = pathlib.Path(os.environ.get("FEDSEARCH_RESULTS_DIR") or (
 REQUIRED = ("dataset", "setting", "method", "model", "epsilon_total", "delta",
             "test_accuracy", "wall_time_s", "hardware", "commit", "command")
 _KEY = ("dataset", "setting", "method", "model")
+DATASET_LABEL = {"digits": "digits", "mnist": "MNIST",
+                 "fashion_mnist": "Fashion-MNIST",
+                 "cifar10": "CIFAR-10 (JPEG q75)"}
 
 
 def commit(summaries: list[dict]) -> str:
@@ -43,6 +46,29 @@ def seeds_summary(accuracies: list[float]) -> dict:
           "test_accuracy_sd": (statistics.stdev(accuracies)
                                if len(accuracies) > 1 else 0.0),
           "test_accuracies": accuracies}
+
+
+def seeds_row(summaries: list[dict], seeds: list[int],
+              curves: list[list[float]]) -> dict:
+  """The fields of a row that one configuration's runs, one per seed,
+  share: what was trained, its ε, accuracy over seeds, costs and where it
+  ran (`curves`: each run's monitor accuracy per round)."""
+  first = summaries[0]
+  cost = first["deployed_cost"]
+  return {
+      "model": model_name(first),
+      "epsilon_total": max(s["epsilon"] for s in summaries),
+      "delta": first["delta"],
+      **seeds_summary([s["test_accuracy"] for s in summaries]),
+      "seeds": list(seeds),
+      "parameters": first["model_parameters"], "flops": cost["flops"],
+      "epochs": first["rounds"], "noise_multiplier": first["noise_multiplier"],
+      "accountant": first["accountant"], "randomness": first["randomness"],
+      "clients": first["clients"], "monitor_accuracy_per_epoch": curves,
+      "wall_time_s": sum(s["wall_time_s"] for s in summaries),
+      "hardware": cost["hardware"], "commit": commit(summaries),
+      "command": command(),
+  }
 
 
 def model_name(summary: dict) -> str:

@@ -102,9 +102,7 @@ class InputCanaries(NamedTuple):
 
 def input_canary_scores(predict, canaries: InputCanaries) -> np.ndarray:
   """log p(label) the final model gives each canary (`predict(x) -> logits`)."""
-  logits = np.asarray(predict(jnp.asarray(canaries.x)), np.float64)
-  log_p = logits - logits.max(-1, keepdims=True)
-  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  log_p = np.asarray(jax.nn.log_softmax(predict(jnp.asarray(canaries.x))))
   return log_p[np.arange(len(canaries.y)), canaries.y]
 
 

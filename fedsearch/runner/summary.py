@@ -109,14 +109,13 @@ def summarize(job: Job, work: Workdir, progress: Progress,
   config, f = job.config, job.config.federated
   total_rounds = f.search_rounds + f.train_rounds
   weights = progress.server.params.weights
+  predict_with = lambda w: lambda x: progress.phase.predict(w, {}, x)
   test_on = lambda w: accuracy_and_loss(
-      lambda x: progress.phase.predict(w, {}, x), job.federation.test_x,
-      job.federation.test_y)
+      predict_with(w), job.federation.test_x, job.federation.test_y)
   test_acc, test_loss = test_on(weights)
   black_box = {}
   if job.canaries is not None:
-    scores = audit.input_canary_scores(
-        lambda x: progress.phase.predict(weights, {}, x), job.canaries)
+    scores = audit.input_canary_scores(predict_with(weights), job.canaries)
     black_box = {"black_box_audit": {
         "empirical_epsilon_lower_bound": audit.one_run_epsilon(
             scores, job.canaries.included, AUDIT_SIGNIFICANCE,

@@ -96,11 +96,11 @@ class CellNetwork(nn.Module):
     stem_channels = space.stem_multiplier * space.channels
     if space.stem == "conv3x3":
       x = layers.Conv(stem_channels, 3, name="stem")(x)
+      x = layers.GroupNorm(space.groups, name="stem_norm")(x)
     else:
       x = layers.Conv(stem_channels, 8, stride=2, padding=2, name="stem")(x)
-    x = layers.GroupNorm(space.groups, name="stem_norm")(x)
-    if space.stem == "strided":
-      x = layers.max_pool_2x2_stride_1(x)
+      x = layers.max_pool_2x2_stride_1(
+          layers.GroupNorm(space.groups, name="stem_norm")(x))
     for c in range(space.cells):
       x = Cell(space, space.cell_channels(c), self.genotype, name=f"cell{c}")(
           x, edge_weights, edge_choices)

@@ -76,10 +76,8 @@ class SearchSpace:
           f"space.activation={self.activation!r} is not allowed; choose one of"
           f" {sorted(ops.ACTIVATIONS)}"
       )
-    if self.head not in HEADS:
-      raise ConfigError(
-          f"space.head={self.head!r} is not allowed; choose one of {list(HEADS)}")
-    for field, allowed in (("stem", STEMS), ("reduction", REDUCTIONS)):
+    for field, allowed in (("head", HEADS), ("stem", STEMS),
+                           ("reduction", REDUCTIONS)):
       if getattr(self, field) not in allowed:
         raise ConfigError(
             f"space.{field}={getattr(self, field)!r} is not allowed; choose"
