@@ -9,8 +9,12 @@ and `.md`, the baseline's row beside each searched one (from
 per epoch. Test data is read only in each run's final report; the search's
 own test accuracy (of its supernet child) is not used for anything.
 
-  python -m experiments.dpnas_table --cpu --datasets=mnist,fashion_mnist
+  python -m experiments.dpnas_table --design=cpu_plain --ablations \
+      --datasets=mnist,fashion_mnist
   python -m experiments.dpnas_table --cpu --ablations --datasets=mnist
+
+(`--cpu` is `--design=cpu`, the spelling of the rows recorded before
+`cpu_plain`; the designs are described in `experiments/configs/dpnas.py`.)
 
 ε of a searched row is the total of both stages, composed in one accountant
 (the retraining reads the search's releases from its workdir and calibrates
@@ -39,7 +43,10 @@ _DATASETS = flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"],
                               f"any of {list(dpnas.DATASETS)}")
 _SETTINGS = flags.DEFINE_list("settings", ["centralised"],
                               f"any of {list(dpnas.SETTINGS)}")
-_CPU = flags.DEFINE_bool("cpu", False, "the CPU-sized design (labelled)")
+_DESIGN = flags.DEFINE_enum("design", "dpnas", dpnas.DESIGNS,
+                            "DPNAS's own design (a GPU's) or a CPU-sized one"
+                            " (labelled)")
+_CPU = flags.DEFINE_bool("cpu", False, "the same as --design=cpu")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"],
                            "retraining seeds; the search runs with the first")
 _ABLATIONS = flags.DEFINE_bool("ablations", False,
@@ -56,9 +63,12 @@ FREE_SEARCH = ("ablation: found cell retrained at the whole ε, search's ε"
 FIXED_CELL = "ablation: fixed cell of the same space, DP-SGD"
 
 
+def design() -> str:
+  return "cpu" if _CPU.value else _DESIGN.value
+
+
 def stage_config(dataset, setting, stage, seed, genotype_from=""):
-  config = dpnas.get_config(f"{dataset},{setting},{stage}"
-                            + (",cpu" if _CPU.value else ""))
+  config = dpnas.get_config(f"{dataset},{setting},{stage},{design()}")
   config.data_dir = _DATA_DIR.value
   config.seed = seed
   config.nas.genotype = genotype_from
@@ -67,7 +77,7 @@ def stage_config(dataset, setting, stage, seed, genotype_from=""):
 
 def _root(dataset, setting) -> pathlib.Path:
   return pathlib.Path(_WORKDIR.value) / (
-      f"{dataset}_{setting}" + ("_cpu" if _CPU.value else ""))
+      f"{dataset}_{setting}" + ("" if design() == "dpnas" else f"_{design()}"))
 
 
 def _run(config, workdir: pathlib.Path) -> dict:
@@ -94,7 +104,7 @@ def _row(dataset, setting, method, summaries, search=None) -> dict:
       **records.seeds_row(summaries, [s["seed"] for s in summaries],
                           [s["monitor_accuracy_per_round"] for s in summaries]),
       "published_dpnas": dpnas.PUBLISHED[dataset],
-      "design": "cpu" if _CPU.value else "dpnas",
+      "design": design(),
       "trust": summaries[0]["trust"], "unit": "example",
   }
   if search is not None:
@@ -147,6 +157,8 @@ def plot(dataset: str, rows: list[dict]) -> pathlib.Path:
     if (r["dataset"], r["setting"]) == (dataset, "centralised") and (
         "monitor_accuracy_per_epoch" in r):
       name = _SHORT.get(r["method"], "baseline (T&B CNN)")
+      if "design" in r:
+        name += f", {r['design']}"
       series[name] = r["monitor_accuracy_per_epoch"]
   path = records.RESULTS / f"{NAME}_{dataset}.svg"
   plots.line_plot(
@@ -178,10 +190,15 @@ def render(rows: list[dict]) -> str:
       " the end of each run; no decision reads it. Plots:"
       " `dpnas_<dataset>.svg` (monitor-split accuracy per epoch).",
       "",
-      "| dataset | setting | method | model | test accuracy | ε total (δ) |"
-      " search ε alone / share | σ (retraining) | parameters | FLOPs |"
-      " wall time | hardware | commit | DPNAS published |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+      "Designs (`experiments/configs/dpnas.py`): `cpu` puts a searched cell"
+      " (1x1 conv + GroupNorm, then one searched op) after each of Tramer &"
+      " Boneh's convolutions; `cpu_plain` drops the norms and the 1x1"
+      " layers, so its skip-connection child is the baseline itself.",
+      "",
+      "| dataset | setting | method | design | model | test accuracy |"
+      " ε total (δ) | search ε alone / share | σ (retraining) | parameters |"
+      " FLOPs | wall time | hardware | commit | DPNAS published |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   shown = set()
   for r in rows:
@@ -198,7 +215,7 @@ def render(rows: list[dict]) -> str:
   for r in rows:
     if not r.get("superseded"):
       lines.append(f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
-                   f" {r['method']}: `{r['command']}`")
+                   f" {r['method']} ({r['design']}): `{r['command']}`")
   old = [r for r in rows if r.get("superseded")]
   if old:
     lines += ["", "## Superseded rows (not comparable; kept in dpnas.json)",
@@ -211,7 +228,7 @@ def render(rows: list[dict]) -> str:
 
 def _line(r, search) -> str:
   return (f"| {records.DATASET_LABEL[r['dataset']]} | {r['setting']} |"
-          f" {r['method']}"
+          f" {r['method']} | {r.get('design', '—')}"
           f" | {r['model']} | **{_percent(r)}** (seeds"
           f" {', '.join(map(str, r['seeds']))}) |"
           f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) | {search} |"

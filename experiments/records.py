@@ -20,7 +20,9 @@ RESULTS = pathlib.Path(os.environ.get("FEDSEARCH_RESULTS_DIR") or (
     pathlib.Path(__file__).resolve().parent / "results"))
 REQUIRED = ("dataset", "setting", "method", "model", "epsilon_total", "delta",
             "test_accuracy", "wall_time_s", "hardware", "commit", "command")
-_KEY = ("dataset", "setting", "method", "model")
+# What one row measures; `design` (a table's variant of a method's space or
+# schedule) only where a table has several.
+_KEY = ("dataset", "setting", "method", "model", "design")
 DATASET_LABEL = {"digits": "digits", "mnist": "MNIST",
                  "fashion_mnist": "Fashion-MNIST",
                  "cifar10": "CIFAR-10 (JPEG q75)"}
@@ -102,7 +104,7 @@ def write(name: str, new_rows: list[dict], render) -> list[dict]:
     missing = [field for field in REQUIRED if field not in row]
     if missing:
       raise ValueError(f"results row lacks {missing}: {row}")
-  key = lambda row: tuple(row[k] for k in _KEY)
+  key = lambda row: tuple(row.get(k) for k in _KEY)
   fresh = {key(r) for r in new_rows}
   rows = [r for r in read(name) if key(r) not in fresh] + new_rows
   RESULTS.mkdir(parents=True, exist_ok=True)

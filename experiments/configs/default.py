@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.space.stem_multiplier = 1
   config.space.nodes = 2
   config.space.cells = 1
-  config.space.groups = 4
+  config.space.groups = 4  # GroupNorm groups; 0: no norm (biases instead)
   config.space.activation = "tanh"
   config.space.max_in_edges = 0  # 0 keeps all edges (DPNAS); DARTS uses 2
   # A global average pool over a few channels of an 8x8 map loses most of
@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.space.stem = "conv3x3"
   config.space.reduction = "max_pool"
   config.space.hidden = 0
+  # False: a cell's node 0 is its input as is (no 1x1 conv + norm), so a
+  # cell of skip connections adds nothing (see SearchSpace.preprocess).
+  config.space.preprocess = True
 
   # Architecture search strategy (fedsearch/nas/, one module each):
   # darts: the mixture supernet, alternating DARTS steps, then retraining

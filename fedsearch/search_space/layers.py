@@ -15,6 +15,7 @@ materialising it. Parameter names and initialisers are Flax's (`kernel`,
 `bias`, `scale`), so the models keep their parameter trees.
 """
 
+from collections.abc import Callable
 import dataclasses
 
 import flax.linen as nn
@@ -170,6 +171,15 @@ class GroupNorm(nn.Module):
     params = {"scale": self.param("scale", nn.initializers.ones, (c,)),
               "bias": self.param("bias", nn.initializers.zeros, (c,))}
     return ghost.probed(self, ScaleShiftRule(), normalised, params)
+
+
+def norm_or_bias(groups: int) -> tuple[bool, Callable]:
+  """(use_bias, norm) for a convolution followed by a norm layer: GroupNorm
+  with `groups` groups, or, with groups == 0, no norm and a bias on the
+  convolution instead (what a norm's shift would have learnt)."""
+  if groups:
+    return False, lambda x, name: GroupNorm(groups, name=name)(x)
+  return True, lambda x, name: x
 
 
 class DepthwiseConv(nn.Module):

@@ -32,9 +32,12 @@ class Cell(nn.Module):
   def __call__(self, x, edge_weights=None, edge_choices=None):
     space = self.space
     factories = ops.OP_SETS[space.op_set]
-    act = ops.ACTIVATIONS[space.activation]
-    x = layers.Conv(self.channels, name="preprocess")(act(x))
-    states = [layers.GroupNorm(space.groups, name="preprocess_norm")(x)]
+    if space.preprocess:
+      use_bias, norm = layers.norm_or_bias(space.groups)
+      x = layers.Conv(self.channels, use_bias=use_bias, name="preprocess")(
+          ops.ACTIVATIONS[space.activation](x))
+      x = norm(x, "preprocess_norm")
+    states = [x]
     for to in range(1, space.nodes + 1):
       node = jnp.zeros_like(states[0])
       for src in range(to):
@@ -93,14 +96,15 @@ class CellNetwork(nn.Module):
     if self.genotype is not None:
       check_genotype(self.genotype, space)
     act = ops.ACTIVATIONS[space.activation]
+    use_bias, norm = layers.norm_or_bias(space.groups)
     stem_channels = space.stem_multiplier * space.channels
     if space.stem == "conv3x3":
-      x = layers.Conv(stem_channels, 3, name="stem")(x)
-      x = layers.GroupNorm(space.groups, name="stem_norm")(x)
+      x = layers.Conv(stem_channels, 3, use_bias=use_bias, name="stem")(x)
+      x = norm(x, "stem_norm")
     else:
-      x = layers.Conv(stem_channels, 8, stride=2, padding=2, name="stem")(x)
-      x = layers.max_pool_2x2_stride_1(
-          layers.GroupNorm(space.groups, name="stem_norm")(x))
+      x = layers.Conv(stem_channels, 8, use_bias=use_bias, stride=2,
+                      padding=2, name="stem")(x)
+      x = layers.max_pool_2x2_stride_1(norm(x, "stem_norm"))
     for c in range(space.cells):
       x = Cell(space, space.cell_channels(c), self.genotype, name=f"cell{c}")(
           x, edge_weights, edge_choices)
@@ -110,9 +114,9 @@ class CellNetwork(nn.Module):
         if min(x.shape[-3:-1]) >= 2:
           x = layers.max_pool_2x2(x)
       else:
-        x = layers.Conv(space.cell_channels(c + 1), 4, stride=2, padding=0,
-                        name=f"reduce{c}")(act(x))
-        x = layers.GroupNorm(space.groups, name=f"reduce{c}_norm")(x)
+        x = layers.Conv(space.cell_channels(c + 1), 4, use_bias=use_bias,
+                        stride=2, padding=0, name=f"reduce{c}")(act(x))
+        x = norm(x, f"reduce{c}_norm")
         x = layers.max_pool_2x2_stride_1(x)
     x = act(x)
     if space.head == "gap":

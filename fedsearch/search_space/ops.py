@@ -51,7 +51,8 @@ class Pool(nn.Module):
 
 
 class ActConvNorm(nn.Module):
-  """activation -> depthwise kxk (dilated) -> pointwise 1x1 -> GroupNorm."""
+  """activation -> depthwise kxk (dilated) -> pointwise 1x1 -> GroupNorm
+  (groups == 0: no norm, the pointwise convolution has a bias)."""
 
   channels: int
   kernel: int
@@ -61,10 +62,11 @@ class ActConvNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    use_bias, norm = layers.norm_or_bias(self.groups)
     x = ACTIVATIONS[self.activation](x)
     x = layers.DepthwiseConv(self.kernel, self.dilation, name="depthwise")(x)
-    x = layers.Conv(self.channels, name="pointwise")(x)
-    return layers.GroupNorm(self.groups, name="norm")(x)
+    x = layers.Conv(self.channels, use_bias=use_bias, name="pointwise")(x)
+    return norm(x, "norm")
 
 
 class SepConv(nn.Module):

@@ -38,7 +38,8 @@ class SearchSpace:
     stem_multiplier: the stem has stem_multiplier * channels channels.
     nodes: computed nodes per cell.
     cells: number of cells (each followed by a 2x2 max-pool).
-    groups: GroupNorm groups; must divide every layer's channel count.
+    groups: GroupNorm groups; must divide every layer's channel count. 0:
+      no normalisation anywhere (the convolutions get biases instead).
     activation: activation of the stem/preprocessing layers and of the ops
       that do not search their own (the DARTS convolutions).
     max_in_edges: edges kept per node when deriving a genotype (DARTS keeps
@@ -49,6 +50,12 @@ class SearchSpace:
     reduction: one of REDUCTIONS.
     hidden: units of a dense layer (with the space's activation) before the
       classifier; 0 for none (DPNAS). Tramer & Boneh use 32.
+    preprocess: node 0 of a cell is activation -> 1x1 conv -> norm of the
+      cell's input (DARTS, DPNAS: it maps any width to the cell's). False:
+      node 0 is the input itself, which must then already have the cell's
+      width (stem_multiplier 1, strided_conv reductions); with one node and
+      no norm, a cell of skip connections then leaves Tramer & Boneh's CNN
+      exactly, so the space contains that baseline.
   """
 
   op_set: str = "dpnas"
@@ -64,6 +71,7 @@ class SearchSpace:
   stem: str = "conv3x3"
   reduction: str = "max_pool"
   hidden: int = 0
+  preprocess: bool = True
 
   def __post_init__(self):
     if self.op_set not in ops.OP_SETS:
@@ -84,17 +92,27 @@ class SearchSpace:
             f" one of {list(allowed)}")
     if self.hidden < 0:
       raise ConfigError(f"space.hidden must be >= 0, got {self.hidden}")
-    for field in ("channels", "stem_multiplier", "nodes", "cells", "groups",
+    for field in ("channels", "stem_multiplier", "nodes", "cells",
                   "num_classes"):
       if getattr(self, field) < 1:
         raise ConfigError(f"space.{field} must be >= 1, got {getattr(self, field)}")
+    if self.groups < 0:
+      raise ConfigError(f"space.groups must be >= 0 (0: no normalisation),"
+                        f" got {self.groups}")
+    if not self.preprocess and (self.stem_multiplier != 1 or (
+        self.cells > 1 and self.reduction != "strided_conv")):
+      raise ConfigError(
+          "space.preprocess=False needs each cell's input at the cell's"
+          " width: space.stem_multiplier=1 and, with more than one cell,"
+          f" space.reduction='strided_conv' (got {self.stem_multiplier},"
+          f" {self.reduction!r})")
     if not 0 <= self.max_in_edges <= self.nodes:
       raise ConfigError(
           f"space.max_in_edges must be in [0, space.nodes={self.nodes}], got"
           f" {self.max_in_edges}"
       )
     for width in (self.channels, self.stem_multiplier * self.channels):
-      if width % self.groups:
+      if self.groups and width % self.groups:
         raise ConfigError(
             f"space.groups={self.groups} must divide the channel count {width}"
         )

@@ -52,7 +52,9 @@ def test_the_baseline_is_the_hand_set_cnn_with_the_retraining_recipe(dataset):
 
 @pytest.mark.parametrize("arg,named", [("mnist,centralised", "DATASET,SETTING"),
                                        ("svhn,centralised,search", "DATASET"),
-                                       ("mnist,cross_silo,search", "SETTING")])
+                                       ("mnist,cross_silo,search", "SETTING"),
+                                       ("mnist,centralised,search,tpu",
+                                        "DESIGN")])
 def test_bad_preset_argument_is_named(arg, named):
   with pytest.raises(ValueError, match=named):
     dpnas.get_config(arg)
@@ -66,12 +68,16 @@ def test_warmup_is_refused_for_strategies_without_a_controller():
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
-def test_cpu_design_is_tramer_boneh_layout_searched_with_the_recipe(dataset):
-  search = dpnas.get_config(f"{dataset},centralised,search,cpu")
-  retrain = dpnas.get_config(f"{dataset},centralised,retrain,cpu")
+@pytest.mark.parametrize("design,groups,preprocess", [("cpu", 4, True),
+                                                      ("cpu_plain", 0, False)])
+def test_cpu_design_is_tramer_boneh_layout_searched_with_the_recipe(
+    dataset, design, groups, preprocess):
+  search = dpnas.get_config(f"{dataset},centralised,search,{design}")
+  retrain = dpnas.get_config(f"{dataset},centralised,retrain,{design}")
   space = job_lib.search_space_from(search, 10)
   assert (space.stem, space.reduction, space.hidden) == (
       "strided", "strided_conv", 32)
+  assert (space.groups, space.preprocess) == (groups, preprocess)
   assert space == job_lib.search_space_from(retrain, 10)
   # The supernet trains with the retraining recipe; the controller starts
   # after a sixth of the search.

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedsearch import models
 from fedsearch import search_space as ss
 from fedsearch.privacy import Model
 
@@ -132,10 +133,13 @@ def test_supernet_gradient_jit_equals_eager(op_set):
                               rtol=1e-3, atol=1e-5)
 
 
-def _tramer_boneh_space(nodes=1):
+def _tramer_boneh_space(nodes=1, **plain):
   return ss.SearchSpace(op_set="dpnas", channels=16, stem_multiplier=1,
                         nodes=nodes, cells=2, head="flatten", stem="strided",
-                        reduction="strided_conv", hidden=32)
+                        reduction="strided_conv", hidden=32, **plain)
+
+
+_PLAIN = dict(groups=0, preprocess=False)
 
 
 def test_strided_layout_is_tramer_boneh_with_searched_cells():
@@ -155,9 +159,38 @@ def test_strided_layout_is_tramer_boneh_with_searched_cells():
   assert "reduce1" not in shapes  # The last cell feeds the head.
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_strided_layout_one_hot_supernet_equals_derived_model(seed):
-  space = _tramer_boneh_space(nodes=2)
+def test_plain_skip_cells_compute_tramer_boneh_cnn():
+  """Without norms and cell preprocessing, the child of skip connections is
+  the baseline CNN itself: same parameters, same function."""
+  space = _tramer_boneh_space(**_PLAIN)
+  genotype = ss.Genotype("dpnas", 1, ((1, 0, "skip_connect"),))
+  x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+  baseline = models.make_module("tanh_cnn_small")
+  weights = baseline.init(jax.random.key(0), x[:1])["params"]
+  renamed = {"stem": weights["conv0"], "reduce0": weights["conv1"],
+             "hidden": weights["hidden"], "classifier": weights["classifier"]}
+  child = ss.derived_network(space, genotype)
+  chex.assert_trees_all_equal_shapes(
+      child.init(jax.random.key(0), x[:1])["params"], renamed)
+  chex.assert_trees_all_close(child.apply({"params": renamed}, x),
+                              baseline.apply({"params": weights}, x),
+                              atol=1e-5)
+
+
+def test_plain_ops_have_biases_and_no_norms():
+  space = _tramer_boneh_space(**_PLAIN)
+  genotype = ss.Genotype("dpnas", 1, ((1, 0, "sep_conv_3x3_relu"),))
+  shapes = jax.tree.map(jnp.shape, ss.derived_network(space, genotype).init(
+      jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
+  op = shapes["cell1"]["edge0_sep_conv_3x3_relu"]["layer0"]
+  assert op["pointwise"] == {"kernel": (1, 1, 32, 32), "bias": (32,)}
+  assert "norm" not in op and "preprocess" not in shapes["cell1"]
+  assert "stem_norm" not in shapes and shapes["stem"]["bias"] == (16,)
+
+
+@pytest.mark.parametrize("seed,plain", [(0, {}), (1, {}), (0, _PLAIN)])
+def test_strided_layout_one_hot_supernet_equals_derived_model(seed, plain):
+  space = _tramer_boneh_space(nodes=2, **plain)
   shape = (28, 28, 1)
   keys = jax.random.split(jax.random.key(seed), 3)
   weights = ss.init_supernet(space, keys[0], shape)

@@ -17,7 +17,8 @@ def test_bad_space_values_name_the_field(field, value):
 
 @pytest.mark.parametrize("field,value", [("stem", "patchify"),
                                          ("reduction", "avg_pool"),
-                                         ("hidden", -1)])
+                                         ("hidden", -1), ("groups", -1),
+                                         ("preprocess", False)])
 def test_bad_layout_values_name_the_field(field, value):
   with pytest.raises(ConfigError, match=f"space.{field}"):
     ss.SearchSpace(**{field: value})
