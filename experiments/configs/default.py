@@ -137,6 +137,13 @@ def get_config() -> ml_collections.ConfigDict:
   # and only the sum is seen (secure aggregation, simulated); needs one
   # local step and no search, hpo or HyFreeDP (refused otherwise).
   config.privacy.trust = "local"
+  # What one neighbouring dataset adds or removes: example (example-level
+  # DP) | client (a whole client: DP-FedAvg, McMahan et al. 2018; needs
+  # trust = aggregate). Under client, clip_norm and arch_clip_norm bound a
+  # client's whole round delta of the weights and of the architecture,
+  # clients take part by Poisson(clients_per_round / num_clients) sampling,
+  # and local steps are plain (no per-example clipping, no noise).
+  config.privacy.unit = "example"
   # Noise and Poisson draws (fedsearch/privacy/randomness.py): secret = from
   # the OS entropy, kept owner-only in the workdir's secret_key; seeded =
   # from `seed` (reproducible simulation: whoever knows the config knows the

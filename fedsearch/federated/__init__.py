@@ -14,6 +14,7 @@ from fedsearch.federated.round import client_mesh
 from fedsearch.federated.sampling import ROUND_HYPERPARAMETERS
 from fedsearch.federated.sampling import ClientSplits
 from fedsearch.federated.sampling import client_schedule
+from fedsearch.federated.sampling import poisson_client_schedule
 from fedsearch.federated.sampling import round_inputs
 from fedsearch.federated.sampling import split_clients
 from fedsearch.federated.server import ServerState

@@ -30,6 +30,11 @@ from fedsearch.privacy import mechanisms
 from fedsearch.privacy.mechanisms import Mechanism, Model
 
 
+# Folded into a round's key for the noise the server's release adds; client
+# keys fold in client ids, which stay below it.
+SERVER_NOISE_STREAM = 2**31 - 1
+
+
 class FederatedAlgorithm(NamedTuple):
   init: Callable[..., ServerState]
   apply: Callable[..., tuple[ServerState, jax.Array | None]]
@@ -52,12 +57,11 @@ def federated_algorithm(
   `client.make_local_update`, plus `mesh` (shard clients over its devices),
   `shared_program=False` (map a device's clients in sequence) and
   `client_chunk` (> 0: run the round's clients that many at a time, in a
-  scan that sums their weighted deltas into its carry, so that memory grows
-  with the chunk, not with the clients per round; a multiple of the mesh's
-  devices, dividing the padded client count; 0: all at once).
-
-  Chunks combine by their total weight, which is exact for the mechanism's
-  `aggregate` as long as it is a weighted mean (both trust models' are).
+  scan that adds each chunk's `mechanism.combine` into its carry, so that
+  memory grows with the chunk, not with the clients per round; a multiple
+  of the mesh's devices, dividing the padded client count; 0: all at once).
+  The round's sum is then released once (`mechanism.release`), so chunking
+  changes nothing but memory, whatever the mechanism.
   """
   client_optimizer = client_optimizer or dpsgd()
   mechanism = mechanism or mechanisms.local()
@@ -80,7 +84,7 @@ def federated_algorithm(
 
   def clients_result(state, x, y, inputs: RoundInputs, round_key,
                      first_step):
-    """(aggregated delta, total weight, gains) of some of the clients."""
+    """(combined deltas, their weight, gains) of some of the clients."""
     batches = ClientBatches(
         gather(x, y, inputs.train_idx, inputs.train_padding),
         gather(x, y, inputs.val_idx, inputs.val_padding),
@@ -92,8 +96,8 @@ def federated_algorithm(
     deltas, gains = all_deltas(state.client_state(), batches, keys,
                                inputs.expected_batch, inputs.hparams,
                                first_step)
-    weight = jnp.sum(inputs.client_weights)
-    return mechanism.aggregate(deltas, inputs.client_weights), weight, gains
+    total, weight = mechanism.combine(deltas, inputs.client_weights)
+    return total, weight, gains
 
   def chunked_result(state, x, y, inputs: RoundInputs, round_key,
                      first_step):
@@ -106,24 +110,18 @@ def federated_algorithm(
                                   *a.shape[1:])), inputs)
     run = lambda part: clients_result(state, x, y, part, round_key,
                                       first_step)
-    mean_shape = jax.eval_shape(
+    total_shape = jax.eval_shape(
         lambda: run(jax.tree.map(lambda a: a[0], chunks)))[0]
 
     def body(total, part):
-      mean, weight, gains = run(part)
-      # An all-padding chunk weighs nothing (its mean is 0/0).
-      total = jax.tree.map(
-          lambda t, m: t + jnp.where(weight > 0, weight * m, 0.0),
-          total, mean)
-      return total, (weight, gains)
+      chunk_total, weight, gains = run(part)
+      return jax.tree.map(jnp.add, total, chunk_total), (weight, gains)
 
     total, (weights, gains) = jax.lax.scan(
-        body, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), mean_shape),
-        chunks)
-    weight = jnp.sum(weights)
-    mean = jax.tree.map(lambda t: (t / weight).astype(t.dtype), total)
+        body, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           total_shape), chunks)
     gains = None if gains is None else jnp.reshape(gains, (clients,))
-    return mean, weight, gains
+    return total, jnp.sum(weights), gains
 
   @jax.jit
   def apply(state: ServerState, x, y, inputs: RoundInputs, base_key, round_,
@@ -131,7 +129,10 @@ def federated_algorithm(
     round_key = jax.random.fold_in(base_key, round_)
     first_step = round_ * inputs.train_idx.shape[1]
     result = chunked_result if client_chunk else clients_result
-    mean_delta, _, gains = result(state, x, y, inputs, round_key, first_step)
+    total, weight, gains = result(state, x, y, inputs, round_key, first_step)
+    mean_delta = mechanism.release(
+        total, weight, client_config.noise_multiplier,
+        jax.random.fold_in(round_key, SERVER_NOISE_STREAM))
     new = server_update(state, mean_delta, server_optimizer, client_optimizer)
     new = jax.tree.map(lambda a, b: jnp.where(aggregate, a, b), new, state)
     return new, gains

@@ -58,6 +58,23 @@ def client_schedule(num_clients: int, clients_per_round: int, rounds: int,
   ]).astype(np.int32)
 
 
+def poisson_client_schedule(num_clients: int, rate: float, rounds: int,
+                            slots: int, rng: np.random.Generator
+                            ) -> np.ndarray:
+  """(rounds, slots) client ids, -1 in empty slots: each client takes part
+  in each round independently with probability `rate` (client-level DP's
+  Poisson sampling). A round that draws more than `slots` keeps a uniformly
+  random `slots` of them (truncation, counted in δ). `rng` must be secret:
+  a known draw would undo the amplification."""
+  schedule = np.full((rounds, slots), -1, np.int32)
+  for round_ in range(rounds):
+    chosen = np.flatnonzero(rng.random(num_clients) < rate)
+    if len(chosen) > slots:
+      chosen = np.sort(rng.choice(chosen, slots, replace=False))
+    schedule[round_, :len(chosen)] = chosen
+  return schedule
+
+
 def poisson_batches(rows: np.ndarray, sampling_rate: float, steps: int,
                     batch_size: int, rng: np.random.Generator
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +130,7 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
 
   Args:
     splits: every client's local train/val rows.
-    clients: ids of the clients taking part.
+    clients: ids of the clients taking part (-1: an empty slot).
     seed, round_: seed the draws (reproducible, resumable); `seed` is the
       run's entropy (`privacy.randomness.Randomness.entropy`).
     steps: local steps.
@@ -148,6 +165,8 @@ def round_inputs(splits: ClientSplits, clients: np.ndarray, *, seed: int,
   weight_of, size_of = _size_rules(splits, sizes)
   active = np.zeros((m, steps), bool) if client_steps is not None else None
   for slot, k in enumerate(clients):
+    if k < 0:
+      continue
     k_steps = steps if client_steps is None else int(client_steps[slot])
     k_rate = sampling_rate if client_rates is None else float(client_rates[slot])
     if not 1 <= k_steps <= steps or not 0 < k_rate <= 1:

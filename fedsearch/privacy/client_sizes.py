@@ -82,3 +82,12 @@ def release(true_sizes, noise_multiplier: float, rng: np.random.Generator,
   bounds = np.maximum(
       released + upper_bound_z(tail_probability) * noise_multiplier, 1.0)
   return PublicSizes(released, bounds, val_fraction)
+
+
+def kept_local(true_sizes, val_fraction: float) -> PublicSizes:
+  """Client-level DP: sizes never leave their client, so nothing is
+  released. The true sizes serve only each client's own computation (its
+  batch normalisers and shapes, inside its clipped delta); the server's
+  aggregation ignores them (`mechanisms.client_level`)."""
+  true_sizes = np.asarray(true_sizes, np.float64)
+  return PublicSizes(true_sizes, true_sizes, val_fraction)

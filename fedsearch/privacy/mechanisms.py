@@ -9,12 +9,14 @@ Every quantity a client computes from its data and sends out goes through one
                                expected batch, then an optax optimiser;
   noised_sum                   noise on a bounded scalar sum (rewards, loss
                                probes, hyperparameter feedback);
-  aggregate                    how the server combines the clients' updates;
+  combine, release             how the server aggregates the clients'
+                               updates: `combine` sums a group of clients
+                               (a chunk of the round), `release` turns the
+                               round's sum into the update the server uses
+                               (client-level DP adds its noise there, once);
   release_stream               how one kind of release enters the accountant.
 The federated round and the client update call only these, so a new trust
-model (noise shared out among clients under secure aggregation, client-level
-clipping of whole updates) is a new member of `MECHANISMS`, not a change to
-the round.
+model or unit of privacy is a new mechanism, not a change to the round.
 
 Members:
   local: example-level DP, no one trusted. Each client adds the full noise
@@ -34,6 +36,22 @@ Members:
     The simulation is idealised: continuous Gaussian shares, no
     quantisation or modular arithmetic, and every sampled client reports
     (no dropouts).
+  client_level (unit "client", DP-FedAvg, McMahan et al., ICLR 2018): one
+    neighbouring dataset adds or removes a whole client. Local training is
+    plain (no per-example clipping, no noise); each sampled client's round
+    delta (θ_k − θ, α_k − α) is clipped as one scaled vector,
+    ‖(Δθ/S_w, Δα/S_α)‖ ≤ 1 (architecture deltas are ~10× smaller than
+    weight deltas, so they get their own bound S_α), the server sums the
+    clipped deltas, adds N(0, σ²S_w²) to the weights' and N(0, σ²S_α²) to
+    the architecture's coordinates once, and divides by the expected number
+    of clients per round q·N (McMahan's fixed denominator with equal
+    weights: never the realised count, which would release who took part;
+    FedAvg's size weights would release the sizes). With clients sampled by
+    Poisson(q) the round is a subsampled Gaussian with multiplier σ on the
+    client population. The noise of the sum is one draw, which equals in
+    distribution the participants' secure-aggregation shares (trust
+    `aggregate`); with `local` trust this would be client-level local DP,
+    which is refused.
 """
 
 from collections.abc import Callable
@@ -130,16 +148,39 @@ class Mechanism(NamedTuple):
   private_optimizer: Callable[..., optax.GradientTransformation]
   # (bounded sum, stddev, key) -> the released value.
   noised_sum: Callable[..., jax.Array]
-  # (stacked client values, FedAvg weights) -> what the server uses.
-  aggregate: Callable[..., object]
+  # (stacked client deltas, FedAvg weights; 0 marks a padding slot) ->
+  # (their sum as this mechanism counts it, its weight); sums of disjoint
+  # groups of clients add up.
+  combine: Callable[..., tuple[object, jax.Array]]
+  # (round's sum, its weight, noise multiplier, key) -> the update the
+  # server uses.
+  release: Callable[..., object]
   # (name, sampling_rate, count, noise_multiplier) -> accountant stream.
   release_stream: Callable[..., accounting.ReleaseStream]
+
+  def aggregate(self, stacked, weights, noise_multiplier=0.0, key=None):
+    """`release(combine(...))` of one group of clients."""
+    return self.release(*self.combine(stacked, weights), noise_multiplier,
+                        key)
+
+
+def weighted_sum(stacked, weights: jax.Array):
+  """(Σ_k w_k x_k over the leading (client) axis of every leaf, Σ_k w_k)."""
+  return (jax.tree.map(lambda x: jnp.tensordot(weights.astype(x.dtype), x,
+                                               axes=1), stacked),
+          jnp.sum(weights))
+
+
+def divide(total, weight, noise_multiplier=0.0, key=None):
+  """total / weight: the FedAvg mean of example-level mechanisms, whose
+  updates are private before they are summed."""
+  del noise_multiplier, key
+  return jax.tree.map(lambda t: (t / weight).astype(t.dtype), total)
 
 
 def weighted_average(stacked, weights: jax.Array):
   """Σ_k w_k x_k / Σ_k w_k over the leading (client) axis of every leaf."""
-  weights = weights / jnp.sum(weights)
-  return jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), stacked)
+  return divide(*weighted_sum(stacked, weights))
 
 
 def private_optimizer(stddev: float, key, expected_batch_size,
@@ -205,7 +246,7 @@ def local(dp_backend: str = "vmap", nan_safe: bool = True,
       name="local", unit="example",
       weight_gradient=DP_BACKENDS[dp_backend](nan_safe),
       gradient=gradient, private_optimizer=private_optimizer,
-      noised_sum=noised_sum, aggregate=weighted_average,
+      noised_sum=noised_sum, combine=weighted_sum, release=divide,
       release_stream=accounting.ReleaseStream)
 
 
@@ -236,12 +277,146 @@ def aggregate(dp_backend: str = "vmap", nan_safe: bool = True,
                         noised_sum=shared_sum)
 
 
-# Keyed by `privacy.trust`.
+def _summed_weight_gradient(model, loss, clip_norm=None, clipping=None,
+                            gamma=None):
+  """The plain gradient of the batch's summed loss (padding rows left out):
+  under client-level DP a client's steps need no per-example bound."""
+  del clip_norm, clipping, gamma
+
+  def gradient(weights, arch, x, y, key=None, *, is_padding_example):
+    def total(w):
+      losses = loss(model.apply(w, arch, x, key), y)
+      return jnp.sum(jnp.where(is_padding_example, 0.0, losses))
+    return jax.grad(total)(weights)
+  return gradient
+
+
+def _summed_gradient(loss_fn, argnums, clip_norm=None, clipping=None,
+                     gamma=None):
+  """Σ over the batch's real examples of ∇ `loss_fn` (a batch-mean loss, so
+  taken example by example), unclipped."""
+  del clip_norm, clipping, gamma
+  grad = jax.grad(loss_fn, argnums)
+
+  def gradient(weights, arch, x, y, *rest, is_padding_example):
+    per_example = jax.vmap(
+        lambda xi, yi: grad(weights, arch, xi[None], yi[None], *rest))(x, y)
+    keep = jnp.logical_not(is_padding_example)
+    return jax.tree.map(
+        lambda g: jnp.tensordot(keep.astype(g.dtype), g, axes=1),
+        per_example)
+  return gradient
+
+
+def _plain_optimizer(stddev, key, expected_batch_size, optimizer):
+  """The mean over the batch, then `optimizer`; no noise (client-level DP
+  noises the round's sum at the server)."""
+  del stddev, key
+  chain = optax.chain(optax.scale(1.0 / expected_batch_size), optimizer)
+  return optax.GradientTransformationExtraArgs(
+      chain.init, lambda updates, state, params=None, **extra: chain.update(
+          updates, state, params))
+
+
+def _no_client_scalar(total, stddev, key):
+  raise ConfigError(
+      "privacy.unit='client' releases only clipped round deltas; a client's"
+      " privatised scalar (REINFORCE reward, hyperparameter gain, HyFreeDP"
+      " loss probe) has no client-level form here")
+
+
+def client_level(dp_backend: str = "vmap", nan_safe: bool = True,
+                 clients_per_round: int = 1, clip_norm: float = 1.0,
+                 arch_clip_norm: float = 0.1) -> Mechanism:
+  """DP-FedAvg with a whole client as the unit (see the module docstring).
+
+  Args:
+    dp_backend, nan_safe: unused (no per-example clipping); a non-finite
+      client delta is dropped (counted as zero), whatever `nan_safe`.
+    clients_per_round: the expected clients per round q·N, the fixed
+      denominator.
+    clip_norm: S_w, the bound of a client's weight delta.
+    arch_clip_norm: S_α, the bound of its architecture delta.
+  """
+  del dp_backend, nan_safe
+  if clients_per_round < 1:
+    raise ConfigError("federated.clients_per_round must be >= 1, got"
+                      f" {clients_per_round}")
+  for name, value in (("clip_norm", clip_norm),
+                      ("arch_clip_norm", arch_clip_norm)):
+    if not 0 < value < float("inf"):
+      raise ConfigError(f"privacy.{name} must be a finite number > 0, got"
+                        f" {value}")
+
+  def scaled_sq_norms(stacked):
+    """(m,) ‖(Δθ_k/S_w, Δα_k/S_α)‖² of each client."""
+    def sq(tree, bound):
+      return sum(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=1)
+                 for x in jax.tree.leaves(tree)) / bound**2
+    return (sq(stacked.params.weights, clip_norm)
+            + sq(stacked.params.arch, arch_clip_norm))
+
+  def combine(stacked, weights):
+    carried = jax.tree.leaves((stacked.optimizer, stacked.nas))
+    if carried:
+      raise ConfigError(
+          "privacy.unit='client' bounds only the model's deltas; this client"
+          " optimiser or NAS strategy also sends server-carried state"
+          " (choose client.optimizer='dpsgd' and nas.strategy in 'darts',"
+          " 'one_stage', or a given architecture)")
+    norms = jnp.sqrt(scaled_sq_norms(stacked))
+    ok = jnp.isfinite(norms) & (weights > 0)
+    scale = jnp.where(ok, jnp.minimum(1.0, 1.0 / jnp.maximum(norms, 1e-12)),
+                      0.0)
+    total = jax.tree.map(
+        lambda x: jnp.tensordot(
+            scale.astype(x.dtype),
+            jnp.where(jnp.reshape(ok, (-1,) + (1,) * (x.ndim - 1)), x, 0.0),
+            axes=1), stacked)
+    return total, jnp.sum(ok.astype(jnp.float32))
+
+  def release(total, weight, noise_multiplier, key):
+    del weight  # The realised count would release who took part.
+    params = total.params
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    bounds = jax.tree.leaves(params._replace(
+        weights=jax.tree.map(lambda _: clip_norm, params.weights),
+        arch=jax.tree.map(lambda _: arch_clip_norm, params.arch)))
+    noisy = [x + noise_multiplier * bound * jax.random.normal(k, x.shape,
+                                                              x.dtype)
+             for x, bound, k in zip(leaves, bounds, keys)]
+    noised = total._replace(params=jax.tree.unflatten(tree, noisy))
+    return jax.tree.map(lambda t: t / clients_per_round, noised)
+
+  return Mechanism(
+      name="aggregate", unit="client",
+      weight_gradient=_summed_weight_gradient,
+      gradient=_summed_gradient, private_optimizer=_plain_optimizer,
+      noised_sum=_no_client_scalar, combine=combine, release=release,
+      release_stream=accounting.ReleaseStream)
+
+
+# Keyed by `privacy.trust` (example-level DP).
 MECHANISMS = {"local": local, "aggregate": aggregate}
+# `privacy.unit`: what one neighbouring dataset adds or removes.
+UNITS = ("example", "client")
 
 
-def make_mechanism(trust: str, **options) -> Mechanism:
+def make_mechanism(trust: str, unit: str = "example", **options) -> Mechanism:
   if trust not in MECHANISMS:
     raise ConfigError(f"privacy.trust={trust!r} is not allowed; choose one of"
                       f" {sorted(MECHANISMS)}")
+  if unit not in UNITS:
+    raise ConfigError(f"privacy.unit={unit!r} is not allowed; choose one of"
+                      f" {list(UNITS)}")
+  if unit == "client":
+    if trust != "aggregate":
+      raise ConfigError(
+          "privacy.unit='client' with privacy.trust='local' would be"
+          " client-level local DP (each client noising its whole update),"
+          " which fedsearch does not offer; set privacy.trust='aggregate'")
+    return client_level(**options)
+  options.pop("clip_norm", None)
+  options.pop("arch_clip_norm", None)
   return MECHANISMS[trust](**options)

@@ -32,6 +32,16 @@ stages and its σ is calibrated for what the search left; the search itself
 calibrates to `privacy.stage_share` of the same total. Both stages'
 truncation shares are taken off δ.
 
+Client-level DP (`unit="client"`, `mechanisms.client_level`): the unit is a
+whole client, which takes part in each round with probability q_c (Poisson
+sampling of the population, drawn from the run's secret randomness, so the
+accountant may use the amplification), and then releases one clipped delta
+inside the noised sum. The whole run is one stream: `rounds` Poisson(q_c)-
+subsampled Gaussians with multiplier σ. Nothing else of a client's leaves
+it (no size release: sizes never leave the client). The round's clients
+are padded to a static count; a round that samples more is truncated, an
+event counted in the truncation δ like an example batch's.
+
 Noise multipliers: DP-SGD calibrates one σ for every release. HyFreeDP
 (Liu, Bu et al. 2025) calibrates σ_ref as if the gradients spent all of ε,
 gives the gradients σ_g = (1 + κ)·σ_ref, and solves the loss probes' σ_l so
@@ -113,6 +123,10 @@ class PrivacyPlan:
   # Share of `epsilon` this run calibrates to: a search that a composed
   # retraining will follow leaves it the rest (`privacy.stage_share`).
   stage_share: float = 1.0
+  # "example" or "client" (`privacy.unit`); for "client", the Poisson rate
+  # at which each client takes part in a round.
+  unit: str = "example"
+  client_sampling_rate: float = 1.0
 
   @property
   def all_truncation_delta(self) -> float:
@@ -135,6 +149,8 @@ class PrivacyPlan:
 
   def counts(self, rounds_done: int) -> dict[str, int]:
     """Releases of each kind, component-wise max over clients."""
+    if self.unit == "client":
+      return {"client_updates": min(rounds_done, len(self.schedule))}
     kinds = ("weight_steps_search", "probe_steps_search", "arch_steps_search",
              "weight_steps_train", "probe_steps_train", "hp_feedback")
     per_client = np.zeros((self.num_clients, len(kinds)), np.int64)
@@ -161,6 +177,10 @@ class PrivacyPlan:
                   ) -> list[accounting.ReleaseStream]:
     """This run's releases of the most exposed client."""
     counts = self.counts(rounds_done)
+    if self.unit == "client":
+      return [self.release_stream("client_updates",
+                                  self.client_sampling_rate,
+                                  counts["client_updates"], sigmas.gradient)]
     q = self.sampling_rate
     probe = accounting.joint_noise_multiplier(
         sigmas.gradient,
@@ -197,8 +217,9 @@ class PrivacyPlan:
            "gradients_only": alone([
                s for s in self.own_streams(NoiseMultipliers(sigmas.gradient),
                                            rounds)
-               if s.name != "client_sizes" and s.count]),
-           "client_sizes_only": alone(self.own_streams(sigmas, 0))}
+               if s.name != "client_sizes" and s.count])}
+    if self.unit == "example":
+      out["client_sizes_only"] = alone(self.own_streams(sigmas, 0))
     if self.prior:
       out["earlier_stages_only"] = alone(list(self.prior.streams))
       out["this_stage_only"] = alone(self.own_streams(sigmas, rounds))
@@ -273,7 +294,10 @@ class PrivacyPlan:
   def total_draws(self) -> int:
     """Events on which a padded shape may truncate: Poisson batches drawn in
     the whole run (all clients, all streams) and each client's public size
-    bound (`client_sizes`)."""
+    bound (`client_sizes`); under client-level DP, each round's draw of
+    clients (a client's local batches are inside its clipped delta)."""
+    if self.unit == "client":
+      return len(self.schedule)
     m = self.schedule.shape[1]
     train_rounds = len(self.schedule) - self.search_rounds
     return self.num_clients + m * self.local_steps * (
@@ -283,6 +307,14 @@ class PrivacyPlan:
     """Probability allowed to each truncation event (see `total_draws`)."""
     return accounting.truncation_tail(self.total_draws(), self.epsilon,
                                       self.truncation_delta)
+
+  def client_slots(self) -> int:
+    """Static number of client slots of a client-level round: a Poisson(q_c)
+    draw of the population (one client more under add/remove) fits but with
+    the truncation tail's probability."""
+    return accounting.padded_batch_size(self.num_clients + 1,
+                                        self.client_sampling_rate,
+                                        self.truncation_tail())
 
   def padded_batch_size(self, split_sizes) -> int:
     """Static batch size for Poisson batches over splits of at most these
@@ -303,7 +335,8 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               arch_warmup_rounds=0,
               release_stream=accounting.ReleaseStream,
               size_noise_multiplier=10.0, prior: PriorStage | None = None,
-              stage_share: float = 1.0) -> PrivacyPlan:
+              stage_share: float = 1.0, unit: str = "example",
+              client_sampling_rate: float = 1.0) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -326,6 +359,9 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
   if not 0 < size_noise_multiplier < math.inf:
     raise ConfigError("privacy.size_noise_multiplier must be a finite number"
                       f" > 0, got {size_noise_multiplier}")
+  if unit == "client" and not 0 < client_sampling_rate <= 1:
+    raise ConfigError("federated.clients_per_round / federated.num_clients"
+                      f" must be in (0, 1], got {client_sampling_rate}")
   if not 0 < stage_share <= 1:
     raise ConfigError(f"privacy.stage_share must be in (0, 1], got"
                       f" {stage_share}")
@@ -335,7 +371,7 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
                      probe_every, releases_per_probe, kappa, feedback,
                      feedback_fraction, arch_steps, arch_warmup_rounds,
                      release_stream, size_noise_multiplier, prior,
-                     stage_share)
+                     stage_share, unit, client_sampling_rate)
   if plan.accounting_delta <= 0:
     raise ConfigError(
         f"privacy.delta={delta} is spent by the truncation of this and the"

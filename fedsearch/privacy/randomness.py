@@ -36,6 +36,7 @@ _SECRET_BITS = 128
 
 # Stream tags of host-side draws besides the per-round Poisson batches.
 CLIENT_SIZES_STREAM = 0x512E5
+CLIENT_SCHEDULE_STREAM = 0xC11E7
 
 
 class Randomness(NamedTuple):

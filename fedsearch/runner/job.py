@@ -144,10 +144,13 @@ def build_federation(config, plan: PrivacyPlan,
   train_y = ds.train_y
   if canaries is not None:
     x, train_y, splits = _with_canaries(x, train_y, splits, canaries)
-  sizes = client_sizes.release(
-      splits.sizes(), plan.size_noise_multiplier,
-      randomness.rng(randomness_lib.CLIENT_SIZES_STREAM),
-      plan.truncation_tail(), f.val_fraction)
+  if plan.unit == "client":
+    sizes = client_sizes.kept_local(splits.sizes(), f.val_fraction)
+  else:
+    sizes = client_sizes.release(
+        splits.sizes(), plan.size_noise_multiplier,
+        randomness.rng(randomness_lib.CLIENT_SIZES_STREAM),
+        plan.truncation_tail(), f.val_fraction)
   return Federation(jnp.asarray(x), jnp.asarray(train_y), splits, sizes,
                     x[monitor_rows], ds.train_y[monitor_rows],
                     data_lib.normalize(ds.name, ds.test_x, ds.pixel_max),
@@ -280,8 +283,14 @@ def build_plan(config, mechanism: mechanisms.Mechanism,
   that keeps the plan data-independent.
   """
   f, p = config.federated, config.privacy
-  schedule = fed.client_schedule(f.num_clients, f.clients_per_round,
-                                 f.search_rounds + f.train_rounds, config.seed)
+  rounds = f.search_rounds + f.train_rounds
+  if p.unit == "client":
+    # Who takes part is drawn from the secret randomness (`client_schedule`);
+    # the plan needs only the number of rounds.
+    schedule = np.full((rounds, 0), -1, np.int32)
+  else:
+    schedule = fed.client_schedule(f.num_clients, f.clients_per_round,
+                                   rounds, config.seed)
   pool = hpo.pool if hpo else {}
   steps = (int(max(pool["local_steps"])) if "local_steps" in pool
            else f.local_steps)
@@ -299,7 +308,18 @@ def build_plan(config, mechanism: mechanisms.Mechanism,
       arch_warmup_rounds=config.nas.controller_warmup_rounds,
       release_stream=mechanism.release_stream,
       size_noise_multiplier=p.size_noise_multiplier,
-      prior=prior_stage(config), stage_share=p.stage_share)
+      prior=prior_stage(config), stage_share=p.stage_share, unit=p.unit,
+      client_sampling_rate=f.clients_per_round / f.num_clients)
+
+
+def client_schedule(plan: PrivacyPlan, randomness: randomness_lib.Randomness
+                    ) -> np.ndarray:
+  """Client-level DP: who takes part in each round, Poisson(q_c) from the
+  run's secret randomness, in the plan's static number of slots."""
+  return fed.poisson_client_schedule(
+      plan.num_clients, plan.client_sampling_rate, len(plan.schedule),
+      plan.client_slots(),
+      randomness.rng(randomness_lib.CLIENT_SCHEDULE_STREAM))
 
 
 def read_named_file(field: str, value: str, path, parse: Callable,
@@ -444,12 +464,39 @@ def cost_model(config, space, input_shape) -> CostModel | None:
 
 def build_mechanism(config) -> mechanisms.Mechanism:
   p = config.privacy
+  bounds = ({"clip_norm": p.clip_norm, "arch_clip_norm": p.arch_clip_norm}
+            if p.unit == "client" else {})
   mechanism = mechanisms.make_mechanism(
-      p.trust, dp_backend=p.dp_backend, nan_safe=p.nan_safe,
-      clients_per_round=config.federated.clients_per_round)
-  if mechanism.name == "aggregate":
+      p.trust, p.unit, dp_backend=p.dp_backend, nan_safe=p.nan_safe,
+      clients_per_round=config.federated.clients_per_round, **bounds)
+  if mechanism.unit == "client":
+    _check_client_level(config)
+  elif mechanism.name == "aggregate":
     _check_shared_noise(config)
   return mechanism
+
+
+def _check_client_level(config) -> None:
+  """Client-level DP releases one clipped delta per sampled client and
+  round; the releases that have no client-level form here name themselves."""
+  refusals = (
+      (nas_lib.traits(config.nas.strategy).controller, "REINFORCE's rewards"
+       " are per-client scalars", "nas.strategy in 'darts', 'one_stage' (got"
+       f" {config.nas.strategy!r})"),
+      (config.hpo.strategy != "none", "hyperparameter feedback is a"
+       " per-client scalar", f"hpo.strategy='none' (got"
+       f" {config.hpo.strategy!r})"),
+      (config.client.optimizer != "dpsgd", "HyFreeDP's loss probes are"
+       " per-client scalars", "client.optimizer='dpsgd' (got"
+       f" {config.client.optimizer!r})"),
+      (config.privacy.stage_share != 1.0 or prior_stage(config) is not None,
+       "two-stage pipelines compose example-level releases", "privacy."
+       "stage_share=1 and a nas.genotype without a search's privacy events"),
+  )
+  for refused, release, fields in refusals:
+    if refused:
+      raise ConfigError(f"privacy.unit='client': {release}; set {fields}"
+                        " or use privacy.unit='example'")
 
 
 def _check_shared_noise(config) -> None:
@@ -505,6 +552,9 @@ def build_job(config: ml_collections.ConfigDict,
   if randomness is None:
     randomness = randomness_lib.fresh(config.privacy.randomness, config.seed)
   sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
+  if plan.unit == "client":
+    plan = dataclasses.replace(plan, schedule=client_schedule(plan,
+                                                              randomness))
   mechanism, hpo = build_mechanism(config), build_hpo(config)
   federation = build_federation(config, plan, randomness, canaries)
   space = search_space_from(config, federation.num_classes)

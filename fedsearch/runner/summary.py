@@ -72,9 +72,21 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
       # secret: noise and Poisson draws unknown to whoever holds the config;
       # seeded: reproducible simulation only.
       "randomness": job.randomness.mode,
-      "size_noise_multiplier": plan.size_noise_multiplier,
-      "client_sizes_released": [
-          round(float(n), 2) for n in job.federation.sizes.released],
+      "unit": plan.unit,
+  })
+  if plan.unit == "client":
+    # Sizes stay with their clients and who took part stays secret.
+    out.update({"client_sampling_rate": plan.client_sampling_rate,
+                "client_slots": int(plan.schedule.shape[1]),
+                "clip_norms": {"weights": job.config.privacy.clip_norm,
+                               "architecture":
+                                   job.config.privacy.arch_clip_norm}})
+  else:
+    out.update({
+        "size_noise_multiplier": plan.size_noise_multiplier,
+        "client_sizes_released": [
+            round(float(n), 2) for n in job.federation.sizes.released]})
+  out.update({
       "releases_of_most_exposed_client": {
           s.name: s.count for s in plan.own_streams(sigmas, total_rounds)},
   })

@@ -300,3 +300,44 @@ def test_clients_in_chunks_equal_all_at_once(chunk, devices):
                               atol=1e-6)
   chex.assert_trees_all_close(gains_one, gains_chunked, rtol=1e-4, atol=1e-5)
   assert _max_change(chunked.params, params) > 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def _client_level_darts(client_chunk=0, sigma=1.0):
+  """A DARTS search round under client-level DP (plain local steps)."""
+  strategy = nas.make_strategy("darts", _SPACE)
+  return fed.federated_algorithm(
+      strategy.model, fed.ClientConfig(noise_multiplier=sigma),
+      optax.sgd(1.0),
+      mechanism=mechanisms.make_mechanism(
+          "aggregate", "client", clients_per_round=4, clip_norm=0.5,
+          arch_clip_norm=0.05),
+      arch_step=strategy.arch_step,
+      reads_validation=strategy.traits.reads_validation,
+      client_chunk=client_chunk)
+
+
+def test_client_level_round_clips_sums_and_noises_once_whatever_the_chunks():
+  x, y, splits = _data()
+  params = _supernet_params()
+  inputs = _inputs(splits, [0, 2, 3, 5, 6], 8)
+  key = jax.random.key(5)
+  state = _client_level_darts().init(params)
+  whole = _client_level_darts().apply(state, x, y, inputs, key, 3)[0]
+  chunked = _client_level_darts(client_chunk=2).apply(state, x, y, inputs,
+                                                      key, 3)[0]
+  # One release of the round's sum: chunks change memory, not the result.
+  chex.assert_trees_all_close(whole.params, chunked.params, rtol=1e-5,
+                              atol=1e-6)
+  # Noise off, each client's scaled delta has norm ≤ 1, so the server's
+  # step (÷ the 4 expected clients) is at most 5/4 in the scaled norm.
+  quiet = _client_level_darts(sigma=0.0).apply(state, x, y, inputs, key, 3)[0]
+  scaled = jnp.sqrt(
+      sum(jnp.sum((a - b) ** 2) for a, b in zip(
+          jax.tree.leaves(quiet.params.weights),
+          jax.tree.leaves(params.weights))) / 0.5**2
+      + sum(jnp.sum((a - b) ** 2) for a, b in zip(
+          jax.tree.leaves(quiet.params.arch),
+          jax.tree.leaves(params.arch))) / 0.05**2)
+  assert 0.0 < float(scaled) <= 5 / 4 + 1e-5
+  assert _max_change(whole.params, quiet.params) > 1e-3  # The noise.

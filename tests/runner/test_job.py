@@ -1,6 +1,7 @@
 """Building the job: every bad configuration value is one ConfigError naming
 its field, before any round; the plan charges what the config implies."""
 
+import numpy as np
 import pytest
 
 from experiments.configs import default
@@ -33,6 +34,7 @@ def small_config(**overrides):
     ("dataset", "imagenet", "dataset="),
     ("privacy.accountant", "moments", "privacy.accountant"),
     ("privacy.trust", "server", "privacy.trust"),
+    ("privacy.unit", "household", "privacy.unit"),
     ("federated.server_momentum", 1.5, "federated.server_momentum"),
     ("federated.server_optimizer", "lamb", "federated.server_optimizer"),
     ("hpo.strategy", "grid", "hpo.strategy"),
@@ -159,3 +161,38 @@ def test_aggregate_trust_accepts_one_step_training_and_is_recorded():
   config.federated.search_rounds = 0
   job_lib.privacy_plan(config)
   assert job_lib.build_mechanism(config).name == "aggregate"
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("privacy.trust", "local", "client-level local DP"),
+    ("nas.strategy", "reinforce", "REINFORCE's rewards"),
+    ("hpo.strategy", "feathers", "hpo.strategy='none'"),
+    ("client.optimizer", "hyfree", "client.optimizer='dpsgd'"),
+    ("privacy.stage_share", 0.5, "privacy.stage_share=1"),
+])
+def test_client_level_refuses_what_it_cannot_bound(field, value, named):
+  config = small_config(**{"privacy.unit": "client",
+                           "privacy.trust": "aggregate", field: value})
+  with pytest.raises(ConfigError, match=named) as error:
+    job_lib.privacy_plan(config)
+  assert "\n" not in str(error.value)
+
+
+def test_client_level_job_samples_clients_secretly_and_releases_no_sizes():
+  config = small_config(**{
+      "privacy.unit": "client", "privacy.trust": "aggregate",
+      "federated.num_clients": 100, "federated.clients_per_round": 10,
+      "federated.partition": "iid", "privacy.randomness": "secret"})
+  plan = job_lib.privacy_plan(config)
+  assert plan.unit == "client" and plan.client_sampling_rate == 0.1
+  assert plan.schedule.shape == (4, 0)  # Nobody is drawn before the run.
+  first, second = (job_lib.build_job(config) for _ in range(2))
+  slots = first.plan.client_slots()
+  assert first.plan.schedule.shape == (4, slots)
+  # Drawn from each run's own secret: two runs of one config differ.
+  assert not np.array_equal(first.plan.schedule, second.plan.schedule)
+  assert first.mechanism.unit == "client"
+  # No size release: the accountant holds the client stream alone.
+  assert [s.name for s in first.plan.own_streams(first.sigmas, 4)] == [
+      "client_updates"]
+  assert first.plan.spent(first.sigmas, 4) == pytest.approx(3.0, rel=1e-3)

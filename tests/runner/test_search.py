@@ -323,3 +323,28 @@ def test_aggregate_trust_in_chunks_resumes_to_the_uninterrupted_result(
   resumed = runner.run(config, tmp_path / "b", report=_quiet)
   assert resumed["test_accuracy"] == straight["test_accuracy"]
   assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+
+
+def test_client_level_run_resumes_to_the_same_secret_draws(tmp_path):
+  """DP-FedAvg over 60 clients: who takes part is secret, a resumed run
+  draws exactly the same clients and noise, and the summary names the unit
+  and releases no client size."""
+  config = small_config(**{
+      "privacy.unit": "client", "privacy.trust": "aggregate",
+      "privacy.randomness": "secret", "federated.num_clients": 60,
+      "federated.clients_per_round": 6, "federated.partition": "iid",
+      "privacy.clip_norm": 0.5, "privacy.arch_clip_norm": 0.05})
+  straight = runner.run(config, tmp_path / "a", report=_quiet)
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "secret_key").write_text(
+      (tmp_path / "a" / "secret_key").read_text())
+  assert runner.run(config, tmp_path / "b", report=_quiet,
+                    stop_after_round=3) == {}
+  resumed = runner.run(config, tmp_path / "b", report=_quiet)
+  assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+  assert straight["unit"] == "client" and straight["trust"] == "aggregate"
+  assert "client_sizes_released" not in straight
+  assert straight["releases_of_most_exposed_client"] == {"client_updates": 4}
+  assert straight["client_sampling_rate"] == pytest.approx(0.1)
+  assert 0.99 * 3.0 < straight["epsilon"] <= 3.0 + 1e-9
