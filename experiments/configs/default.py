@@ -144,6 +144,12 @@ def get_config() -> ml_collections.ConfigDict:
   # clients take part by Poisson(clients_per_round / num_clients) sampling,
   # and local steps are plain (no per-example clipping, no noise).
   config.privacy.unit = "example"
+  # unit = client: adaptive clipping (Andrew et al. 2021) scales both bounds
+  # so that they follow this quantile of the clients' update norms, from a
+  # privatised count released with each round (σ_b = clients_per_round/20);
+  # 0 keeps them fixed. The learning rate is the scale's geometric step.
+  config.privacy.adaptive_clip_quantile = 0.0
+  config.privacy.adaptive_clip_learning_rate = 0.2
   # Noise and Poisson draws (fedsearch/privacy/randomness.py): secret = from
   # the OS entropy, kept owner-only in the workdir's secret_key; seeded =
   # from `seed` (reproducible simulation: whoever knows the config knows the

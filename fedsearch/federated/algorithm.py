@@ -3,7 +3,8 @@
 `federated_algorithm(...)` closes over a model, a per-example loss, a client
 optimiser, a server optimiser, the NAS strategy's architecture step and the
 privacy mechanism, and returns
-  init(params, nas_state=None, client_optimizer_state=None) -> ServerState
+  init(params, nas_state=None, client_optimizer_state=None,
+       aggregator_state=None) -> ServerState
   apply(state, x, y, inputs, base_key, round, aggregate=True)
       -> (state, per-client privatised gains or None)
 `apply` is one jitted round: gather the clients' batches by index from the
@@ -73,11 +74,13 @@ def federated_algorithm(
   all_deltas = map_clients(local_update, mesh, shared_program)
 
   def init(params: ModelParams, nas_state=None,
-           client_optimizer_state=None) -> ServerState:
+           client_optimizer_state=None, aggregator_state=None) -> ServerState:
     if client_optimizer_state is None:
       client_optimizer_state = client_optimizer.init()
+    if aggregator_state is None:
+      aggregator_state = mechanism.init_state()
     return server_init(params, server_optimizer, client_optimizer_state,
-                       nas_state)
+                       nas_state, aggregator_state)
 
   def gather(x, y, idx, padding):
     return None if idx is None else Batches(x[idx], y[idx], padding)
@@ -96,7 +99,8 @@ def federated_algorithm(
     deltas, gains = all_deltas(state.client_state(), batches, keys,
                                inputs.expected_batch, inputs.hparams,
                                first_step)
-    total, weight = mechanism.combine(deltas, inputs.client_weights)
+    total, weight = mechanism.combine(deltas, inputs.client_weights,
+                                      state.aggregator)
     return total, weight, gains
 
   def chunked_result(state, x, y, inputs: RoundInputs, round_key,
@@ -130,10 +134,11 @@ def federated_algorithm(
     first_step = round_ * inputs.train_idx.shape[1]
     result = chunked_result if client_chunk else clients_result
     total, weight, gains = result(state, x, y, inputs, round_key, first_step)
-    mean_delta = mechanism.release(
+    mean_delta, aggregator = mechanism.release(
         total, weight, client_config.noise_multiplier,
-        jax.random.fold_in(round_key, SERVER_NOISE_STREAM))
-    new = server_update(state, mean_delta, server_optimizer, client_optimizer)
+        jax.random.fold_in(round_key, SERVER_NOISE_STREAM), state.aggregator)
+    new = server_update(state, mean_delta, server_optimizer, client_optimizer,
+                        aggregator)
     new = jax.tree.map(lambda a, b: jnp.where(aggregate, a, b), new, state)
     return new, gains
 

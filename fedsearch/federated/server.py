@@ -25,20 +25,24 @@ class ServerState(NamedTuple):
   opt_state: optax.OptState  # the server optimiser's, over `params`
   client_optimizer: Any  # `ClientOptimizer.init()`'s state (None: none)
   nas: Any  # `NasStrategy.init_state()`'s state (None: none)
+  # `Mechanism.init_state()`'s state (adaptive clipping's scale; None: none)
+  aggregator: Any = None
 
   def client_state(self) -> ClientState:
     return ClientState(self.params, self.client_optimizer, self.nas)
 
 
 def server_init(params: ModelParams, server_optimizer: optax.GradientTransformation,
-                client_optimizer_state=None, nas_state=None) -> ServerState:
+                client_optimizer_state=None, nas_state=None,
+                aggregator_state=None) -> ServerState:
   return ServerState(params, server_optimizer.init(params),
-                     client_optimizer_state, nas_state)
+                     client_optimizer_state, nas_state, aggregator_state)
 
 
 def server_update(state: ServerState, mean_delta: ClientState,
                   server_optimizer: optax.GradientTransformation,
-                  client_optimizer: ClientOptimizer) -> ServerState:
+                  client_optimizer: ClientOptimizer,
+                  aggregator_state=None) -> ServerState:
   pseudo_grad = jax.tree.map(jnp.negative, mean_delta.params)
   updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state,
                                                state.params)
@@ -46,4 +50,4 @@ def server_update(state: ServerState, mean_delta: ClientState,
       optax.apply_updates(state.params, updates), opt_state,
       client_optimizer.server_update(optax.apply_updates(
           state.client_optimizer, mean_delta.optimizer)),
-      optax.apply_updates(state.nas, mean_delta.nas))
+      optax.apply_updates(state.nas, mean_delta.nas), aggregator_state)

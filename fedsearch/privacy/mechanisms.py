@@ -52,6 +52,17 @@ Members:
     distribution the participants' secure-aggregation shares (trust
     `aggregate`); with `local` trust this would be client-level local DP,
     which is refused.
+    Adaptive clipping (Andrew et al., NeurIPS 2021), with
+    `adaptive_quantile` γ > 0: the bounds are c·(S_w, S_α) for a scale c the
+    server carries (the mechanism's state, from 1). Each sampled client also
+    reports b_k = 1[its scaled norm ≤ 1]; the server releases
+    Σ_k (b_k − ½) + N(0, σ_b²) (sensitivity ½; σ_b = expected clients / 20,
+    the paper's choice), estimates the fraction below the bound b̃ with the
+    fixed denominator and moves c ← c·exp(−η_C (b̃ − γ)), so that c·S
+    follows the γ-quantile of the update norms. Released with the update
+    from the same sampled clients, the pair is one Gaussian of multiplier
+    z = (z_Δ⁻² + (2σ_b)⁻²)^(−½) (their Theorem 1): the plan calibrates z,
+    the update gets z_Δ = (z⁻² − (2σ_b)⁻²)^(−½), slightly more.
 """
 
 from collections.abc import Callable
@@ -148,39 +159,44 @@ class Mechanism(NamedTuple):
   private_optimizer: Callable[..., optax.GradientTransformation]
   # (bounded sum, stddev, key) -> the released value.
   noised_sum: Callable[..., jax.Array]
-  # (stacked client deltas, FedAvg weights; 0 marks a padding slot) ->
-  # (their sum as this mechanism counts it, its weight); sums of disjoint
-  # groups of clients add up.
+  # (stacked client deltas, FedAvg weights (0 marks a padding slot),
+  # state) -> (their sum as this mechanism counts it, its weight); sums of
+  # disjoint groups of clients add up.
   combine: Callable[..., tuple[object, jax.Array]]
-  # (round's sum, its weight, noise multiplier, key) -> the update the
-  # server uses.
-  release: Callable[..., object]
+  # (round's sum, its weight, noise multiplier, key, state) -> (the update
+  # the server uses, the next state).
+  release: Callable[..., tuple[object, object]]
   # (name, sampling_rate, count, noise_multiplier) -> accountant stream.
   release_stream: Callable[..., accounting.ReleaseStream]
+  # () -> what the server carries for the mechanism between rounds (None:
+  # nothing; adaptive clipping: the clip scale).
+  init_state: Callable[[], object] = lambda: None
 
-  def aggregate(self, stacked, weights, noise_multiplier=0.0, key=None):
-    """`release(combine(...))` of one group of clients."""
-    return self.release(*self.combine(stacked, weights), noise_multiplier,
-                        key)
+  def aggregate(self, stacked, weights, noise_multiplier=0.0, key=None,
+                state=None):
+    """The released update of one group of clients."""
+    return self.release(*self.combine(stacked, weights, state),
+                        noise_multiplier, key, state)[0]
 
 
-def weighted_sum(stacked, weights: jax.Array):
+def weighted_sum(stacked, weights: jax.Array, state=None):
   """(Σ_k w_k x_k over the leading (client) axis of every leaf, Σ_k w_k)."""
+  del state
   return (jax.tree.map(lambda x: jnp.tensordot(weights.astype(x.dtype), x,
                                                axes=1), stacked),
           jnp.sum(weights))
 
 
-def divide(total, weight, noise_multiplier=0.0, key=None):
+def divide(total, weight, noise_multiplier=0.0, key=None, state=None):
   """total / weight: the FedAvg mean of example-level mechanisms, whose
   updates are private before they are summed."""
   del noise_multiplier, key
-  return jax.tree.map(lambda t: (t / weight).astype(t.dtype), total)
+  return jax.tree.map(lambda t: (t / weight).astype(t.dtype), total), state
 
 
 def weighted_average(stacked, weights: jax.Array):
   """Σ_k w_k x_k / Σ_k w_k over the leading (client) axis of every leaf."""
-  return divide(*weighted_sum(stacked, weights))
+  return divide(*weighted_sum(stacked, weights))[0]
 
 
 def private_optimizer(stddev: float, key, expected_batch_size,
@@ -325,9 +341,30 @@ def _no_client_scalar(total, stddev, key):
       " loss probe) has no client-level form here")
 
 
+def default_count_stddev(clients_per_round: int) -> float:
+  """σ_b of adaptive clipping's count: Andrew et al.'s expected clients / 20."""
+  return clients_per_round / 20
+
+
+def update_noise_multiplier(joint: float, count_stddev: float) -> float:
+  """z_Δ of the update so that it and the clipped count (std σ_b,
+  sensitivity ½) are together one Gaussian of multiplier `joint`."""
+  if joint == 0:
+    return 0.0
+  if joint >= 2 * count_stddev:
+    raise ConfigError(
+        f"adaptive clipping: the round's noise multiplier {joint:.3f} leaves"
+        f" nothing for the update beside the count's σ_b = {count_stddev:g};"
+        " raise federated.clients_per_round (σ_b is a twentieth of it) or"
+        " privacy.epsilon, or set privacy.adaptive_clip_quantile=0")
+  return (joint**-2 - (2 * count_stddev) ** -2) ** -0.5
+
+
 def client_level(dp_backend: str = "vmap", nan_safe: bool = True,
                  clients_per_round: int = 1, clip_norm: float = 1.0,
-                 arch_clip_norm: float = 0.1) -> Mechanism:
+                 arch_clip_norm: float = 0.1, adaptive_quantile: float = 0.0,
+                 adaptive_learning_rate: float = 0.2,
+                 count_stddev: float | None = None) -> Mechanism:
   """DP-FedAvg with a whole client as the unit (see the module docstring).
 
   Args:
@@ -335,8 +372,11 @@ def client_level(dp_backend: str = "vmap", nan_safe: bool = True,
       client delta is dropped (counted as zero), whatever `nan_safe`.
     clients_per_round: the expected clients per round q·N, the fixed
       denominator.
-    clip_norm: S_w, the bound of a client's weight delta.
-    arch_clip_norm: S_α, the bound of its architecture delta.
+    clip_norm: S_w, the bound of a client's weight delta (at scale 1).
+    arch_clip_norm: S_α, the bound of its architecture delta (at scale 1).
+    adaptive_quantile: γ of adaptive clipping; 0 keeps the bounds fixed.
+    adaptive_learning_rate: η_C, the geometric step of the scale.
+    count_stddev: σ_b of the clipped count; None: clients_per_round / 20.
   """
   del dp_backend, nan_safe
   if clients_per_round < 1:
@@ -347,6 +387,15 @@ def client_level(dp_backend: str = "vmap", nan_safe: bool = True,
     if not 0 < value < float("inf"):
       raise ConfigError(f"privacy.{name} must be a finite number > 0, got"
                         f" {value}")
+  if not 0 <= adaptive_quantile < 1:
+    raise ConfigError("privacy.adaptive_clip_quantile must be in [0, 1) (0:"
+                      f" fixed clipping), got {adaptive_quantile}")
+  if adaptive_learning_rate <= 0:
+    raise ConfigError("privacy.adaptive_clip_learning_rate must be > 0, got"
+                      f" {adaptive_learning_rate}")
+  adaptive = adaptive_quantile > 0
+  if count_stddev is None:
+    count_stddev = default_count_stddev(clients_per_round)
 
   def scaled_sq_norms(stacked):
     """(m,) ‖(Δθ_k/S_w, Δα_k/S_α)‖² of each client."""
@@ -356,7 +405,8 @@ def client_level(dp_backend: str = "vmap", nan_safe: bool = True,
     return (sq(stacked.params.weights, clip_norm)
             + sq(stacked.params.arch, arch_clip_norm))
 
-  def combine(stacked, weights):
+  def combine(stacked, weights, scale=None):
+    """((Σ_k clipped Δ_k, Σ_k (b_k − ½)), clients that took part)."""
     carried = jax.tree.leaves((stacked.optimizer, stacked.nas))
     if carried:
       raise ConfigError(
@@ -364,37 +414,53 @@ def client_level(dp_backend: str = "vmap", nan_safe: bool = True,
           " optimiser or NAS strategy also sends server-carried state"
           " (choose client.optimizer='dpsgd' and nas.strategy in 'darts',"
           " 'one_stage', or a given architecture)")
-    norms = jnp.sqrt(scaled_sq_norms(stacked))
-    ok = jnp.isfinite(norms) & (weights > 0)
-    scale = jnp.where(ok, jnp.minimum(1.0, 1.0 / jnp.maximum(norms, 1e-12)),
-                      0.0)
+    # Norms in units of the current bounds c·(S_w, S_α).
+    norms = jnp.sqrt(scaled_sq_norms(stacked)) / (1.0 if scale is None
+                                                   else scale)
+    present = weights > 0
+    ok = jnp.isfinite(norms) & present
+    factor = jnp.where(ok, jnp.minimum(1.0, 1.0 / jnp.maximum(norms, 1e-12)),
+                       0.0)
     total = jax.tree.map(
         lambda x: jnp.tensordot(
-            scale.astype(x.dtype),
+            factor.astype(x.dtype),
             jnp.where(jnp.reshape(ok, (-1,) + (1,) * (x.ndim - 1)), x, 0.0),
             axes=1), stacked)
-    return total, jnp.sum(ok.astype(jnp.float32))
+    # A dropped (non-finite) client counts as above the bound.
+    below = jnp.sum(jnp.where(present, (ok & (norms <= 1.0)) - 0.5, 0.0))
+    return (total, below), jnp.sum(present.astype(jnp.float32))
 
-  def release(total, weight, noise_multiplier, key):
+  def release(sums, weight, noise_multiplier, key, scale=None):
     del weight  # The realised count would release who took part.
+    total, below = sums
+    update_key, count_key = jax.random.split(key)
+    c = 1.0 if scale is None else scale
+    z = (update_noise_multiplier(noise_multiplier, count_stddev) if adaptive
+         else noise_multiplier)
     params = total.params
     leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
+    keys = jax.random.split(update_key, max(len(leaves), 1))
     bounds = jax.tree.leaves(params._replace(
         weights=jax.tree.map(lambda _: clip_norm, params.weights),
         arch=jax.tree.map(lambda _: arch_clip_norm, params.arch)))
-    noisy = [x + noise_multiplier * bound * jax.random.normal(k, x.shape,
-                                                              x.dtype)
+    noisy = [x + (z * c * bound) * jax.random.normal(k, x.shape, x.dtype)
              for x, bound, k in zip(leaves, bounds, keys)]
     noised = total._replace(params=jax.tree.unflatten(tree, noisy))
-    return jax.tree.map(lambda t: t / clients_per_round, noised)
+    mean = jax.tree.map(lambda t: t / clients_per_round, noised)
+    if not adaptive:
+      return mean, scale
+    fraction_below = (below + count_stddev * jax.random.normal(count_key)
+                      + clients_per_round / 2) / clients_per_round
+    return mean, scale * jnp.exp(
+        -adaptive_learning_rate * (fraction_below - adaptive_quantile))
 
   return Mechanism(
       name="aggregate", unit="client",
       weight_gradient=_summed_weight_gradient,
       gradient=_summed_gradient, private_optimizer=_plain_optimizer,
       noised_sum=_no_client_scalar, combine=combine, release=release,
-      release_stream=accounting.ReleaseStream)
+      release_stream=accounting.ReleaseStream,
+      init_state=(lambda: jnp.float32(1.0)) if adaptive else (lambda: None))
 
 
 # Keyed by `privacy.trust` (example-level DP).

@@ -464,7 +464,9 @@ def cost_model(config, space, input_shape) -> CostModel | None:
 
 def build_mechanism(config) -> mechanisms.Mechanism:
   p = config.privacy
-  bounds = ({"clip_norm": p.clip_norm, "arch_clip_norm": p.arch_clip_norm}
+  bounds = ({"clip_norm": p.clip_norm, "arch_clip_norm": p.arch_clip_norm,
+             "adaptive_quantile": p.adaptive_clip_quantile,
+             "adaptive_learning_rate": p.adaptive_clip_learning_rate}
             if p.unit == "client" else {})
   mechanism = mechanisms.make_mechanism(
       p.trust, p.unit, dp_backend=p.dp_backend, nan_safe=p.nan_safe,
@@ -555,6 +557,10 @@ def build_job(config: ml_collections.ConfigDict,
   if plan.unit == "client":
     plan = dataclasses.replace(plan, schedule=client_schedule(plan,
                                                               randomness))
+    if config.privacy.adaptive_clip_quantile > 0:  # Refused when it cannot.
+      mechanisms.update_noise_multiplier(
+          sigmas.gradient, mechanisms.default_count_stddev(
+              config.federated.clients_per_round))
   mechanism, hpo = build_mechanism(config), build_hpo(config)
   federation = build_federation(config, plan, randomness, canaries)
   space = search_space_from(config, federation.num_classes)

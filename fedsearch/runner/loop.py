@@ -167,6 +167,10 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
   if progress.server.nas is not None:
     record.update(job.nas.metrics(progress.server.nas))
   record.update(job.client_optimizer.metrics(progress.server.client_optimizer))
+  if progress.server.aggregator is not None:  # Adaptive clipping's bounds.
+    scale = float(progress.server.aggregator)
+    record["clip_norm"] = scale * job.config.privacy.clip_norm
+    record["arch_clip_norm"] = scale * job.config.privacy.arch_clip_norm
   return record
 
 

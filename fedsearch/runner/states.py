@@ -34,12 +34,15 @@ def supernet_state(job: Job, phase: Phase) -> fed.ServerState:
 
 
 def derived_state(job: Job, phase: Phase, weights,
-                  client_optimizer_state=None) -> fed.ServerState:
+                  client_optimizer_state=None,
+                  aggregator_state=None) -> fed.ServerState:
   """The derived model's state; the client optimiser's state (HyFreeDP's
-  learning rate) goes on with it, the strategy's is done with."""
+  learning rate) and the mechanism's (adaptive clipping's scale) go on with
+  it, the strategy's is done with."""
   return place(job, phase.algorithm.init(
       fed.ModelParams(weights, {}),
-      client_optimizer_state=client_optimizer_state))
+      client_optimizer_state=client_optimizer_state,
+      aggregator_state=aggregator_state))
 
 
 def retrain_state(job: Job, phase: Phase, architecture: Architecture
@@ -56,7 +59,8 @@ def after_search(job: Job, phase: Phase, supernet: fed.ServerState,
   """The derived model with the weights the supernet trained."""
   weights = ss.extract_weights(supernet.params.weights, job.space, genotype,
                                job.federation.input_shape)
-  return derived_state(job, phase, weights, supernet.client_optimizer)
+  return derived_state(job, phase, weights, supernet.client_optimizer,
+                       supernet.aggregator)
 
 
 def derive_genotype(job: Job, arch) -> ss.Genotype:

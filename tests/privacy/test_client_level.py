@@ -35,13 +35,15 @@ def test_combine_clips_the_scaled_concatenation_on_hand_numbers():
   # Client 2: a padding slot (weight 0). Client 3: non-finite, dropped.
   weights = [[3.0, 0.0], [0.5, 0.0], [7.0, 7.0], [np.nan, 1.0]]
   arch = [[0.0, 0.4], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
-  total, count = _mechanism().combine(_deltas(weights, arch),
-                                      jnp.array([1.0, 5.0, 0.0, 1.0]))
+  (total, below), count = _mechanism().combine(
+      _deltas(weights, arch), jnp.array([1.0, 5.0, 0.0, 1.0]))
   chex.assert_trees_all_close(total.params.weights["w"],
                               jnp.array([3.0 / 5 + 0.5, 0.0]), atol=1e-6)
   chex.assert_trees_all_close(total.params.arch["normal"],
                               jnp.array([0.0, 0.4 / 5]), atol=1e-6)
-  assert float(count) == 2.0  # Reported, never used by the release.
+  # Three took part (reported, never used by the release); only client 1
+  # was within the bound (the count adaptive clipping would release).
+  assert float(count) == 3.0 and float(below) == pytest.approx(1 - 1.5)
 
 
 def test_each_client_moves_the_sum_by_at_most_its_bound():
@@ -49,9 +51,9 @@ def test_each_client_moves_the_sum_by_at_most_its_bound():
   # has norm ≤ 1.
   key = jax.random.key(0)
   big = 1e3 * jax.random.normal(key, (6, 5))
-  total, _ = _mechanism(clip=0.5, arch_clip=0.05).combine(
+  (total, _), _ = _mechanism(clip=0.5, arch_clip=0.05).combine(
       _deltas(big, big[:, :2] * 1e-2), jnp.ones(6))
-  one, _ = _mechanism(clip=0.5, arch_clip=0.05).combine(
+  (one, _), _ = _mechanism(clip=0.5, arch_clip=0.05).combine(
       _deltas(big[:5], big[:5, :2] * 1e-2), jnp.ones(5))
   moved = jnp.sqrt(
       jnp.sum((total.params.weights["w"] - one.params.weights["w"])**2)
@@ -63,12 +65,13 @@ def test_each_client_moves_the_sum_by_at_most_its_bound():
 def test_release_divides_by_the_expected_clients_and_noises_each_part():
   m, sigma, clip, arch_clip = 4, 2.0, 0.5, 0.05
   mechanism = _mechanism(m, clip, arch_clip)
-  total = _deltas(jnp.full((3000,), 8.0), jnp.full((3000,), 0.4))
-  noiseless = mechanism.release(total, 2.0, 0.0, jax.random.key(1))
+  total = (_deltas(jnp.full((3000,), 8.0), jnp.full((3000,), 0.4)),
+           jnp.float32(0.0))
+  noiseless, _ = mechanism.release(total, 2.0, 0.0, jax.random.key(1))
   # Fixed denominator: q·N = 4, not the 2 clients that took part.
   chex.assert_trees_all_close(noiseless.params.weights["w"],
                               jnp.full((3000,), 2.0))
-  noisy = mechanism.release(total, 2.0, sigma, jax.random.key(1))
+  noisy, _ = mechanism.release(total, 2.0, sigma, jax.random.key(1))
   w_noise = noisy.params.weights["w"] - 2.0
   a_noise = noisy.params.arch["normal"] - 0.1
   assert float(jnp.std(w_noise)) == pytest.approx(sigma * clip / m, rel=0.05)
@@ -155,3 +158,65 @@ def test_plan_is_one_poisson_subsampled_gaussian_per_round():
   # Calibration spends exactly the target.
   sigmas = plan.noise_multipliers(0.0)
   assert plan.spent(sigmas, rounds) == pytest.approx(3.0, rel=1e-3)
+
+
+def test_update_noise_multiplier_leaves_the_joint_one_for_the_pair():
+  # Andrew et al., Thm 1: z⁻² = z_Δ⁻² + (2σ_b)⁻².
+  z_delta = mechanisms.update_noise_multiplier(1.0, 5.0)
+  assert z_delta == pytest.approx((1.0 - 1.0 / 100) ** -0.5)
+  assert accounting.joint_noise_multiplier(z_delta, 2 * 5.0) == (
+      pytest.approx(1.0))
+  with pytest.raises(ConfigError, match="adaptive_clip_quantile"):
+    mechanisms.update_noise_multiplier(10.0, 5.0)
+
+
+def _adaptive(quantile=0.5, count_stddev=0.0, m=4):
+  return mechanisms.client_level(clients_per_round=m, clip_norm=1.0,
+                                 arch_clip_norm=1.0,
+                                 adaptive_quantile=quantile,
+                                 adaptive_learning_rate=0.2,
+                                 count_stddev=count_stddev)
+
+
+def test_adaptive_count_and_scale_step_on_hand_numbers():
+  mechanism = _adaptive()
+  scale = mechanism.init_state()
+  assert float(scale) == 1.0
+  # Norms 0.5, 2, 3 at scale 1 (a padding slot besides): one below.
+  deltas = _deltas([[0.5], [2.0], [3.0], [9.0]], [[0.0]] * 4)
+  sums, count = mechanism.combine(deltas, jnp.array([1.0, 1.0, 1.0, 0.0]),
+                                  scale)
+  assert float(sums[1]) == pytest.approx(1 - 1.5)  # Σ (b_k − ½).
+  _, new_scale = mechanism.release(sums, count, 0.0, jax.random.key(0), scale)
+  # b̃ = (−0.5 + 4/2)/4 = 0.375 below a target of 0.5: the bound grows.
+  assert float(new_scale) == pytest.approx(np.exp(-0.2 * (0.375 - 0.5)))
+  # At scale 4, every norm is within the bound and is kept as is.
+  sums, _ = mechanism.combine(deltas, jnp.array([1.0, 1.0, 1.0, 0.0]), 4.0)
+  assert float(sums[1]) == pytest.approx(1.5)
+  chex.assert_trees_all_close(sums[0].params.weights["w"], jnp.array([5.5]))
+
+
+def test_adaptive_bound_tracks_the_target_quantile():
+  """Noise off, 100 clients with update norms 1..100: the bound walks to
+  the γ-quantile of the norms from far below and far above."""
+  m = 100
+  mechanism = _adaptive(quantile=0.3, m=m)
+  deltas = _deltas(jnp.arange(1.0, m + 1)[:, None], jnp.zeros((m, 1)))
+  step = jax.jit(lambda scale: mechanism.release(
+      *mechanism.combine(deltas, jnp.ones(m), scale), 0.0,
+      jax.random.key(0), scale)[1])
+  for start in (0.1, 1000.0):
+    scale = jnp.float32(start)
+    for _ in range(400):
+      scale = step(scale)
+    assert 27 <= float(scale) <= 33
+
+
+def test_adaptive_noise_scales_with_the_bound():
+  m, sigma = 4, 1.0
+  mechanism = _adaptive(count_stddev=5.0, m=m)
+  total = (_deltas(jnp.zeros((4000,)), jnp.zeros((4000,))), jnp.float32(0.0))
+  mean, _ = mechanism.release(total, 0.0, sigma, jax.random.key(3), 3.0)
+  z_delta = mechanisms.update_noise_multiplier(sigma, 5.0)
+  assert float(jnp.std(mean.params.weights["w"])) == pytest.approx(
+      z_delta * 3.0 * 1.0 / m, rel=0.05)

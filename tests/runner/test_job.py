@@ -196,3 +196,13 @@ def test_client_level_job_samples_clients_secretly_and_releases_no_sizes():
   assert [s.name for s in first.plan.own_streams(first.sigmas, 4)] == [
       "client_updates"]
   assert first.plan.spent(first.sigmas, 4) == pytest.approx(3.0, rel=1e-3)
+
+
+def test_adaptive_clipping_refuses_a_count_noise_that_leaves_nothing():
+  config = small_config(**{
+      "privacy.unit": "client", "privacy.trust": "aggregate",
+      "federated.num_clients": 100, "federated.clients_per_round": 10,
+      "federated.partition": "iid", "privacy.epsilon": 0.5,
+      "privacy.adaptive_clip_quantile": 0.5})
+  with pytest.raises(ConfigError, match="federated.clients_per_round"):
+    job_lib.build_job(config)
