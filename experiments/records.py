@@ -84,10 +84,15 @@ def model_name(summary: dict) -> str:
                               for to, src, op in genotype["edges"])
 
 
+def per_round(workdir, field: str) -> list[float]:
+  """`field` of each round's metrics line in a run's workdir."""
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line)[field] for line in lines if line]
+
+
 def monitor_curve(workdir) -> list[float]:
   """The monitor split's accuracy after each round of a run's workdir."""
-  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  return [json.loads(line)["monitor_accuracy"] for line in lines if line]
+  return per_round(workdir, "monitor_accuracy")
 
 
 def read(name: str) -> list[dict]:

@@ -1,0 +1,28 @@
+"""The population-scale preset: 1,000 clients, client-level DP, valid plan."""
+
+import pytest
+
+from experiments.configs import federated
+from fedsearch.runner import job as job_lib
+
+
+@pytest.mark.parametrize("clipping,quantile", [("adaptive", 0.5),
+                                               ("fixed", 0.0)])
+def test_preset_is_client_level_dp_fedavg_over_a_thousand_clients(
+    clipping, quantile):
+  config = federated.get_config(f"mnist,{clipping}")
+  f, p = config.federated, config.privacy
+  assert (f.num_clients, f.clients_per_round) == (1000, 100)
+  assert (p.unit, p.trust, p.adaptive_clip_quantile) == (
+      "client", "aggregate", quantile)
+  # Chunks bound the memory of 100+ clients per round.
+  assert 0 < f.client_chunk < f.clients_per_round
+  plan = job_lib.privacy_plan(config)
+  assert plan.client_sampling_rate == pytest.approx(0.1)
+  assert plan.counts(f.train_rounds) == {"client_updates": f.train_rounds}
+
+
+@pytest.mark.parametrize("arg", ["cifar10", "mnist,clipped", "mnist,a,b"])
+def test_bad_preset_argument_is_named(arg):
+  with pytest.raises(ValueError, match="DATASET"):
+    federated.get_config(arg)
