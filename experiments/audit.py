@@ -60,10 +60,16 @@ METHOD = {"white_box": "white-box one-run audit, Dirac canaries",
 
 
 def run_schedule(config) -> audit.AuditSchedule:
-  """The most exposed client's weight releases in the run `config` plans."""
+  """The most exposed client's weight releases in the run `config` plans
+  (client-level DP: the rounds' updates, at the client sampling rate)."""
   plan = job_lib.privacy_plan(config)
   sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
   counts = plan.counts(len(plan.schedule))
+  if plan.unit == "client":
+    return audit.AuditSchedule(
+        steps=counts["client_updates"],
+        sampling_rate=plan.client_sampling_rate,
+        noise_multiplier=sigmas.gradient, clip_norm=config.privacy.clip_norm)
   return audit.AuditSchedule(
       steps=counts["weight_steps_search"] + counts["weight_steps_train"],
       sampling_rate=plan.sampling_rate, noise_multiplier=sigmas.gradient,

@@ -27,6 +27,16 @@ The other examples' gradients are left out: they are independent of which
 canaries are in, so they can only add to the scores' noise; leaving them
 out audits the mechanism at its worst case.
 
+Client-level DP (`mechanism.unit == "client"`), canary clients (Andrew
+et al., ICLR 2024, with Dirac directions): canary client i's round delta is
+`canary_norm`·e_i; each is included with probability ½ and, when included,
+takes part in each round with the client sampling rate. Every round's
+update is made by the mechanism under audit (its `combine`, clipping a
+whole delta, and its `release`, the noise once and the fixed denominator,
+with its server-carried state, e.g. adaptive clipping's scale); the
+adversary sees the released update (what the server publishes) and scores
+canary i by the sum of coordinate i over the rounds.
+
 Black box, input canaries (`InputCanaries`): m examples of random pixels
 (in the data's normalised units) with random labels, each included with
 probability ½ in one client's training split of a real run (the main job,
@@ -121,6 +131,49 @@ def default_observation(mechanism: Mechanism) -> str:
   return "aggregate" if mechanism.name == "aggregate" else "client"
 
 
+class _Params(NamedTuple):
+  weights: jax.Array
+  arch: dict
+
+
+class _ClientDeltas(NamedTuple):
+  """Stacked canary-client deltas, shaped as the round hands them over."""
+
+  params: _Params
+  optimizer: None = None
+  nas: None = None
+
+
+def client_canary_scores(mechanism: Mechanism, schedule: AuditSchedule,
+                         num_canaries: int, key: jax.Array,
+                         canary_norm: float | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+  """(scores, included) of `num_canaries` Dirac canary clients (see the
+  module docstring); `schedule.steps` are rounds, its `sampling_rate` the
+  client sampling rate, its `clip_norm` S_w."""
+  canary_norm = 100 * schedule.clip_norm if canary_norm is None else canary_norm
+  include_key, sample_key, noise_key = jax.random.split(key, 3)
+  included = jax.random.bernoulli(include_key, 0.5, (num_canaries,))
+  deltas = _ClientDeltas(_Params(canary_norm * jnp.eye(num_canaries), {}))
+
+  @jax.jit
+  def round_(carry, t):
+    scores, state = carry
+    present = included & jax.random.bernoulli(
+        jax.random.fold_in(sample_key, t), schedule.sampling_rate,
+        (num_canaries,))
+    sums, count = mechanism.combine(deltas, present.astype(jnp.float32),
+                                    state)
+    update, state = mechanism.release(sums, count, schedule.noise_multiplier,
+                                      jax.random.fold_in(noise_key, t), state)
+    return (scores + update.params.weights, state), None
+
+  (scores, _), _ = jax.lax.scan(
+      round_, (jnp.zeros(num_canaries), mechanism.init_state()),
+      jnp.arange(schedule.steps))
+  return np.asarray(scores), np.asarray(included)
+
+
 def canary_scores(mechanism: Mechanism, schedule: AuditSchedule,
                   num_canaries: int, key: jax.Array,
                   canary_norm: float | None = None,
@@ -196,8 +249,13 @@ def white_box(mechanism: Mechanism, schedule: AuditSchedule, *,
   if num_canaries < 2:
     raise ValueError(f"num_canaries must be >= 2, got {num_canaries}")
   key = jax.random.key(0) if key is None else key
-  scores, included = canary_scores(mechanism, schedule, num_canaries, key,
-                                   canary_norm, observe)
+  if mechanism.unit == "client":
+    observe = "aggregate"  # The server's released update.
+    scores, included = client_canary_scores(mechanism, schedule,
+                                            num_canaries, key, canary_norm)
+  else:
+    scores, included = canary_scores(mechanism, schedule, num_canaries, key,
+                                     canary_norm, observe)
   claimed = accounting.epsilon(
       [accounting.ReleaseStream("audited_weight_steps",
                                 schedule.sampling_rate, schedule.steps,

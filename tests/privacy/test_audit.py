@@ -111,3 +111,40 @@ def test_included_input_canaries_join_their_owners_training_split():
     assert len(extra) == np.sum(canaries.included & (canaries.owner == k))
     assert (extra >= len(x)).all()
   assert new_splits.val == splits.val  # Validation splits are untouched.
+
+
+def _client_level(quantile=0.0, **broken):
+  mechanism = mechanisms.make_mechanism(
+      "aggregate", "client", clients_per_round=100, clip_norm=1.0,
+      arch_clip_norm=0.1, adaptive_quantile=quantile)
+  if broken.get("noise_off"):
+    release = mechanism.release
+    mechanism = mechanism._replace(
+        release=lambda sums, w, sigma, key, state: release(sums, w, 0.0, key,
+                                                           state))
+  if broken.get("clipping_off"):
+    loose = mechanisms.make_mechanism(
+        "aggregate", "client", clients_per_round=100, clip_norm=1e6,
+        arch_clip_norm=1e5)
+    mechanism = mechanism._replace(combine=loose.combine)
+  return mechanism
+
+
+# Canary clients: 100 rounds at q_c = 0.1, σ = 3: the same claim as above.
+_CLIENT_SCHEDULE = _SCHEDULE._replace(clients=1)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.5])
+def test_canary_clients_stay_below_the_client_level_claim(quantile):
+  result = audit.white_box(_client_level(quantile), _CLIENT_SCHEDULE,
+                           key=jax.random.key(4))
+  assert 1.0 < result.epsilon_claimed < 1.6
+  assert result.epsilon_lower_bound <= result.epsilon_claimed
+  assert result.observation == "aggregate"
+
+
+@pytest.mark.parametrize("broken", ["noise_off", "clipping_off"])
+def test_canary_clients_catch_a_broken_client_level_mechanism(broken):
+  result = audit.white_box(_client_level(**{broken: True}), _CLIENT_SCHEDULE,
+                           key=jax.random.key(5))
+  assert result.epsilon_lower_bound > 3 * result.epsilon_claimed
