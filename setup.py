@@ -25,6 +25,9 @@ setuptools.setup(
         "scikit-learn>=1.5",
         "orbax-checkpoint>=0.12,<0.13",
         "pillow>=10",
+        # TensorBoard event files without TensorFlow; the console's bar.
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "chex>=0.1.90"]},
 )

@@ -16,6 +16,7 @@ import importlib.util
 import sys
 
 import ml_collections
+import tqdm
 from absl import flags
 from ml_collections import config_flags
 
@@ -134,3 +135,40 @@ def parse_flags(argv):
   except Exception as e:  # absl and ml_collections raise many kinds.
     text = str(e).strip()
     _fail(text.splitlines()[0] if text else repr(e))
+
+
+class RoundProgress:
+  """The console of a run: on a terminal, one tqdm bar over its rounds
+  (ETA, monitor loss and accuracy, ε spent) with every other line printed
+  above it; elsewhere (a log file), the plain per-round lines.
+
+  Pass `report` and `on_round` to `fedsearch.runner.run`.
+  """
+
+  def __init__(self, description: str = "", interactive: bool | None = None):
+    self.description = description
+    self.interactive = (sys.stderr.isatty() if interactive is None
+                        else interactive)
+    self.bar = None
+
+  def report(self, line: str) -> None:
+    if self.bar is None:
+      print(line, flush=True)
+    elif not line.startswith("round "):  # The bar shows the rounds.
+      self.bar.write(line)
+
+  def on_round(self, record: dict, total: int) -> None:
+    if not self.interactive:
+      return
+    if self.bar is None:
+      self.bar = tqdm.tqdm(total=total, desc=self.description, unit="round",
+                           dynamic_ncols=True)
+    self.bar.update(record["round"] - self.bar.n)
+    self.bar.set_postfix({"loss": f"{record['monitor_loss']:.3f}",
+                          "acc": f"{record['monitor_accuracy']:.3f}",
+                          "eps": f"{record['epsilon']:.2f}"})
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None

@@ -22,7 +22,12 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   del argv
   try:
-    run(_CONFIG.value, _WORKDIR.value, report=lambda line: print(line, flush=True))
+    console = cli.RoundProgress()
+    try:
+      run(_CONFIG.value, _WORKDIR.value, report=console.report,
+          on_round=console.on_round)
+    finally:
+      console.close()
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -22,7 +22,7 @@ from fedsearch import federated as fed
 from fedsearch import search_space as ss
 from fedsearch.errors import DivergedError
 from fedsearch.privacy import client_sizes
-from fedsearch.runner import states
+from fedsearch.runner import states, tensorboard
 from fedsearch.runner.evaluation import accuracy_and_loss
 from fedsearch.runner.job import Job
 from fedsearch.runner.phases import Phase, build_phase
@@ -164,6 +164,9 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
     record["hp_mean_gain"] = float(
         np.sum(weights * np.asarray(gains)) / np.sum(weights))
     record["hp_best_index"] = int(job.hpo.strategy.best(progress.hpo_state))
+  if params.arch:  # While searching: the distribution over ops per edge.
+    record[tensorboard.ARCHITECTURE] = np.asarray(
+        ss.mixing_weights(params.arch)).round(5).tolist()
   if progress.server.nas is not None:
     record.update(job.nas.metrics(progress.server.nas))
   record.update(job.client_optimizer.metrics(progress.server.client_optimizer))
@@ -194,8 +197,11 @@ def _check_finite(job: Job, server: fed.ServerState, round_: int,
 
 def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
                report: Callable, start_time: float,
-               stop_after_round: int | None = None) -> bool:
-  """Runs the remaining rounds; False if stopped early (`stop_after_round`)."""
+               stop_after_round: int | None = None,
+               on_round: Callable[[dict], None] | None = None) -> bool:
+  """Runs the remaining rounds; False if stopped early (`stop_after_round`).
+  `on_round` receives each finished round's metrics line once it is on
+  disk."""
   f = job.config.federated
   total = f.search_rounds + f.train_rounds
   build_inputs = RoundInputsBuilder(job)
@@ -255,6 +261,8 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
     work.write_metrics(progress.metrics)
     work.save_state(round_ + 1, checkpoint_tree(progress),
                     force=round_ + 1 in (f.search_rounds, total))
+    if on_round is not None:
+      on_round(record)
     if stop_after_round is not None and round_ + 1 >= stop_after_round:
       return False
   if progress.genotype is None:  # No training rounds: deploy the supernet's.

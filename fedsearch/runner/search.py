@@ -25,7 +25,7 @@ import ml_collections
 
 from fedsearch.privacy import randomness
 from fedsearch.privacy.audit import InputCanaries
-from fedsearch.runner import loop
+from fedsearch.runner import loop, tensorboard
 from fedsearch.runner.job import build_job
 from fedsearch.runner.summary import summarize
 from fedsearch.runner.workdir import Workdir, write_atomic
@@ -34,8 +34,11 @@ from fedsearch.runner.workdir import Workdir, write_atomic
 def run(config: ml_collections.ConfigDict, workdir: str,
         report: Callable[[str], None] = print,
         stop_after_round: int | None = None,
-        canaries: InputCanaries | None = None) -> dict:
-  """Runs (or resumes) a search; returns the summary written to the workdir.
+        canaries: InputCanaries | None = None,
+        on_round: Callable[[dict, int], None] | None = None) -> dict:
+  """Runs (or resumes) a search; returns the summary written to the workdir,
+  with the per-round history (`"history"`: the metrics lines, as in
+  `metrics.jsonl`) added.
 
   Args:
     config: see experiments/configs/default.py.
@@ -48,12 +51,16 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       included ones are trained on, and the summary reports the one-run
       ε lower bound from the final model's scores of all of them. The same
       canaries must be given when such a run resumes.
+    on_round: receives each finished round's metrics line and the run's
+      total rounds (a progress bar's hook; the first call may come after
+      rounds done before a resume).
   """
   start_time = time.time()
   work = Workdir(workdir)
   if work.summary_file.exists():
     report(f"{work.summary_file} exists: the run is already complete")
-    return json.loads(work.summary_file.read_text())
+    return {**json.loads(work.summary_file.read_text()),
+            "history": work.metrics()}
   work.check_config(config.to_json())
   # Nothing is written to the workdir before the whole job is valid.
   job = build_job(config, randomness.for_run(
@@ -64,8 +71,23 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   report("compiling the round (the first takes longest; a minute or more on"
          " a CPU)")
   progress, rounds_done = loop.start(job, work, report)
-  finished = loop.run_rounds(job, work, progress, rounds_done, report,
-                             start_time, stop_after_round)
+  events = tensorboard.EventLog(work.path, job.space.op_names,
+                                progress.metrics)
+  total = job.config.federated.search_rounds + job.config.federated.train_rounds
+
+  def finished_round(record):
+    events.add(record)
+    if on_round is not None:
+      on_round(record, total)
+
+  for record in progress.metrics:  # Rounds done before a resume.
+    if on_round is not None:
+      on_round(record, total)
+  try:
+    finished = loop.run_rounds(job, work, progress, rounds_done, report,
+                               start_time, stop_after_round, finished_round)
+  finally:
+    events.close()
   if not finished:
     work.close()
     return {}
@@ -76,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   report(f"test accuracy {summary['test_accuracy']:.4f} at"
          f" ε={summary['epsilon']:.3f} (δ={job.plan.delta}); wall time"
          f" {summary['wall_time_s']:.0f} s; workdir {work.path}")
-  return summary
+  return {**summary, "history": list(progress.metrics)}
 
 
 def finite_json(value):

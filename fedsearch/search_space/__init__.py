@@ -9,6 +9,7 @@ from fedsearch.search_space.network import derived_model
 from fedsearch.search_space.network import derived_network
 from fedsearch.search_space.network import extract_weights
 from fedsearch.search_space.network import init_supernet
+from fedsearch.search_space.network import mixing_weights
 from fedsearch.search_space.network import supernet_model
 from fedsearch.search_space.network import with_norm_probes
 from fedsearch.search_space.ops import OP_SETS
@@ -17,5 +18,6 @@ from fedsearch.search_space.space import SearchSpace
 __all__ = [
     "CellNetwork", "Genotype", "OP_SETS", "SearchSpace", "check_genotype",
     "derive", "derived_model", "derived_network", "extract_weights",
-    "init_arch_params", "init_supernet", "supernet_model", "with_norm_probes",
+    "init_arch_params", "init_supernet", "mixing_weights", "supernet_model",
+    "with_norm_probes",
 ]

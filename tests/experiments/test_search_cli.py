@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from experiments import cli
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -121,3 +123,33 @@ def test_config_help_lists_every_field_with_default_and_choices():
   assert "'local'" in trust and "'aggregate'" in trust
   # Every field given allowed values exists in the config.
   assert set(cli.allowed_values()) <= set(leaves)
+
+
+def _record(round_):
+  return {"round": round_, "monitor_loss": 1.0 / round_,
+          "monitor_accuracy": 0.1 * round_, "epsilon": 0.5 * round_}
+
+
+def test_progress_bar_counts_rounds_and_keeps_other_lines(capsys):
+  console = cli.RoundProgress("digits", interactive=True)
+  console.report("noise multiplier σ=1.0")  # Before the bar: plain.
+  for round_ in (1, 2, 3):
+    console.on_round(_record(round_), 5)
+    console.report(f"round {round_}/5 [train] ...")  # Shown by the bar.
+  console.report("derived genotype: ...")
+  assert console.bar.n == 3 and console.bar.total == 5
+  assert console.bar.postfix == "loss=0.333, acc=0.300, eps=1.50"
+  console.close()
+  out = capsys.readouterr()
+  printed = out.out.splitlines()
+  assert printed[0] == "noise multiplier σ=1.0"
+  assert "derived genotype: ..." in printed
+  assert not any(line.startswith("round ") for line in printed)
+
+
+def test_without_a_terminal_the_round_lines_are_printed(capsys):
+  console = cli.RoundProgress(interactive=False)
+  console.on_round(_record(1), 5)
+  console.report("round 1/5 [train] ...")
+  console.close()
+  assert capsys.readouterr().out == "round 1/5 [train] ...\n"
