@@ -28,6 +28,7 @@ setuptools.setup(
         # TensorBoard event files without TensorFlow; the console's bar.
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        "matplotlib>=3.8",  # A run's pictures (fedsearch/runner/pictures.py).
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "chex>=0.1.90"]},
 )

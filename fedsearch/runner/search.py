@@ -21,11 +21,12 @@ import math
 import time
 from collections.abc import Callable
 
+import jax
 import ml_collections
 
 from fedsearch.privacy import randomness
 from fedsearch.privacy.audit import InputCanaries
-from fedsearch.runner import loop, tensorboard
+from fedsearch.runner import loop, pictures, tensorboard
 from fedsearch.runner.job import build_job
 from fedsearch.runner.summary import summarize
 from fedsearch.runner.workdir import Workdir, write_atomic
@@ -95,9 +96,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   work.close()
   write_atomic(work.summary_file, json.dumps(finite_json(summary), indent=1,
                                             allow_nan=False))
+  if jax.process_index() == 0:
+    drawn = pictures.draw(work.path)
   report(f"test accuracy {summary['test_accuracy']:.4f} at"
          f" ε={summary['epsilon']:.3f} (δ={job.plan.delta}); wall time"
          f" {summary['wall_time_s']:.0f} s; workdir {work.path}")
+  if jax.process_index() == 0:
+    report(f"pictures: {', '.join(p.name for p in drawn)}; TensorBoard:"
+           f" tensorboard --logdir {work.path / tensorboard.FOLDER}")
   return {**summary, "history": list(progress.metrics)}
 
 
