@@ -106,6 +106,12 @@ def get_config() -> ml_collections.ConfigDict:
   # learning_rate is then unused.
   config.client.optimizer = "dpsgd"
   config.client.learning_rate = 1.0
+  # A data-independent cap on the learning rate (fedsearch/runner/job.py,
+  # client_learning_rate): the noise one round adds to each parameter of the
+  # server's model (std, through the server momentum) stays within this, so
+  # the defaults keep training when σ grows or clients shrink (fewer
+  # clients' examples per batch, a smaller ε). 0: the rate as given.
+  config.client.max_round_noise = 0.06
   config.client.momentum = 0.9
   config.client.weight_decay = 0.0
   # 0: the strategy's default (darts 3e-2, one_stage 1.0, reinforce 0.05;

@@ -394,13 +394,48 @@ def search_space_from(config, num_classes: int) -> ss.SearchSpace:
   return ss.SearchSpace(num_classes=num_classes, **config.space.to_dict())
 
 
-def client_config(config, sigmas: NoiseMultipliers) -> fed.ClientConfig:
+def round_noise_per_unit_rate(config, sigmas: NoiseMultipliers,
+                              sizes: client_sizes.PublicSizes) -> float:
+  """Std of the noise one round adds to each parameter of the server's
+  model, per unit of client learning rate (example-level DP-SGD steps).
+
+  A client's step adds N(0, (σC/b)²) per coordinate (b = q·n̂, its expected
+  batch; n̂ the median privatised size, so this is post-processing of
+  released values); K local steps add √K of it; the server averages m
+  clients (each with its own noise under `local`, a 1/√m share under
+  `aggregate`) and its momentum β accumulates the step 1/(1 − β) times.
+  """
+  f, p = config.federated, config.privacy
+  part = client_sizes.TRAIN if f.search_rounds else client_sizes.ALL
+  batch = f.sampling_rate * float(np.median(sizes.estimate(part)))
+  clients = f.clients_per_round ** (1.0 if p.trust == "aggregate" else 0.5)
+  return (sigmas.gradient * p.clip_norm / max(batch, 1.0)
+          * math.sqrt(f.local_steps) / clients
+          * f.server_learning_rate / (1.0 - f.server_momentum))
+
+
+def client_learning_rate(config, sigmas: NoiseMultipliers,
+                         sizes: client_sizes.PublicSizes) -> float:
+  """`client.learning_rate`, capped so that a round's noise in each
+  parameter stays within `client.max_round_noise` (a data-independent rule:
+  it reads only σ, the schedule and the released sizes). Client-level DP
+  bounds the whole delta instead, so its rate is left as given."""
+  c = config.client
+  if not c.max_round_noise or config.privacy.unit == "client":
+    return c.learning_rate
+  return min(c.learning_rate, c.max_round_noise / round_noise_per_unit_rate(
+      config, sigmas, sizes))
+
+
+def client_config(config, sigmas: NoiseMultipliers,
+                  learning_rate: float | None = None) -> fed.ClientConfig:
   c = config.client
   return fed.ClientConfig(
       clip_norm=config.privacy.clip_norm,
       arch_clip_norm=config.privacy.arch_clip_norm,
       noise_multiplier=sigmas.gradient,
-      learning_rate=c.learning_rate, momentum=c.momentum,
+      learning_rate=(c.learning_rate if learning_rate is None
+                     else learning_rate), momentum=c.momentum,
       weight_decay=c.weight_decay,
       arch_learning_rate=(c.arch_learning_rate or nas_lib.traits(
           config.nas.strategy).arch_learning_rate),
@@ -570,7 +605,8 @@ def build_job(config: ml_collections.ConfigDict,
       space=space,
       nas=nas_lib.make_strategy(config.nas.strategy, space), plan=plan,
       sigmas=sigmas, mechanism=mechanism,
-      client_config=client_config(config, sigmas),
+      client_config=client_config(config, sigmas, client_learning_rate(
+          config, sigmas, federation.sizes)),
       client_optimizer=optimizers.make_client_optimizer(
           config.client.optimizer, auto_lr_config(config, sigmas.loss),
           mechanism.noised_sum),

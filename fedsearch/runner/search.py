@@ -123,8 +123,12 @@ def _plan_line(job) -> str:
   f, plan, sigmas = job.config.federated, job.plan, job.sigmas
   loss_sigma = (f", loss probes σ_l={sigmas.loss:.4f}"
                 if plan.probe_every else "")
+  rate = job.client_config.learning_rate
+  capped = (f"; client learning rate {rate:.3g} (capped from"
+            f" {job.config.client.learning_rate:g} by client.max_round_noise)"
+            if rate < job.config.client.learning_rate else "")
   return (f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for (ε, δ)="
           f"({plan.epsilon}, {plan.delta}) over"
           f" {f.search_rounds + f.train_rounds} rounds; clients"
           f" {f.clients_per_round}/{f.num_clients} per round,"
-          f" {job.devices} device(s)")
+          f" {job.devices} device(s){capped}")

@@ -67,6 +67,8 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
         progress.server.client_optimizer)["learning_rate"]
   out.update({
       "optimizer": job.client_optimizer.name,
+      # After the round-noise cap (`client.max_round_noise`).
+      "client_learning_rate": job.client_config.learning_rate,
       "trust": job.mechanism.name,
       "accountant": plan.accountant,
       # secret: noise and Poisson draws unknown to whoever holds the config;

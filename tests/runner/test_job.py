@@ -7,6 +7,8 @@ import pytest
 from experiments.configs import default
 from fedsearch import nas
 from fedsearch.errors import ConfigError, DataFileError
+from fedsearch.privacy import client_sizes
+from fedsearch.privacy.plan import NoiseMultipliers
 from fedsearch.runner import job as job_lib
 
 
@@ -206,3 +208,24 @@ def test_adaptive_clipping_refuses_a_count_noise_that_leaves_nothing():
       "privacy.adaptive_clip_quantile": 0.5})
   with pytest.raises(ConfigError, match="federated.clients_per_round"):
     job_lib.build_job(config)
+
+
+@pytest.mark.parametrize("trust,per_unit_rate", [("local", 0.1),
+                                                 ("aggregate", 0.05)])
+def test_round_noise_rule_on_hand_numbers(trust, per_unit_rate):
+  config = small_config(**{
+      "privacy.trust": trust, "privacy.clip_norm": 1.0,
+      "federated.sampling_rate": 0.5, "federated.local_steps": 4,
+      "federated.clients_per_round": 4, "federated.server_momentum": 0.5,
+      "federated.val_fraction": 0.2, "client.max_round_noise": 0.06})
+  sizes = client_sizes.PublicSizes(np.full(10, 100.0), np.full(10, 110.0),
+                                   0.2)
+  sigmas = NoiseMultipliers(2.0)
+  # σC/b = 2/(0.5·80) per step, × √4 steps, ÷ √4 (local) or 4 (aggregate)
+  # clients, × 1/(1 − 0.5) through the server momentum.
+  assert job_lib.round_noise_per_unit_rate(config, sigmas, sizes) == (
+      pytest.approx(per_unit_rate))
+  assert job_lib.client_learning_rate(config, sigmas, sizes) == (
+      pytest.approx(min(1.0, 0.06 / per_unit_rate)))
+  config.client.max_round_noise = 0.0  # Off: the rate as given.
+  assert job_lib.client_learning_rate(config, sigmas, sizes) == 1.0
