@@ -88,7 +88,9 @@ def test_a_fixed_network_trains_by_the_main_jobs_path(tmp_path):
 
 
 def test_a_diverging_run_stops_with_the_round_and_the_field(tmp_path):
-  config = small_config(**{"client.learning_rate": 1e30})
+  # Without the round-noise cap, which would otherwise take the rate down.
+  config = small_config(**{"client.learning_rate": 1e30,
+                           "client.max_round_noise": 0.0})
   with pytest.raises(DivergedError,
                      match=r"round 1: .*no longer finite.*client\.learning_rate"):
     runner.run(config, tmp_path, report=_quiet)
