@@ -47,7 +47,8 @@ def _round_cost(config, strategy_name):
   # fixed σ, on one device and without a cost penalty: timing only.
   sigmas = NoiseMultipliers(1.0)
   job = dataclasses.replace(
-      job, sigmas=sigmas, client_config=job_lib.client_config(config, sigmas),
+      job, sigmas=sigmas, client_config=job_lib.client_config(
+          config, sigmas, job.federation.sizes),
       client_optimizer=optimizers.make_client_optimizer(
           config.client.optimizer,
           job_lib.auto_lr_config(config, sigmas.loss),

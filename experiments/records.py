@@ -15,6 +15,8 @@ import pathlib
 import statistics
 import sys
 
+from fedsearch.runner.workdir import Workdir
+
 # FEDSEARCH_RESULTS_DIR redirects the records (tests write elsewhere).
 RESULTS = pathlib.Path(os.environ.get("FEDSEARCH_RESULTS_DIR") or (
     pathlib.Path(__file__).resolve().parent / "results"))
@@ -86,8 +88,7 @@ def model_name(summary: dict) -> str:
 
 def per_round(workdir, field: str) -> list[float]:
   """`field` of each round's metrics line in a run's workdir."""
-  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  return [json.loads(line)[field] for line in lines if line]
+  return [record[field] for record in Workdir(workdir).metrics()]
 
 
 def monitor_curve(workdir) -> list[float]:

@@ -483,6 +483,4 @@ def make_mechanism(trust: str, unit: str = "example", **options) -> Mechanism:
           " client-level local DP (each client noising its whole update),"
           " which fedsearch does not offer; set privacy.trust='aggregate'")
     return client_level(**options)
-  options.pop("clip_norm", None)
-  options.pop("arch_clip_norm", None)
   return MECHANISMS[trust](**options)

@@ -428,14 +428,14 @@ def client_learning_rate(config, sigmas: NoiseMultipliers,
 
 
 def client_config(config, sigmas: NoiseMultipliers,
-                  learning_rate: float | None = None) -> fed.ClientConfig:
+                  sizes: client_sizes.PublicSizes) -> fed.ClientConfig:
   c = config.client
   return fed.ClientConfig(
       clip_norm=config.privacy.clip_norm,
       arch_clip_norm=config.privacy.arch_clip_norm,
       noise_multiplier=sigmas.gradient,
-      learning_rate=(c.learning_rate if learning_rate is None
-                     else learning_rate), momentum=c.momentum,
+      learning_rate=client_learning_rate(config, sigmas, sizes),
+      momentum=c.momentum,
       weight_decay=c.weight_decay,
       arch_learning_rate=(c.arch_learning_rate or nas_lib.traits(
           config.nas.strategy).arch_learning_rate),
@@ -530,10 +530,15 @@ def _check_client_level(config) -> None:
        "two-stage pipelines compose example-level releases", "privacy."
        "stage_share=1 and a nas.genotype without a search's privacy events"),
   )
+  _refuse_first(refusals, "privacy.unit='client'", "privacy.unit='example'")
+
+
+def _refuse_first(refusals, setting: str, alternative: str) -> None:
+  """One line for the first (refused, release, fields) that is refused."""
   for refused, release, fields in refusals:
     if refused:
-      raise ConfigError(f"privacy.unit='client': {release}; set {fields}"
-                        " or use privacy.unit='example'")
+      raise ConfigError(f"{setting}: {release}; set {fields} or use"
+                        f" {alternative}")
 
 
 def _check_shared_noise(config) -> None:
@@ -557,10 +562,7 @@ def _check_shared_noise(config) -> None:
        " client's own update", f"client.optimizer='dpsgd' (got"
        f" {config.client.optimizer!r})"),
   )
-  for refused, release, fields in refusals:
-    if refused:
-      raise ConfigError(f"privacy.trust='aggregate': {release}; set {fields}"
-                        " or use privacy.trust='local'")
+  _refuse_first(refusals, "privacy.trust='aggregate'", "privacy.trust='local'")
 
 
 def privacy_plan(config) -> PrivacyPlan:
@@ -605,8 +607,7 @@ def build_job(config: ml_collections.ConfigDict,
       space=space,
       nas=nas_lib.make_strategy(config.nas.strategy, space), plan=plan,
       sigmas=sigmas, mechanism=mechanism,
-      client_config=client_config(config, sigmas, client_learning_rate(
-          config, sigmas, federation.sizes)),
+      client_config=client_config(config, sigmas, federation.sizes),
       client_optimizer=optimizers.make_client_optimizer(
           config.client.optimizer, auto_lr_config(config, sigmas.loss),
           mechanism.noised_sum),

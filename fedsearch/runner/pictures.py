@@ -22,15 +22,9 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from fedsearch.runner import tensorboard
+from fedsearch.runner.workdir import Workdir
 from fedsearch.search_space import ops
 from fedsearch.search_space.genotype import Genotype
-
-
-def _metrics(workdir: pathlib.Path) -> list[dict]:
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def draw_curves(metrics: list[dict], path: pathlib.Path) -> None:
@@ -120,7 +114,7 @@ def draw_cell(genotype: Genotype, path: pathlib.Path) -> None:
 def draw(workdir) -> list[pathlib.Path]:
   """Every picture that `workdir`'s files allow; their paths."""
   workdir = pathlib.Path(workdir)
-  metrics = _metrics(workdir)
+  metrics = Workdir(workdir).metrics()
   written = []
   if metrics:
     draw_curves(metrics, workdir / "curves.png")

@@ -96,12 +96,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   work.close()
   write_atomic(work.summary_file, json.dumps(finite_json(summary), indent=1,
                                             allow_nan=False))
-  if jax.process_index() == 0:
-    drawn = pictures.draw(work.path)
   report(f"test accuracy {summary['test_accuracy']:.4f} at"
          f" ε={summary['epsilon']:.3f} (δ={job.plan.delta}); wall time"
          f" {summary['wall_time_s']:.0f} s; workdir {work.path}")
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # One process writes the files.
+    drawn = pictures.draw(work.path)
     report(f"pictures: {', '.join(p.name for p in drawn)}; TensorBoard:"
            f" tensorboard --logdir {work.path / tensorboard.FOLDER}")
   return {**summary, "history": list(progress.metrics)}
