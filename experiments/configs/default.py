@@ -12,7 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = "digits"  # digits | mnist | fashion_mnist | cifar10
   # Folder with mnist/, fashion-mnist/, cifar10-jpeg/ (not needed for digits).
   config.data_dir = "../shared/data"
-  config.cache_dir = ""  # decoded CIFAR-10 cache; "" = $XDG_CACHE_HOME/fedsearch
+  # Decoded CIFAR-10 and transformed features; "" = $XDG_CACHE_HOME/fedsearch.
+  config.cache_dir = ""
+  # The model's input: pixels | scatter (ScatterNet features, J=2, L=8:
+  # data-independent, no privacy cost; needs space.stem="scatter").
+  config.features = "pixels"
   config.seed = 0
   # "" searches an architecture; a name from fedsearch/models.py trains that
   # hand-designed network instead (needs federated.search_rounds=0):

@@ -8,7 +8,8 @@ holding all training data, through the federation's code path) | federated
 `nas.genotype` to the search's workdir) | baseline (Tramer & Boneh's tanh
 CNN, `config.model`, trained with the retraining recipe at ε = 3).
 DESIGN: `dpnas` (the default: DPNAS's own space and schedule, a GPU's work),
-`cpu` or `cpu_plain` (sized for a 2-core CPU, below; reported as such).
+`cpu`, `cpu_plain` or `cpu_scatter` (sized for a 2-core CPU, below;
+reported as such).
 
 The CPU design (frozen before any MNIST / Fashion-MNIST run, from timings and
 the published recipes, not from accuracy on those datasets): Tramer &
@@ -45,7 +46,7 @@ from experiments.configs import default
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 SETTINGS = ("centralised", "federated")
 STAGES = ("search", "retrain", "baseline")
-DESIGNS = ("dpnas", "cpu", "cpu_plain")
+DESIGNS = ("dpnas", "cpu", "cpu_plain", "cpu_scatter")
 # Tramer & Boneh's hand-set tanh CNN per dataset (fedsearch/models.py).
 BASELINE_MODEL = {"mnist": "tanh_cnn_small", "fashion_mnist": "tanh_cnn_small",
                   "cifar10": "tanh_cnn"}
@@ -95,8 +96,11 @@ def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDi
     s.channels, s.stem_multiplier, s.nodes, s.cells = 16, 1, 1, 2
     s.stem, s.reduction, s.hidden, s.head = (
         "strided", "strided_conv", 32, "flatten")
-    if design == "cpu_plain":
+    if design in ("cpu_plain", "cpu_scatter"):
       s.groups, s.preprocess = 0, False
+    if design == "cpu_scatter":
+      s.stem, s.reduction = "scatter", "conv3x3"
+      config.features = "scatter"
   else:  # DPNAS: C=16, stem ×3, 5 nodes, 3 cells with pools between.
     s.channels, s.stem_multiplier, s.nodes, s.cells = 16, 3, 5, 3
     s.head = "gap"
@@ -136,6 +140,7 @@ def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDi
     # baseline is the same recipe on the hand-set network.
     if stage == "baseline":
       config.model = BASELINE_MODEL[dataset]
+      config.features = "pixels"
     batch = 2048
     epochs = 30 if dataset == "cifar10" else 40
     f.search_rounds, f.train_rounds = 0, epochs

@@ -4,10 +4,15 @@ from fedsearch.data.datasets import DATASETS
 from fedsearch.data.datasets import PIXEL_MAX
 from fedsearch.data.datasets import Dataset
 from fedsearch.data.datasets import carve
+from fedsearch.data.datasets import default_cache_dir
 from fedsearch.data.datasets import load_dataset
 from fedsearch.data.datasets import normalize
+from fedsearch.data.features import FEATURES
+from fedsearch.data.features import cached_transform
+from fedsearch.data.features import transform
 from fedsearch.data.partition import PARTITIONS
 from fedsearch.data.partition import partition
 
-__all__ = ["DATASETS", "Dataset", "PARTITIONS", "PIXEL_MAX", "carve", "load_dataset",
-           "normalize", "partition"]
+__all__ = ["DATASETS", "Dataset", "FEATURES", "PARTITIONS", "PIXEL_MAX",
+           "cached_transform", "carve", "default_cache_dir", "load_dataset",
+           "normalize", "partition", "transform"]

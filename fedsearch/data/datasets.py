@@ -141,14 +141,14 @@ def _load_idx_dataset(name: str, data_dir: pathlib.Path) -> Dataset:
                  arrays["test_y"].astype(np.int32), 10, PIXEL_MAX[name])
 
 
-def _default_cache_dir() -> pathlib.Path:
+def default_cache_dir() -> pathlib.Path:
   root = os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")
   return pathlib.Path(root) / "fedsearch"
 
 
 def _load_cifar10(data_dir: pathlib.Path, cache_dir) -> Dataset:
   relative = f"{_FOLDERS['cifar10']}/{_CIFAR_FILE}"
-  cache = pathlib.Path(cache_dir or _default_cache_dir())
+  cache = pathlib.Path(cache_dir or default_cache_dir())
   cached = cache / f"cifar10_q75_{SHA256[relative][:16]}.npz"
   if not cached.is_file():
     archive = np.load(_checked_path(data_dir, relative))

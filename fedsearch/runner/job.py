@@ -132,7 +132,7 @@ def build_federation(config, plan: PrivacyPlan,
   black-box audit): the included ones join their owners' training splits."""
   ds = data_lib.load_dataset(config.dataset, config.data_dir,
                              config.cache_dir or None)
-  x = data_lib.normalize(ds.name, ds.train_x, ds.pixel_max)
+  x = model_inputs(config, ds, ds.train_x)
   client_rows, monitor_rows = data_lib.carve(len(x), config.monitor_fraction,
                                              config.seed)
   f = config.federated
@@ -153,8 +153,15 @@ def build_federation(config, plan: PrivacyPlan,
         plan.truncation_tail(), f.val_fraction)
   return Federation(jnp.asarray(x), jnp.asarray(train_y), splits, sizes,
                     x[monitor_rows], ds.train_y[monitor_rows],
-                    data_lib.normalize(ds.name, ds.test_x, ds.pixel_max),
-                    ds.test_y, x.shape[1:], ds.num_classes)
+                    model_inputs(config, ds, ds.test_x), ds.test_y, x.shape[1:], ds.num_classes)
+
+
+def model_inputs(config, ds: data_lib.Dataset, images) -> np.ndarray:
+  """Raw images as the model takes them: normalised, then transformed into
+  `config.features` (cached under `cache_dir`)."""
+  x = data_lib.normalize(ds.name, images, ds.pixel_max)
+  return data_lib.cached_transform(
+      config.features, x, config.cache_dir or data_lib.default_cache_dir())
 
 
 def _with_canaries(x, y, splits: fed.ClientSplits,
@@ -231,6 +238,7 @@ def check_config(config) -> None:
     raise ConfigError("client.arch_learning_rate must be >= 0 (0: the"
                       " strategy's default), got"
                       f" {config.client.arch_learning_rate}")
+  _check_features(config)
   if (config.nas.controller_warmup_rounds
       and not nas_lib.traits(config.nas.strategy).controller):
     raise ConfigError("nas.controller_warmup_rounds applies to"
@@ -349,6 +357,20 @@ def prior_stage(config) -> PriorStage | None:
       lambda text: PriorStage.from_json(text, str(events)),
       f"has a damaged {PRIVACY_EVENTS_FILE}",
       "re-run the search stage in a new workdir")
+
+
+def _check_features(config) -> None:
+  """Scattering features feed the scatter stem and nothing else: the other
+  stems and the hand-set models expect pixels."""
+  if config.features not in data_lib.FEATURES:
+    raise ConfigError(f"features={config.features!r} is not allowed; choose"
+                      f" one of {list(data_lib.FEATURES)}")
+  scatter_stem = config.space.stem == "scatter" and not config.model
+  if (config.features == "scatter") != scatter_stem:
+    raise ConfigError(
+        "features='scatter' and space.stem='scatter' go together (a searched"
+        f" space, model=''): got features={config.features!r},"
+        f" space.stem={config.space.stem!r}, model={config.model!r}")
 
 
 def check_fixed_model(config) -> None:

@@ -44,16 +44,21 @@ class TrainedModel:
   def predict(self, images) -> jax.Array:
     """Logits (N, classes) of raw images in the dataset's own units and
     layout (uint8 pixels 0..255, 0..16 for digits; NHWC, or NHW for
-    one-channel data); the run's normalisation is applied here."""
+    one-channel data); the run's normalisation and input features
+    (`summary["features"]`) are applied here."""
     images = np.asarray(images)
     shape = tuple(self.summary["input_shape"])
-    if images.shape[1:] == shape[:-1] and shape[-1] == 1:
+    if images.ndim == 3:
       images = images[..., None]
-    if images.shape[1:] != shape:
-      raise ValueError(f"images of shape {images.shape[1:]} per example;"
-                       f" this model takes {shape} (NHWC)")
     x = data_lib.normalize(self.dataset, images,
                            data_lib.PIXEL_MAX[self.dataset])
+    features = self.summary.get("features", "pixels")
+    if features != "pixels":
+      x = data_lib.transform(features, x)
+    if x.shape[1:] != shape:
+      raise ValueError(f"images of shape {images.shape[1:]} per example"
+                       f" give inputs of {x.shape[1:]}; this model takes"
+                       f" {shape} ({features}, NHWC)")
     return self.network.apply({"params": self.weights}, jnp.asarray(x))
 
 

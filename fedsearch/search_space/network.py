@@ -20,7 +20,7 @@ from fedsearch.privacy import ghost
 from fedsearch.privacy.mechanisms import Model
 from fedsearch.search_space import layers, ops
 from fedsearch.search_space.genotype import Genotype, check_genotype
-from fedsearch.search_space.space import SearchSpace
+from fedsearch.search_space.space import SCATTER_GROUP_SIZE, SearchSpace
 
 
 class Cell(nn.Module):
@@ -101,6 +101,13 @@ class CellNetwork(nn.Module):
     if space.stem == "conv3x3":
       x = layers.Conv(stem_channels, 3, use_bias=use_bias, name="stem")(x)
       x = norm(x, "stem_norm")
+    elif space.stem == "scatter":
+      # Unscaled per-example normalisation: no parameter, no privacy cost.
+      x = nn.GroupNorm(num_groups=x.shape[-1] // SCATTER_GROUP_SIZE,
+                       use_bias=False, use_scale=False)(x)
+      x = layers.Conv(stem_channels, 3, use_bias=use_bias, stride=2,
+                      padding=1, name="stem")(x)
+      x = norm(x, "stem_norm")
     else:
       x = layers.Conv(stem_channels, 8, use_bias=use_bias, stride=2,
                       padding=2, name="stem")(x)
@@ -113,6 +120,10 @@ class CellNetwork(nn.Module):
       if space.reduction == "max_pool":
         if min(x.shape[-3:-1]) >= 2:
           x = layers.max_pool_2x2(x)
+      elif space.reduction == "conv3x3":
+        x = layers.Conv(space.cell_channels(c + 1), 3, use_bias=use_bias,
+                        name=f"reduce{c}")(act(x))
+        x = norm(x, f"reduce{c}_norm")
       else:
         x = layers.Conv(space.cell_channels(c + 1), 4, use_bias=use_bias,
                         stride=2, padding=0, name=f"reduce{c}")(act(x))

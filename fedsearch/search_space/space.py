@@ -10,11 +10,19 @@ HEADS = ("gap", "flatten")
 # conv3x3: DPNAS's stem, a 3x3 conv at full resolution. strided: Tramer &
 # Boneh's first layer, an 8x8 conv at stride 2 (padding 2) then a 2x2
 # max-pool at stride 1, which leaves the cells a quarter of the pixels.
-STEMS = ("conv3x3", "strided")
+# scatter: Tramer & Boneh's ScatterNet CNN's first layer, for inputs that are
+# scattering features (`features="scatter"`): GroupNorm without scale or bias
+# over groups of 3 feature channels (their 27 groups of 81), then a 3x3 conv
+# at stride 2 (padding 1).
+STEMS = ("conv3x3", "strided", "scatter")
 # max_pool: a 2x2 max-pool after every cell (DPNAS). strided_conv: between
 # cells, activation -> 4x4 conv at stride 2 -> GroupNorm -> 2x2 max-pool at
 # stride 1 (Tramer & Boneh's second layer); the last cell feeds the head.
-REDUCTIONS = ("max_pool", "strided_conv")
+# conv3x3: between cells, activation -> 3x3 conv at stride 1 (the ScatterNet
+# CNN's second layer: its input is already at a quarter resolution).
+REDUCTIONS = ("max_pool", "strided_conv", "conv3x3")
+# Scattering channels per GroupNorm group in the scatter stem.
+SCATTER_GROUP_SIZE = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +108,12 @@ class SearchSpace:
       raise ConfigError(f"space.groups must be >= 0 (0: no normalisation),"
                         f" got {self.groups}")
     if not self.preprocess and (self.stem_multiplier != 1 or (
-        self.cells > 1 and self.reduction != "strided_conv")):
+        self.cells > 1 and self.reduction == "max_pool")):
       raise ConfigError(
           "space.preprocess=False needs each cell's input at the cell's"
           " width: space.stem_multiplier=1 and, with more than one cell,"
-          f" space.reduction='strided_conv' (got {self.stem_multiplier},"
+          " a convolution between cells: space.reduction in"
+          f" ['strided_conv', 'conv3x3'] (got {self.stem_multiplier},"
           f" {self.reduction!r})")
     if not 0 <= self.max_in_edges <= self.nodes:
       raise ConfigError(
@@ -141,6 +150,8 @@ class SearchSpace:
     """The first cell's input resolution for (height, width) images."""
     if self.stem == "conv3x3":
       return height, width
+    if self.stem == "scatter":
+      return tuple((size + 2 - 3) // 2 + 1 for size in (height, width))
     return tuple((size + 2 * 2 - 8) // 2 + 1 - 1 for size in (height, width))
 
   def reduces_after(self, cell: int) -> bool:
@@ -151,6 +162,8 @@ class SearchSpace:
     if self.reduction == "max_pool":
       return (height // 2, width // 2) if min(height, width) >= 2 else (
           height, width)
+    if self.reduction == "conv3x3":
+      return height, width
     return tuple((size - 4) // 2 + 1 - 1 for size in (height, width))
 
   def cell_resolutions(self, height: int, width: int) -> list[tuple[int, int]]:
