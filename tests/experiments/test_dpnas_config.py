@@ -68,15 +68,17 @@ def test_warmup_is_refused_for_strategies_without_a_controller():
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
-@pytest.mark.parametrize("design,groups,preprocess", [("cpu", 4, True),
-                                                      ("cpu_plain", 0, False)])
+@pytest.mark.parametrize("design,groups,preprocess,layout", [
+    ("cpu", 4, True, ("strided", "strided_conv", "pixels")),
+    ("cpu_plain", 0, False, ("strided", "strided_conv", "pixels")),
+    ("cpu_scatter", 0, False, ("scatter", "conv3x3", "scatter"))])
 def test_cpu_design_is_tramer_boneh_layout_searched_with_the_recipe(
-    dataset, design, groups, preprocess):
+    dataset, design, groups, preprocess, layout):
   search = dpnas.get_config(f"{dataset},centralised,search,{design}")
   retrain = dpnas.get_config(f"{dataset},centralised,retrain,{design}")
   space = job_lib.search_space_from(search, 10)
-  assert (space.stem, space.reduction, space.hidden) == (
-      "strided", "strided_conv", 32)
+  assert (space.stem, space.reduction, search.features) == layout
+  assert retrain.features == search.features and space.hidden == 32
   assert (space.groups, space.preprocess) == (groups, preprocess)
   assert space == job_lib.search_space_from(retrain, 10)
   # The supernet trains with the retraining recipe; the controller starts
@@ -85,3 +87,9 @@ def test_cpu_design_is_tramer_boneh_layout_searched_with_the_recipe(
   assert search.nas.controller_warmup_rounds == search.federated.search_rounds // 6
   assert retrain.federated.train_rounds == 40
   job_lib.privacy_plan(search)  # Valid as it stands.
+
+
+def test_the_scatter_designs_baseline_is_still_the_end_to_end_cnn():
+  config = dpnas.get_config("mnist,centralised,baseline,cpu_scatter")
+  assert (config.model, config.features) == ("tanh_cnn_small", "pixels")
+  job_lib.privacy_plan(config)

@@ -67,6 +67,9 @@ def small_config(**overrides):
     ("hpo.feedback_clip", float("nan"), "hpo.feedback_clip"),
     ("checkpoint_every", 0, "checkpoint_every"),
     ("model", "tanh_cnn", "federated.search_rounds=0"),
+    ("features", "wavelets", "features='wavelets'"),
+    ("features", "scatter", "space.stem='conv3x3'"),
+    ("space.stem", "scatter", "features='pixels'"),
 ])
 def test_bad_values_are_named(field, value, named):
   with pytest.raises(ConfigError, match=named.replace(".", r"\.")):

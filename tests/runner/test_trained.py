@@ -39,6 +39,24 @@ def test_load_predicts_the_runs_test_accuracy(finished):
     model.predict(np.zeros((1, 28, 28, 1), np.uint8))
 
 
+def test_a_scatter_model_predicts_from_raw_images(tmp_path):
+  """The scattering is part of the model's input pipeline: predict() takes
+  the same raw images as a pixel model."""
+  config = small_config(**{"features": "scatter", "space.stem": "scatter",
+                           "space.reduction": "conv3x3",
+                           "federated.search_rounds": 1,
+                           "federated.train_rounds": 1,
+                           "cache_dir": str(tmp_path / "cache")})
+  summary = runner.run(config, tmp_path / "run", report=lambda _: None)
+  # 8x8 digits: 2x2 maps of 81 scattering channels.
+  assert summary["features"] == "scatter"
+  assert summary["input_shape"] == [2, 2, 81]
+  test = fedsearch.data.load_dataset("digits")
+  logits = fedsearch.load(tmp_path / "run").predict(test.test_x)
+  accuracy = np.mean(np.argmax(logits, -1) == test.test_y)
+  assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
 def test_load_refuses_an_unfinished_run(tmp_path):
   with pytest.raises(fedsearch.ConfigError, match="no finished run"):
     fedsearch.load(tmp_path)

@@ -203,3 +203,58 @@ def test_strided_layout_one_hot_supernet_equals_derived_model(seed, plain):
       {"params": ss.extract_weights(weights, space, genotype, shape)}, x)
   chex.assert_shape(network_out, (3, 10))
   chex.assert_trees_all_close(supernet_out, network_out, atol=1e-5)
+
+
+def _scatter_space(nodes=1, **kw):
+  return ss.SearchSpace(op_set="dpnas", channels=16, stem_multiplier=1,
+                        nodes=nodes, cells=2, head="flatten", stem="scatter",
+                        reduction="conv3x3", hidden=32, **_PLAIN, **kw)
+
+
+def _conv(x, kernel, bias, stride, padding):
+  out = jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), [(padding, padding)] * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return out + bias
+
+
+def test_scatter_skip_cells_compute_tramer_boneh_scatternet_cnn():
+  """Their ScatterNet CNN, written out: GroupNorm(27 groups, no affine) of
+  81 x 7 x 7 features -> conv 16 3x3 stride 2 pad 1 -> tanh -> conv 32 3x3
+  pad 1 -> tanh -> dense 32 -> tanh -> dense 10."""
+  space = _scatter_space()
+  assert space.cell_resolutions(7, 7) == [(4, 4), (4, 4)]
+  genotype = ss.Genotype("dpnas", 1, ((1, 0, "skip_connect"),))
+  x = jax.random.normal(jax.random.key(3), (4, 7, 7, 81)) * 3 + 1
+  child = ss.derived_network(space, genotype)
+  w = child.init(jax.random.key(0), x[:1])["params"]
+  shapes = jax.tree.map(jnp.shape, w)
+  assert shapes["stem"]["kernel"] == (3, 3, 81, 16)
+  assert shapes["reduce0"]["kernel"] == (3, 3, 16, 32)
+  assert shapes["hidden"]["kernel"] == (4 * 4 * 32, 32)
+  groups = x.reshape(4, 7, 7, 27, 3)
+  mean = groups.mean(axis=(1, 2, 4), keepdims=True)
+  var = groups.var(axis=(1, 2, 4), keepdims=True)
+  h = ((groups - mean) / jnp.sqrt(var + 1e-6)).reshape(x.shape)
+  h = jnp.tanh(_conv(h, w["stem"]["kernel"], w["stem"]["bias"], 2, 1))
+  h = jnp.tanh(_conv(h, w["reduce0"]["kernel"], w["reduce0"]["bias"], 1, 1))
+  h = jnp.tanh(h.reshape(4, -1) @ w["hidden"]["kernel"] + w["hidden"]["bias"])
+  expected = h @ w["classifier"]["kernel"] + w["classifier"]["bias"]
+  chex.assert_trees_all_close(child.apply({"params": w}, x), expected,
+                              atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scatter_layout_one_hot_supernet_equals_derived_model(seed):
+  space = _scatter_space(nodes=2)
+  shape = (7, 7, 81)
+  keys = jax.random.split(jax.random.key(seed), 3)
+  weights = ss.init_supernet(space, keys[0], shape)
+  genotype = ss.derive(ss.init_arch_params(space, scale=3.0, key=keys[1]),
+                       space)
+  x = jax.random.normal(keys[2], (3, *shape))
+  supernet_out = ss.supernet_model(space).apply(
+      weights, genotype_arch_params(genotype, space), x)
+  network_out = ss.derived_network(space, genotype).apply(
+      {"params": ss.extract_weights(weights, space, genotype, shape)}, x)
+  chex.assert_trees_all_close(supernet_out, network_out, atol=1e-5)
