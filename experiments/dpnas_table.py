@@ -226,6 +226,14 @@ def render(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _flops(row) -> str:
+  """The network's FLOPs per example, plus its fixed input transform's."""
+  if not row.get("feature_flops"):
+    return f"{int(row['flops']):,}"
+  return (f"{int(row['flops']):,} + {row['feature_flops'] / 1e6:.1f} M"
+          f" ({row['features']})")
+
+
 def _line(r, search) -> str:
   return (f"| {records.DATASET_LABEL[r['dataset']]} | {r['setting']} |"
           f" {r['method']} | {r.get('design', '—')}"
@@ -233,7 +241,7 @@ def _line(r, search) -> str:
           f" {', '.join(map(str, r['seeds']))}) |"
           f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) | {search} |"
           f" {r['noise_multiplier']:.3f} | {r['parameters']:,} |"
-          f" {int(r['flops']):,} | {r['wall_time_s'] / 60:.1f} min |"
+          f" {_flops(r)} | {r['wall_time_s'] / 60:.1f} min |"
           f" {r['hardware']} | {r['commit']} |"
           f" {100 * dpnas.PUBLISHED[r['dataset']]:.2f} % |")
 

@@ -15,6 +15,7 @@ import pathlib
 import statistics
 import sys
 
+from fedsearch import data as data_lib
 from fedsearch.runner.workdir import Workdir
 
 # FEDSEARCH_RESULTS_DIR redirects the records (tests write elsewhere).
@@ -66,6 +67,10 @@ def seeds_row(summaries: list[dict], seeds: list[int],
       **seeds_summary([s["test_accuracy"] for s in summaries]),
       "seeds": list(seeds),
       "parameters": first["model_parameters"], "flops": cost["flops"],
+      "features": first.get("features", "pixels"),
+      "feature_flops": cost.get("feature_flops", data_lib.transform_flops(
+          first.get("features", "pixels"),
+          data_lib.IMAGE_SHAPES[first["dataset"]])),
       "epochs": first["rounds"], "noise_multiplier": first["noise_multiplier"],
       "accountant": first["accountant"], "randomness": first["randomness"],
       "clients": first["clients"], "monitor_accuracy_per_epoch": curves,

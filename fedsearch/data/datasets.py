@@ -61,6 +61,8 @@ _STATS = {
 # The largest pixel value of each dataset's own images (uint8).
 PIXEL_MAX = {"digits": 16.0, "mnist": 255.0, "fashion_mnist": 255.0,
              "cifar10": 255.0}
+IMAGE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1),
+                "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_SPLIT_SEED = 0
 

@@ -138,6 +138,15 @@ def transform(features: str, images: np.ndarray) -> np.ndarray:
                          for i in range(0, len(images), _CHUNK)])
 
 
+def transform_flops(features: str, image_shape) -> float:
+  """FLOPs of transforming one image of `image_shape` (XLA's count)."""
+  if features == "pixels":
+    return 0.0
+  compiled = jax.jit(scattering).lower(
+      jnp.zeros((1, *image_shape))).compile()
+  return float(compiled.cost_analysis().get("flops", 0.0))
+
+
 def cached_transform(features: str, images: np.ndarray,
                      cache_dir: str | os.PathLike) -> np.ndarray:
   """`transform`, memoised on disk by the images' digest: every run of a

@@ -7,6 +7,7 @@ import time
 
 import jax
 
+from fedsearch import data as data_lib
 from fedsearch import nas as nas_lib
 from fedsearch.privacy import audit
 from fedsearch.runner.evaluation import accuracy_and_loss
@@ -35,6 +36,10 @@ def _costs(job: Job, genotype) -> dict:
       **cost_lib.measure_network(job.network(genotype),
                                  job.federation.input_shape),
       "hardware": cost_lib.hardware_name()}}
+  if job.config.features != "pixels":
+    # The fixed transform is part of the deployed model's inference cost.
+    out["deployed_cost"]["feature_flops"] = data_lib.transform_flops(
+        job.config.features, data_lib.IMAGE_SHAPES[job.config.dataset])
   if job.costs and job.retrained is None:
     n = job.config.nas
     out["cost_table"] = {
