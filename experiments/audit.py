@@ -32,7 +32,6 @@ from absl import app, flags
 from experiments import cli, records
 from experiments.configs import default
 from fedsearch import data as data_lib
-from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.privacy import audit
 from fedsearch.runner import job as job_lib
@@ -135,8 +134,7 @@ def black_box_run(config, workdir: pathlib.Path) -> dict:
   canaries = audit.InputCanaries.draw(_SEED.value, _CANARIES.value, shape,
                                       ds.num_classes,
                                       config.federated.num_clients)
-  summary = runner.run(config, str(workdir), canaries=canaries,
-                       report=lambda line: print(line, flush=True))
+  summary = cli.run_labelled(config, workdir, "audit run", canaries=canaries)
   found = summary["black_box_audit"]
   return _row(summary, workdir, "black_box", {
       "empirical_epsilon_lower_bound": found["empirical_epsilon_lower_bound"],

@@ -16,7 +16,6 @@ from absl import app, flags
 
 from experiments import cli, records
 from experiments.configs import dpnas
-from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.runner import job as job_lib
 
@@ -46,9 +45,9 @@ def run_row(dataset: str, setting: str) -> dict:
   summaries, curves = [], []
   for seed in map(int, _SEEDS.value):
     workdir = f"{_WORKDIR.value}/{dataset}_{setting}_s{seed}"
-    print(f"[{dataset}, {setting}, seed {seed}] {workdir}", flush=True)
-    summaries.append(runner.run(seed_config(dataset, setting, seed), workdir,
-                                report=lambda line: print(line, flush=True)))
+    summaries.append(cli.run_labelled(seed_config(dataset, setting, seed),
+                                      workdir,
+                                      f"{dataset}, {setting}, seed {seed}"))
     curves.append(records.monitor_curve(workdir))
   return {
       "dataset": dataset, "setting": setting, "method": METHOD,

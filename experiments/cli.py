@@ -172,3 +172,16 @@ class RoundProgress:
     if self.bar is not None:
       self.bar.close()
       self.bar = None
+
+
+def run_labelled(config, workdir, label: str, **kwargs) -> dict:
+  """One run of a table script, announced by `label` (which row, which
+  seed) and shown with a RoundProgress bar; returns its summary."""
+  from fedsearch import runner  # pylint: disable=g-import-not-at-top
+  print(f"[{label}] {workdir}", flush=True)
+  console = RoundProgress(label)
+  try:
+    return runner.run(config, str(workdir), report=console.report,
+                      on_round=console.on_round, **kwargs)
+  finally:
+    console.close()

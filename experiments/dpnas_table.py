@@ -33,7 +33,6 @@ from absl import app, flags
 
 from experiments import cli, plots, records
 from experiments.configs import dpnas
-from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.runner import job as job_lib
 from fedsearch.search_space import ops
@@ -82,9 +81,8 @@ def _root(dataset, setting) -> pathlib.Path:
 
 def _run(config, workdir: pathlib.Path) -> dict:
   """The run's summary, with its seed and its monitor accuracy per round."""
-  print(f"[run] {workdir}", flush=True)
-  summary = runner.run(config, str(workdir),
-                       report=lambda line: print(line, flush=True))
+  summary = cli.run_labelled(
+      config, workdir, f"{config.dataset}, {workdir.name}, seed {config.seed}")
   return {**summary, "seed": config.seed,
           "monitor_accuracy_per_round": records.monitor_curve(workdir)}
 

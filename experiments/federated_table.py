@@ -17,7 +17,6 @@ from absl import app, flags
 
 from experiments import cli, plots, records
 from experiments.configs import federated
-from fedsearch import runner
 from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.runner import job as job_lib
 
@@ -50,9 +49,9 @@ def run_row(dataset: str, clipping: str) -> dict:
   summaries = []
   for seed in seeds:
     workdir = _workdir(dataset, clipping, seed)
-    print(f"[{dataset}, {clipping}, seed {seed}] {workdir}", flush=True)
-    summaries.append(runner.run(seed_config(dataset, clipping, seed), workdir,
-                                report=lambda line: print(line, flush=True)))
+    summaries.append(cli.run_labelled(seed_config(dataset, clipping, seed),
+                                      workdir,
+                                      f"{dataset}, {clipping}, seed {seed}"))
   first = summaries[0]
   workdirs = [_workdir(dataset, clipping, s) for s in seeds]
   return {

@@ -153,3 +153,21 @@ def test_without_a_terminal_the_round_lines_are_printed(capsys):
   console.report("round 1/5 [train] ...")
   console.close()
   assert capsys.readouterr().out == "round 1/5 [train] ...\n"
+
+
+def test_a_table_run_is_announced_and_forwards_its_arguments(
+    capsys, monkeypatch):
+  from fedsearch import runner
+  seen = {}
+  def fake_run(config, workdir, report, on_round, **kwargs):
+    seen.update(config=config, workdir=workdir, **kwargs)
+    report("noise multiplier σ=1.0")
+    on_round(_record(1), 2)
+    return {"test_accuracy": 0.5}
+  monkeypatch.setattr(runner, "run", fake_run)
+  summary = cli.run_labelled("CONFIG", "workdir/x", "mnist, seed 0",
+                             canaries="C")
+  assert summary == {"test_accuracy": 0.5}
+  assert seen == {"config": "CONFIG", "workdir": "workdir/x", "canaries": "C"}
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[:2] == ["[mnist, seed 0] workdir/x", "noise multiplier σ=1.0"]
