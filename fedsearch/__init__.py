@@ -11,8 +11,10 @@ from fedsearch import runner
 from fedsearch import search_space
 from fedsearch.errors import ConfigError
 from fedsearch.errors import DataFileError
+from fedsearch.privacy import make_private
 from fedsearch.runner import load
 
 __all__ = ["ConfigError", "DataFileError", "data", "federated",
-           "hyperparameters", "load", "models", "nas", "optimizers", "privacy",
+           "hyperparameters", "load", "make_private", "models", "nas", "optimizers",
+           "privacy",
            "runner", "search_space"]

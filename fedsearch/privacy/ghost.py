@@ -111,7 +111,9 @@ def probed(module: nn.Module, rule: Rule, x: jax.Array, params: dict
     return _taped(rule, x, params, module.get_variable(PROBES, _TAPE))
   if module.is_mutable_collection(PROBES):
     y = rule.apply(x, params)
-    tape = module.variable(PROBES, _TAPE, lambda: Tape(
+    # Through the scope: a setup-style layer (flax's Embed) may not create
+    # variables in its __call__, but its scope may.
+    tape = module.scope.variable(PROBES, _TAPE, lambda: Tape(
         jnp.zeros_like(x), jnp.zeros_like(y), rule)).value
     return _taped(rule, x, params, tape)
   return rule.apply(x, params)
