@@ -5,6 +5,8 @@ A strategy is four pure functions over its own state pytree:
   choose(state, key, num_clients) -> (state, config ids, aggregate)
   update(state, ids, gains, weights, aggregate) -> state
   best(state) -> config id
+  probabilities(state) -> (pool,) the strategy's current distribution over
+    the configurations (uniform for random search), for pictures and logs
 `aggregate` is False for rounds that only measure (FEATHERS's exploration
 rounds restart from the stored weights); gains are the clients' privatised
 validation-loss decreases and weights their FedAvg weights (0 for padding).
@@ -23,6 +25,7 @@ class Strategy(NamedTuple):
   choose: Callable
   update: Callable
   best: Callable
+  probabilities: Callable
 
 
 def per_config_sums(config_ids: jax.Array, values: jax.Array,

@@ -92,4 +92,5 @@ def strategy(period: int = 15, gamma: float = 6.0, alpha: float = 0.5
     return jax.tree.map(lambda a, b: jnp.where(aggregate, b, a), updated, state)
 
   return Strategy(init, choose_, update_,
-                  lambda state: jnp.argmax(state.rewards))
+                  lambda state: jnp.argmax(state.rewards),
+                  lambda state: probabilities(state.rewards))

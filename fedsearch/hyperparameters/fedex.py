@@ -66,4 +66,5 @@ def strategy(step_size: float = 1.0) -> Strategy:
     return update(state, ids, gains, weights, step_size=step_size)
 
   return Strategy(init, choose_, update_,
-                  lambda state: jnp.argmax(state.probs))
+                  lambda state: jnp.argmax(state.probs),
+                  lambda state: state.probs)

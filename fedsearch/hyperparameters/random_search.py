@@ -34,4 +34,7 @@ def strategy() -> Strategy:
                      -jnp.inf)
     return jnp.argmax(mean)
 
-  return Strategy(init, choose, update, best)
+  def uniform(state):
+    return jnp.full_like(state.gain_sums, 1.0 / state.gain_sums.shape[0])
+
+  return Strategy(init, choose, update, best, uniform)

@@ -5,6 +5,8 @@
                     round (a heatmap per edge)
   cell.png          the found cell as a graph: node 0 is the cell's input,
                     the output concatenates the computed nodes
+  hyperparameters.png  with a hyperparameter search: its distribution over
+                    the pool's configurations per round (a heatmap)
 
 `draw(workdir)` writes whichever apply and returns their paths; the main job
 calls it when a run finishes, `python -m experiments.report WORKDIR` on any
@@ -21,6 +23,7 @@ matplotlib.use("Agg")  # Files only: no display, whatever the machine has.
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from fedsearch import hyperparameters as hp_lib
 from fedsearch.runner import tensorboard
 from fedsearch.runner.workdir import Workdir
 from fedsearch.search_space import ops
@@ -72,6 +75,29 @@ def draw_architecture(metrics: list[dict], op_names: tuple[str, ...],
     axis.set_title(f"edge {e}")
   fig.colorbar(image, ax=axes[0].tolist(), label="p(op) (scale up to the"
                " largest)")
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return True
+
+
+def draw_hyperparameters(metrics: list[dict], labels: list[str],
+                         path: pathlib.Path) -> bool:
+  """Heatmap of p(configuration) over the rounds; False if none."""
+  searched = [m for m in metrics if m.get(tensorboard.HYPERPARAMETERS)]
+  if not searched:
+    return False
+  probs = np.array([m[tensorboard.HYPERPARAMETERS] for m in searched])
+  rounds = [m["round"] for m in searched]
+  fig, axis = plt.subplots(figsize=(7.5, 1.2 + 0.28 * probs.shape[1]))
+  image = axis.imshow(probs.T, aspect="auto", cmap="viridis", vmin=0,
+                      interpolation="nearest",
+                      extent=(rounds[0] - 0.5, rounds[-1] + 0.5,
+                              probs.shape[1] - 0.5, -0.5))
+  axis.set_yticks(range(probs.shape[1]))
+  axis.set_yticklabels(labels[:probs.shape[1]], fontsize=7)
+  axis.set_xlabel("round")
+  axis.set_title("hyperparameter search: p(configuration)")
+  fig.colorbar(image, ax=axis, label="probability")
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return True
@@ -129,7 +155,27 @@ def draw(workdir) -> list[pathlib.Path]:
   if genotype is not None:
     draw_cell(genotype, workdir / "cell.png")
     written.append(workdir / "cell.png")
+  if draw_hyperparameters(metrics, _pool_labels(workdir),
+                          workdir / "hyperparameters.png"):
+    written.append(workdir / "hyperparameters.png")
   return written
+
+
+def _pool_labels(workdir: pathlib.Path) -> list[str]:
+  """'j: name=value, ...' per configuration of the run's pool (redrawn
+  from its config: the pool is a function of the space, size and seed)."""
+  config_file = workdir / "config.json"
+  if not config_file.exists():
+    return []
+  config = json.loads(config_file.read_text())
+  hpo = config.get("hpo", {})
+  if hpo.get("strategy", "none") == "none":
+    return []
+  pool = hp_lib.draw_pool(hp_lib.space_from_dict(hpo["space"]),
+                          hpo["pool_size"], config["seed"])
+  return [f"{j}: " + ", ".join(f"{name}={values[j]:.3g}"
+                               for name, values in pool.items())
+          for j in range(hpo["pool_size"])]
 
 
 def _op_set(workdir: pathlib.Path) -> str | None:

@@ -4,8 +4,9 @@ Written with tensorboardX (protobuf only: no TensorFlow in the install);
 `tensorboard --logdir WORKDIR/tensorboard` shows every numeric field of
 each round's metrics line (monitor loss and accuracy, ε spent, learning
 rates, clip bounds, rewards, hyperparameter gains) and, while searching,
-the architecture distribution per edge (`architecture/edge{e}/{op}`).
-`metrics.jsonl` stays the record: when a run resumes, its event files are
+the architecture distribution per edge (`architecture/edge{e}/{op}`) and
+the hyperparameter search's distribution over its pool
+(`hyperparameters/config{j}`). `metrics.jsonl` stays the record: when a run resumes, its event files are
 rewritten from the metrics lines kept (cut back to the last checkpoint's
 round), so they never hold a round twice. In a multi-process run only
 process 0 writes.
@@ -19,6 +20,7 @@ from tensorboardX import SummaryWriter
 
 FOLDER = "tensorboard"
 ARCHITECTURE = "architecture_probabilities"
+HYPERPARAMETERS = "hp_probabilities"
 
 
 def scalars(record: dict, op_names: tuple[str, ...]) -> dict[str, float]:
@@ -31,6 +33,8 @@ def scalars(record: dict, op_names: tuple[str, ...]) -> dict[str, float]:
   for edge, row in enumerate(record.get(ARCHITECTURE) or []):
     for op, p in zip(op_names, row):
       out[f"architecture/edge{edge}/{op}"] = float(p)
+  for config, p in enumerate(record.get(HYPERPARAMETERS) or []):
+    out[f"hyperparameters/config{config}"] = float(p)
   return out
 
 

@@ -9,6 +9,7 @@ import sys
 from PIL import Image
 
 from fedsearch import runner
+from fedsearch.runner.workdir import Workdir
 from tests.runner.test_job import small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -43,3 +44,14 @@ def test_report_draws_a_partial_run_and_refuses_a_non_workdir(tmp_path):
       [sys.executable, "-m", "experiments.report", str(tmp_path)],
       cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
   assert bad.returncode == 2 and "no config.json" in bad.stderr
+
+
+def test_a_hyperparameter_search_draws_its_configurations_probabilities(
+    tmp_path):
+  config = small_config(**{"hpo.strategy": "fedex", "hpo.pool_size": 4})
+  runner.run(config, tmp_path, report=lambda _: None)
+  metrics = [m for m in Workdir(tmp_path).metrics()
+             if "hp_probabilities" in m]
+  assert metrics and all(len(m["hp_probabilities"]) == 4 for m in metrics)
+  assert all(abs(sum(m["hp_probabilities"]) - 1) < 1e-4 for m in metrics)
+  assert _is_picture(tmp_path / "hyperparameters.png")
