@@ -145,9 +145,7 @@ def draw(workdir) -> list[pathlib.Path]:
   if metrics:
     draw_curves(metrics, workdir / "curves.png")
     written.append(workdir / "curves.png")
-  genotype_file = workdir / "genotype.json"
-  genotype = (Genotype.from_json(genotype_file.read_text())
-              if genotype_file.exists() else None)
+  genotype = _genotype(workdir)
   op_set = genotype.op_set if genotype else _op_set(workdir)
   if op_set and draw_architecture(metrics, ops.op_names(op_set),
                                   workdir / "architecture.png"):
@@ -159,6 +157,20 @@ def draw(workdir) -> list[pathlib.Path]:
                           workdir / "hyperparameters.png"):
     written.append(workdir / "hyperparameters.png")
   return written
+
+
+def _genotype(workdir: pathlib.Path) -> Genotype | None:
+  """The found genotype, or the one a finished retraining trained (its
+  summary holds it; the file stays with the search)."""
+  genotype_file, summary_file = (workdir / "genotype.json",
+                                 workdir / "summary.json")
+  if genotype_file.exists():
+    return Genotype.from_json(genotype_file.read_text())
+  if summary_file.exists():
+    summary = json.loads(summary_file.read_text())
+    if not summary.get("model"):
+      return Genotype.from_json(json.dumps(summary["genotype"]))
+  return None
 
 
 def _pool_labels(workdir: pathlib.Path) -> list[str]:

@@ -13,7 +13,7 @@ from fedsearch import data as data_lib
 from fedsearch import models
 from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
-from fedsearch.runner.workdir import GENOTYPE_FILE, load_weights
+from fedsearch.runner.workdir import load_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,9 @@ def load(workdir) -> TrainedModel:
                                  summary["space"]["num_classes"])
     genotype = None
   else:
-    genotype = ss.Genotype.from_json((path / GENOTYPE_FILE).read_text())
+    # The summary holds the architecture the run trained: a retraining's
+    # workdir has no genotype.json of its own (it read its search's).
+    genotype = ss.Genotype.from_json(json.dumps(summary["genotype"]))
     space = ss.SearchSpace(**summary["space"])
     network = ss.derived_network(space, genotype)
   like = network.init(jax.random.key(0),

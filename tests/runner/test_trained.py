@@ -57,6 +57,23 @@ def test_a_scatter_model_predicts_from_raw_images(tmp_path):
   assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
 
 
+def test_load_takes_a_retraining_whose_genotype_came_from_its_search(
+    finished, tmp_path):
+  workdir, summary = finished
+  config = small_config(**{"federated.search_rounds": 0,
+                           "nas.genotype": str(workdir),
+                           "privacy.epsilon": 6.0})  # The search spent 3.
+  retrained = runner.run(config, tmp_path, report=lambda _: None)
+  model = fedsearch.load(tmp_path)
+  assert not (tmp_path / "genotype.json").exists()
+  assert (tmp_path / "cell.png").exists()  # Drawn from the summary.
+  assert model.genotype == fedsearch.search_space.Genotype.from_json(
+      (workdir / "genotype.json").read_text())
+  test = fedsearch.data.load_dataset("digits")
+  accuracy = np.mean(np.argmax(model.predict(test.test_x), -1) == test.test_y)
+  assert accuracy == pytest.approx(retrained["test_accuracy"], abs=1e-6)
+
+
 def test_load_refuses_an_unfinished_run(tmp_path):
   with pytest.raises(fedsearch.ConfigError, match="no finished run"):
     fedsearch.load(tmp_path)
