@@ -96,14 +96,38 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   work.close()
   write_atomic(work.summary_file, json.dumps(finite_json(summary), indent=1,
                                             allow_nan=False))
-  report(f"test accuracy {summary['test_accuracy']:.4f} at"
-         f" ε={summary['epsilon']:.3f} (δ={job.plan.delta}); wall time"
-         f" {summary['wall_time_s']:.0f} s; workdir {work.path}")
+  for line in final_block(summary, job.plan.delta, work.path):
+    report(line)
   if jax.process_index() == 0:  # One process writes the files.
     drawn = pictures.draw(work.path)
     report(f"pictures: {', '.join(p.name for p in drawn)}; TensorBoard:"
            f" tensorboard --logdir {work.path / tensorboard.FOLDER}")
   return {**summary, "history": list(progress.metrics)}
+
+
+def final_block(summary: dict, delta: float, workdir) -> list[str]:
+  """The run's closing lines: accuracy, ε and what it is made of, where the
+  outputs are; the deployed child's accuracy with what it means."""
+  parts = ", ".join(f"{name.removesuffix('_only').replace('_', ' ')} {value:.3f}"
+                    for name, value in summary["epsilon_breakdown"].items()
+                    if name != "total")
+  lines = [f"test accuracy {summary['test_accuracy']:.4f} at"
+           f" ε={summary['epsilon']:.3f} (δ={delta}); wall time"
+           f" {summary['wall_time_s']:.0f} s; workdir {workdir}",
+           f"ε of each kind of release alone: {parts} (composed in one"
+           " accountant: the total above)"]
+  if "deployed_test_accuracy" in summary:
+    why = ("weights trained inside the supernet's mixture, often near chance"
+           " alone: the training rounds retrain it"
+           if summary["nas_strategy"] == "darts" else
+           "sampled children were trained directly: deployable as is")
+    lines.append(
+        f"deployed child (found architecture, the search's weights,"
+        f" ε={summary['deployed_epsilon']:.3f}): test accuracy"
+        f" {summary['deployed_test_accuracy']:.4f} ({why})")
+  lines.append(f"outputs: {workdir}/summary.json, final_weights/,"
+               " metrics.jsonl; fedsearch.load(workdir).predict(images)")
+  return lines
 
 
 def finite_json(value):

@@ -79,10 +79,13 @@ def test_bad_arguments_are_named(field, value):
     _private(**{field: value})
 
 
-def test_readme_example_trains_a_stock_flax_model_privately():
+@pytest.mark.parametrize("backend", ["ghost", "vmap"])
+def test_readme_example_trains_a_stock_flax_model_privately(backend):
   text = (ROOT / "README.md").read_text()
   block = re.search(r"<!-- make_private example[^>]*-->\s*```python\n(.*?)```",
                     text, re.S).group(1)
+  assert 'backend="ghost"' in block
+  block = block.replace('backend="ghost"', f'backend="{backend}"')
   assert len([line for line in block.splitlines() if line.strip()]) <= 20
   out = io.StringIO()
   with contextlib.redirect_stdout(out):

@@ -358,3 +358,22 @@ def test_client_level_run_resumes_to_the_same_secret_draws(tmp_path):
   assert len(set(bounds)) == 4
   for weights, arch in bounds:
     assert weights == pytest.approx(10 * arch)
+
+
+@pytest.mark.parametrize("strategy,why", [("darts", "retrain it"),
+                                          ("one_stage", "deployable as is")])
+def test_final_block_names_each_release_and_what_the_deployed_child_is(
+    strategy, why):
+  from fedsearch.runner.search import final_block
+  summary = {"test_accuracy": 0.8, "epsilon": 3.0, "wall_time_s": 12.0,
+             "epsilon_breakdown": {"total": 3.0, "gradients_only": 2.5,
+                                   "client_sizes_only": 0.3},
+             "deployed_test_accuracy": 0.1, "deployed_epsilon": 0.5,
+             "nas_strategy": strategy}
+  lines = final_block(summary, 1e-5, "wd")
+  assert lines[0].startswith("test accuracy 0.8000 at ε=3.000")
+  assert "gradients 2.500, client sizes 0.300" in lines[1]
+  assert "test accuracy 0.1000" in lines[2] and why in lines[2]
+  assert "fedsearch.load" in lines[-1]
+  del summary["deployed_test_accuracy"]  # A retraining: no deployed child.
+  assert len(final_block(summary, 1e-5, "wd")) == 3
