@@ -62,7 +62,7 @@ def main(argv):
   try:
     for strategy in _STRATEGIES.value:
       config = preset_config(_PRESET.value, strategy)
-      s = reporting.run_in_scratch(config)
+      s = reporting.run_in_scratch(config, f"{_PRESET.value}, {strategy}")
       chosen = s.get("hyperparameters", {}).get("chosen", {
           "learning_rate": config.client.learning_rate,
           # 0 stands for the strategy's default (as the job reads it).

@@ -76,7 +76,7 @@ def main(argv):
     for lr in _GRID.value:
       config = preset_config(_PRESET.value)
       config.client.learning_rate = float(lr)
-      s = reporting.run_in_scratch(config)
+      s = reporting.run_in_scratch(config, f"DP-SGD, lr {lr}")
       rows.append(Row("DP-SGD", f"lr {lr}", s["test_accuracy"], s["epsilon"],
                       None, s["wall_time_s"]))
       print(rows[-1], flush=True)
@@ -84,7 +84,7 @@ def main(argv):
       config = preset_config(_PRESET.value)
       config.client.optimizer = "hyfree"
       config.hyfree.initial_learning_rate = eta0
-      s = reporting.run_in_scratch(config)
+      s = reporting.run_in_scratch(config, f"HyFreeDP, η0 {eta0:g}")
       rows.append(Row("HyFreeDP", f"η0 {eta0:g}, K {config.hyfree.probe_every},"
                       f" κ {config.hyfree.kappa}", s["test_accuracy"],
                       s["epsilon"], s["final_learning_rate"], s["wall_time_s"]))

@@ -7,14 +7,19 @@ import time
 
 import jax
 
+from experiments import cli
 from fedsearch import runner
 from fedsearch.search_space import cost
 
 
-def run_in_scratch(config) -> dict:
-  """One whole main-job run in a throw-away workdir; returns its summary."""
+def run_in_scratch(config, label: str | None = None) -> dict:
+  """One whole main-job run in a throw-away workdir; returns its summary.
+  With a `label`, the run is announced and shows its progress
+  (`cli.run_labelled`); without, it is silent."""
   with tempfile.TemporaryDirectory() as workdir:
-    return runner.run(config, workdir, report=lambda _: None)
+    if label is None:
+      return runner.run(config, workdir, report=lambda _: None)
+    return cli.run_labelled(config, workdir, label)
 
 
 def machine_line() -> str:
