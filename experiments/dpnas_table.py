@@ -50,6 +50,10 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"],
                            "retraining seeds; the search runs with the first")
 _ABLATIONS = flags.DEFINE_bool("ablations", False,
                                "also the two ablation rows (first seed)")
+_FIXED_CELL_SEEDS = flags.DEFINE_list(
+    "fixed_cell_seeds", [], "seeds of the fixed-cell ablation (default: the"
+    " first of --seeds); e.g. 0,1,2 makes the space's hand-set member a"
+    " 3-seed row")
 _FIXED_OP = flags.DEFINE_string("fixed_op", "sep_conv_3x3_tanh",
                                 "the op of the fixed-cell ablation")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
@@ -128,19 +132,26 @@ def run_rows(dataset, setting, seeds) -> list[dict]:
     return rows
   found = Genotype.from_json(
       (root / "search" / job_lib.GENOTYPE_FILE).read_text())
-  free = stage_config(dataset, setting, "retrain", seeds[0],
-                      _lone_genotype(found, root / "found_alone"))
-  rows.append(_row(dataset, setting, FREE_SEARCH,
-                   [_run(free, root / f"found_alone_s{seeds[0]}")]))
   fixed = Genotype(found.op_set, found.nodes, tuple(
       (to, src, _FIXED_OP.value) for to, src, _ in found.edges))
-  if fixed == found:  # Then the first ablation already is the fixed cell.
-    return rows
-  config = stage_config(dataset, setting, "retrain", seeds[0],
-                        _lone_genotype(fixed, root / "fixed_cell"))
-  rows.append(_row(dataset, setting, FIXED_CELL,
-                   [_run(config, root / f"fixed_cell_s{seeds[0]}")]))
+  fixed_seeds = [int(s) for s in _FIXED_CELL_SEEDS.value] or seeds[:1]
+  # When the search found the fixed cell, its search-free retraining is
+  # the fixed-cell ablation: it takes that ablation's seeds.
+  rows.append(_row(dataset, setting, FREE_SEARCH, _retrain_alone(
+      dataset, setting, found, root, "found_alone",
+      fixed_seeds if fixed == found else seeds[:1])))
+  if fixed != found:
+    rows.append(_row(dataset, setting, FIXED_CELL, _retrain_alone(
+        dataset, setting, fixed, root, "fixed_cell", fixed_seeds)))
   return rows
+
+
+def _retrain_alone(dataset, setting, genotype: Genotype, root: pathlib.Path,
+                   name: str, seeds) -> list[dict]:
+  """`genotype` retrained at the whole ε, composing no search, per seed."""
+  genotype_file = _lone_genotype(genotype, root / name)
+  return [_run(stage_config(dataset, setting, "retrain", seed, genotype_file),
+               root / f"{name}_s{seed}") for seed in seeds]
 
 
 _SHORT = {SEARCHED: "searched, retrained", FREE_SEARCH: "found, search free",
