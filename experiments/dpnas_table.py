@@ -202,7 +202,10 @@ def render(rows: list[dict]) -> str:
       "Designs (`experiments/configs/dpnas.py`): `cpu` puts a searched cell"
       " (1x1 conv + GroupNorm, then one searched op) after each of Tramer &"
       " Boneh's convolutions; `cpu_plain` drops the norms and the 1x1"
-      " layers, so its skip-connection child is the baseline itself.",
+      " layers, so its skip-connection child is the baseline itself;"
+      " `cpu_scatter` puts the same cells inside Tramer & Boneh's"
+      " ScatterNet CNN (ScatterNet features, J = 2, L = 8; its skip child is"
+      " that network; FLOPs add the scattering's per image).",
       "",
       "| dataset | setting | method | design | model | test accuracy |"
       " ε total (δ) | search ε alone / share | σ (retraining) | parameters |"
