@@ -68,9 +68,7 @@ def seeds_row(summaries: list[dict], seeds: list[int],
       "seeds": list(seeds),
       "parameters": first["model_parameters"], "flops": cost["flops"],
       "features": first.get("features", "pixels"),
-      "feature_flops": cost.get("feature_flops", data_lib.transform_flops(
-          first.get("features", "pixels"),
-          data_lib.IMAGE_SHAPES[first["dataset"]])),
+      "feature_flops": _feature_flops(first),
       "epochs": first["rounds"], "noise_multiplier": first["noise_multiplier"],
       "accountant": first["accountant"], "randomness": first["randomness"],
       "clients": first["clients"], "monitor_accuracy_per_epoch": curves,
@@ -78,6 +76,16 @@ def seeds_row(summaries: list[dict], seeds: list[int],
       "hardware": cost["hardware"], "commit": commit(summaries),
       "command": command(),
   }
+
+
+def _feature_flops(summary: dict) -> float:
+  """The input transform's FLOPs per image; measured here (a compile) only
+  for summaries written before they recorded it."""
+  cost = summary["deployed_cost"]
+  if "feature_flops" in cost:
+    return cost["feature_flops"]
+  return data_lib.transform_flops(summary.get("features", "pixels"),
+                                  data_lib.IMAGE_SHAPES[summary["dataset"]])
 
 
 def model_name(summary: dict) -> str:

@@ -53,14 +53,22 @@ def draw_curves(metrics: list[dict], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def _per_round(metrics: list[dict], key: str):
+  """(values stacked over the rounds that logged `key`, those rounds), or
+  None when no round did."""
+  logged = [m for m in metrics if m.get(key)]
+  if not logged:
+    return None
+  return np.array([m[key] for m in logged]), [m["round"] for m in logged]
+
+
 def draw_architecture(metrics: list[dict], op_names: tuple[str, ...],
                       path: pathlib.Path) -> bool:
   """Heatmaps of p(op | edge) over the search rounds; False if none."""
-  searched = [m for m in metrics if m.get(tensorboard.ARCHITECTURE)]
-  if not searched:
+  series = _per_round(metrics, tensorboard.ARCHITECTURE)
+  if series is None:
     return False
-  probs = np.array([m[tensorboard.ARCHITECTURE] for m in searched])
-  rounds = [m["round"] for m in searched]
+  probs, rounds = series
   edges = probs.shape[1]
   fig, axes = plt.subplots(1, edges, figsize=(3.2 * edges + 1.5, 3.6),
                            squeeze=False)
@@ -83,11 +91,10 @@ def draw_architecture(metrics: list[dict], op_names: tuple[str, ...],
 def draw_hyperparameters(metrics: list[dict], labels: list[str],
                          path: pathlib.Path) -> bool:
   """Heatmap of p(configuration) over the rounds; False if none."""
-  searched = [m for m in metrics if m.get(tensorboard.HYPERPARAMETERS)]
-  if not searched:
+  series = _per_round(metrics, tensorboard.HYPERPARAMETERS)
+  if series is None:
     return False
-  probs = np.array([m[tensorboard.HYPERPARAMETERS] for m in searched])
-  rounds = [m["round"] for m in searched]
+  probs, rounds = series
   fig, axis = plt.subplots(figsize=(7.5, 1.2 + 0.28 * probs.shape[1]))
   image = axis.imshow(probs.T, aspect="auto", cmap="viridis", vmin=0,
                       interpolation="nearest",

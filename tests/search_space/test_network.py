@@ -188,10 +188,15 @@ def test_plain_ops_have_biases_and_no_norms():
   assert "stem_norm" not in shapes and shapes["stem"]["bias"] == (16,)
 
 
-@pytest.mark.parametrize("seed,plain", [(0, {}), (1, {}), (0, _PLAIN)])
-def test_strided_layout_one_hot_supernet_equals_derived_model(seed, plain):
-  space = _tramer_boneh_space(nodes=2, **plain)
-  shape = (28, 28, 1)
+@pytest.mark.parametrize("seed,layout,shape", [
+    (0, "strided", (28, 28, 1)), (1, "strided", (28, 28, 1)),
+    (0, "plain", (28, 28, 1)), (0, "scatter", (7, 7, 81)),
+    (1, "scatter", (7, 7, 81))])
+def test_strided_layouts_one_hot_supernet_equals_derived_model(seed, layout,
+                                                               shape):
+  space = {"strided": lambda: _tramer_boneh_space(nodes=2),
+           "plain": lambda: _tramer_boneh_space(nodes=2, **_PLAIN),
+           "scatter": lambda: _scatter_space(nodes=2)}[layout]()
   keys = jax.random.split(jax.random.key(seed), 3)
   weights = ss.init_supernet(space, keys[0], shape)
   genotype = ss.derive(ss.init_arch_params(space, scale=3.0, key=keys[1]),
@@ -242,19 +247,3 @@ def test_scatter_skip_cells_compute_tramer_boneh_scatternet_cnn():
   expected = h @ w["classifier"]["kernel"] + w["classifier"]["bias"]
   chex.assert_trees_all_close(child.apply({"params": w}, x), expected,
                               atol=1e-4)
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_scatter_layout_one_hot_supernet_equals_derived_model(seed):
-  space = _scatter_space(nodes=2)
-  shape = (7, 7, 81)
-  keys = jax.random.split(jax.random.key(seed), 3)
-  weights = ss.init_supernet(space, keys[0], shape)
-  genotype = ss.derive(ss.init_arch_params(space, scale=3.0, key=keys[1]),
-                       space)
-  x = jax.random.normal(keys[2], (3, *shape))
-  supernet_out = ss.supernet_model(space).apply(
-      weights, genotype_arch_params(genotype, space), x)
-  network_out = ss.derived_network(space, genotype).apply(
-      {"params": ss.extract_weights(weights, space, genotype, shape)}, x)
-  chex.assert_trees_all_close(supernet_out, network_out, atol=1e-5)
