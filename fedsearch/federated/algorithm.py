@@ -22,18 +22,22 @@ import jax.numpy as jnp
 import optax
 
 from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
-                                        ModelParams, make_local_update)
+                                        ModelParams, arch_optimizer,
+                                        make_local_update)
 from fedsearch.federated.round import RoundInputs, map_clients
-from fedsearch.federated.server import ServerState, server_init, server_update
+from fedsearch.federated.server import (ServerState, server_init,
+                                        server_per_part, server_update)
 from fedsearch.nas.base import ArchContext, ArchStep, weights_only
 from fedsearch.optimizers import ClientOptimizer, dpsgd
 from fedsearch.privacy import mechanisms
 from fedsearch.privacy.mechanisms import Mechanism, Model
 
 
-# Folded into a round's key for the noise the server's release adds; client
-# keys fold in client ids, which stay below it.
+# Folded into a round's key for the noise the server's release adds, and
+# for the child all of a round's clients run when the mechanism shares its
+# noise; client keys fold in client ids, which stay below both.
 SERVER_NOISE_STREAM = 2**31 - 1
+SHARED_CHILD_STREAM = 2**31 - 2
 
 
 class FederatedAlgorithm(NamedTuple):
@@ -53,7 +57,9 @@ def federated_algorithm(
     arch_penalty: Callable | None = None,
     mesh: jax.sharding.Mesh | None = None,
     shared_program: bool = True,
-    client_chunk: int = 0) -> FederatedAlgorithm:
+    client_chunk: int = 0,
+    server_arch_optimizer: optax.GradientTransformation | None = None
+    ) -> FederatedAlgorithm:
   """See the module docstring; the keyword arguments are those of
   `client.make_local_update`, plus `mesh` (shard clients over its devices),
   `shared_program=False` (map a device's clients in sequence) and
@@ -63,9 +69,23 @@ def federated_algorithm(
   of the mesh's devices, dividing the padded client count; 0: all at once).
   The round's sum is then released once (`mechanism.release`), so chunking
   changes nothing but memory, whatever the mechanism.
+
+  When the mechanism `shares_noise` (example-level `aggregate`), a client's
+  own state carries only its share of the noise, so the round keeps every
+  release a function of the round-start state: all clients run the child
+  drawn from the round's key (one program, vectorised), and the
+  architecture moves on the server by `server_arch_optimizer` (default:
+  the client config's `arch_optimizer` with `arch_penalty`) from the
+  released mean gradient, while `server_optimizer` moves the weights.
   """
   client_optimizer = client_optimizer or dpsgd()
   mechanism = mechanism or mechanisms.local()
+  if mechanism.shares_noise:
+    shared_program = True
+  if mechanism.shares_noise and arch_step is not weights_only:
+    server_optimizer = server_per_part(
+        server_optimizer, server_arch_optimizer or arch_optimizer(
+            client_config, penalty=arch_penalty))
   local_update = make_local_update(
       model, client_config, loss=loss, mechanism=mechanism,
       optimizer=client_optimizer, arch_step=arch_step,
@@ -96,9 +116,11 @@ def federated_algorithm(
         else jnp.asarray(inputs.active_steps))
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(
         inputs.client_ids)
+    shared_key = (jax.random.fold_in(round_key, SHARED_CHILD_STREAM)
+                  if mechanism.shares_noise else None)
     deltas, gains = all_deltas(state.client_state(), batches, keys,
                                inputs.expected_batch, inputs.hparams,
-                               first_step)
+                               first_step, shared_key)
     total, weight = mechanism.combine(deltas, inputs.client_weights,
                                       state.aggregator)
     return total, weight, gains

@@ -106,9 +106,12 @@ def add_gradient_of(penalty: Callable) -> optax.GradientTransformation:
                                       update)
 
 
-def _arch_optimizer(config: ClientConfig, h, penalty: Callable | None
-                    ) -> optax.GradientTransformation:
-  """The architecture's optax chain, before any noise the strategy adds."""
+def arch_optimizer(config: ClientConfig, h=None,
+                   penalty: Callable | None = None
+                   ) -> optax.GradientTransformation:
+  """The architecture's optax chain, before any noise the strategy adds;
+  `h` overrides entries of TUNABLE."""
+  h = {name: getattr(config, name) for name in TUNABLE} | (h or {})
   return optax.chain(
       *([add_gradient_of(penalty)] if penalty else []),
       optax.add_decayed_weights(h["arch_weight_decay"]),
@@ -136,6 +139,9 @@ class _Step(NamedTuple):
   probe_key: jax.Array
   first_step: jax.Array
   expected_batch: jax.Array
+  # The weight step reads the round-start architecture, not the one the
+  # strategy's step before it moved (`Mechanism.shares_noise`).
+  round_start: bool
 
 
 def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
@@ -143,9 +149,10 @@ def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
   step_key = jax.random.fold_in(step.model_key, carry.index)
   arch_params, arch_carry = step.arch.before_weights(
       carry.arch_step, carry.weights, carry.arch, val, step_key, carry.index)
-  g, arch_grad = step.arch.gradients(carry.weights, arch_params, train,
+  weight_arch = carry.arch if step.round_start else arch_params
+  g, arch_grad = step.arch.gradients(carry.weights, weight_arch, train,
                                      step_key)
-  noise_mask = (step.active_weights(carry.weights, arch_params, step_key)
+  noise_mask = (step.active_weights(carry.weights, weight_arch, step_key)
                 if step.active_weights else None)
   updates, weight_state = step.weight_opt.update(
       g, carry.weight_opt, carry.weights, noise_mask=noise_mask)
@@ -153,7 +160,7 @@ def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
   def loss_at(step_size):
     moved = optax.apply_updates(
         carry.weights, jax.tree.map(lambda u: step_size * u, updates))
-    return (step.example_losses(moved, arch_params, train.x, train.y,
+    return (step.example_losses(moved, weight_arch, train.x, train.y,
                                 step_key),
             train.padding, step.expected_batch[0])
 
@@ -222,7 +229,8 @@ def make_local_update(
     active_weights: Callable | None = None,
     arch_penalty: Callable | None = None) -> Callable:
   """Builds `local_update(state, batches, key, expected_batch, first_step,
-  hparams=None) -> (new ClientState, privatised gain or None)`.
+  hparams=None, shared_key=None) -> (new ClientState, privatised gain or
+  None)`.
 
   Args:
     model: `model.apply(weights, arch, x, key) -> logits`; `key` is the
@@ -245,7 +253,14 @@ def make_local_update(
   `expected_batch` is (train, val, feedback): q times the client's split
   sizes (the DP-SGD normalisers) and its validation-split size;
   `first_step` is the global index of the first local step; `hparams`
-  optionally sets entries of TUNABLE for this client.
+  optionally sets entries of TUNABLE for this client; `shared_key`, the
+  round's, replaces the client's own key for the models its steps sample
+  (one child for all of the round's clients).
+
+  Under a mechanism that `shares_noise`, the client's architecture
+  optimiser is a unit step down its noised mean gradient (a linear function
+  of its share-noised release; the server runs `arch_optimizer` on the
+  round's sum) and its weight step reads the round-start architecture.
   """
   mechanism = mechanism or mechanisms.local()
   optimizer = optimizer or dpsgd()
@@ -259,14 +274,16 @@ def make_local_update(
                                      config.auto_clip_gamma)(*args, **kwargs)
 
   def local_update(start: ClientState, batches: ClientBatches, key,
-                   expected_batch, first_step, hparams=None):
+                   expected_batch, first_step, hparams=None, shared_key=None):
     (weight_key, arch_key, probe_key, feedback_key, model_key,
      feedback_model_key) = jax.random.split(key, 6)
-    h = {name: getattr(config, name) for name in TUNABLE}
-    h.update(hparams or {})
+    if shared_key is not None:
+      model_key = shared_key
+    h = {name: getattr(config, name) for name in TUNABLE} | (hparams or {})
     arch = arch_step(ArchContext(
         model, loss, mechanism, weight_gradient,
-        _arch_optimizer(config, h, arch_penalty),
+        optax.scale(-1.0) if mechanism.shares_noise
+        else arch_optimizer(config, h, arch_penalty),
         config.clip_norm, config.arch_clip_norm, config.noise_multiplier,
         optimizer.clipping, config.auto_clip_gamma, arch_key, expected_batch))
     weight_opt = mechanism.private_optimizer(
@@ -274,7 +291,8 @@ def make_local_update(
         expected_batch[0], optimizer.transform(h))
     carry = _run_steps(_Step(arch, weight_opt, optimizer, example_losses,
                              active_weights, model_key, probe_key, first_step,
-                             expected_batch), start, batches, reads_validation)
+                             expected_batch, mechanism.shares_noise),
+                       start, batches, reads_validation)
     new = ClientState(ModelParams(carry.weights, carry.arch), carry.optimizer,
                       arch.report(carry.arch_step))
     gain = None

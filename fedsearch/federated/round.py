@@ -49,14 +49,16 @@ def client_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
 def map_clients(local_update: Callable, mesh: jax.sharding.Mesh | None = None,
                 shared_program: bool = True) -> Callable:
-  """`(start, batches, keys, expected, hparams, first_step) -> (deltas,
-  gains)`, stacked over clients: each client's `local_update` from the
-  same `start`, and its result minus `start`."""
+  """`(start, batches, keys, expected, hparams, first_step, shared_key) ->
+  (deltas, gains)`, stacked over clients: each client's `local_update` from
+  the same `start` (and the same `shared_key`), and its result minus
+  `start`."""
 
-  def client_deltas(start, batches, keys, expected, hparams, first_step):
+  def client_deltas(start, batches, keys, expected, hparams, first_step,
+                    shared_key):
     def one_client(batches, key, expected, hparams):
       new, gain = local_update(start, batches, key, expected, first_step,
-                               hparams)
+                               hparams, shared_key)
       return jax.tree.map(jnp.subtract, new, start), gain
     if shared_program:
       return jax.vmap(one_client)(batches, keys, expected, hparams)
@@ -66,14 +68,16 @@ def map_clients(local_update: Callable, mesh: jax.sharding.Mesh | None = None,
   if mesh is None:
     return client_deltas
 
-  def sharded_body(start, batches, keys, expected, hparams, first_step):
+  def sharded_body(start, batches, keys, expected, hparams, first_step,
+                   shared_key):
     # The replicated start enters the per-client scan carry, which becomes
     # device-varying: declare it so up front (shard_map's vma check).
     start = jax.lax.pcast(start, (CLIENT_AXIS,), to="varying")
-    return client_deltas(start, batches, keys, expected, hparams, first_step)
+    return client_deltas(start, batches, keys, expected, hparams, first_step,
+                         shared_key)
 
   return jax.shard_map(
       sharded_body, mesh=mesh,
       in_specs=(P(), P(CLIENT_AXIS), P(CLIENT_AXIS), P(CLIENT_AXIS),
-                P(CLIENT_AXIS), P()),
+                P(CLIENT_AXIS), P(), P()),
       out_specs=P(CLIENT_AXIS))

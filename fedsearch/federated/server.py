@@ -4,7 +4,8 @@ The mean client delta Δ = Σ_k w_k (θ_k − θ) / Σ_k w_k (the mechanism's
 `aggregate`) is handed to the server optimiser as the pseudo-gradient −Δ
 (Reddi et al. 2021, "Adaptive Federated Optimization"): `optax.sgd(1.0)` is
 plain FedAvg, `optax.adam` FedAdam. Weights and architecture parameters are
-aggregated alike. The plug-ins' server-carried states (the client
+aggregated alike; `server_per_part` gives the architecture an optimiser of
+its own on the server. The plug-ins' server-carried states (the client
 optimiser's, the NAS strategy's) move by their own mean client delta,
 outside the server optimiser, and the client optimiser then takes its
 server step (HyFreeDP: the learning-rate fit).
@@ -30,6 +31,33 @@ class ServerState(NamedTuple):
 
   def client_state(self) -> ClientState:
     return ClientState(self.params, self.client_optimizer, self.nas)
+
+
+class PerPartState(NamedTuple):
+  weights: optax.OptState
+  arch: optax.OptState
+
+
+def server_per_part(weights_optimizer: optax.GradientTransformation,
+                    arch_optimizer: optax.GradientTransformation
+                    ) -> optax.GradientTransformation:
+  """One server optimiser over `ModelParams` from one per part: the weights
+  by the server's (FedAvg, FedAdam), the architecture by its own (used when
+  the clients release the architecture's noised gradient, not a step of
+  their own optimiser)."""
+  def init(params: ModelParams) -> PerPartState:
+    return PerPartState(weights_optimizer.init(params.weights),
+                        arch_optimizer.init(params.arch))
+
+  def update(updates: ModelParams, state: PerPartState, params=None):
+    weights, weights_state = weights_optimizer.update(
+        updates.weights, state.weights, None if params is None
+        else params.weights)
+    arch, arch_state = arch_optimizer.update(
+        updates.arch, state.arch, None if params is None else params.arch)
+    return ModelParams(weights, arch), PerPartState(weights_state, arch_state)
+
+  return optax.GradientTransformation(init, update)
 
 
 def server_init(params: ModelParams, server_optimizer: optax.GradientTransformation,

@@ -53,9 +53,15 @@ class PublicSizes:
             VAL: self.val_fraction}[part]
 
   def estimate(self, part: str = ALL) -> np.ndarray:
-    """(N,) public estimates of each client's `part` size (≥ 1)."""
-    return np.maximum(self._fraction(part) * np.maximum(self.released, 1.0),
-                      1.0)
+    """(N,) public estimates of each client's `part` size, f·max(ñ_k, 1).
+
+    Exactly proportional to the FedAvg weight max(ñ_k, 1) (no floor of
+    their own): under shared noise a client's bounded sum enters the
+    average with the coefficient weight / normaliser, which must be the
+    same for all clients so that one example moves the sum by no more than
+    the noise was calibrated for.
+    """
+    return self._fraction(part) * np.maximum(self.released, 1.0)
 
   def bound(self, part: str = ALL) -> np.ndarray:
     """(N,) public upper bounds of each client's `part` size (ints).

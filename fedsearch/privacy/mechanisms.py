@@ -32,7 +32,12 @@ Members:
     accountant is therefore the same. Sound only when every release of a
     round is a linear function of the round-start state and the client's
     bounded sums (one local step, nothing post-processed by the client from
-    its share-noised value): `runner.job` refuses the other combinations.
+    its share-noised value): the round then computes every client's weight
+    and architecture gradients at the round-start state, runs one sampled
+    child for all of the round's clients (so the noised coordinates are the
+    same for all), and moves the architecture by its optimiser on the
+    server, from the released sum (`federated.algorithm`); `runner.job`
+    refuses the releases that cannot be so computed.
     The simulation is idealised: continuous Gaussian shares, no
     quantisation or modular arithmetic, and every sampled client reports
     (no dropouts).
@@ -171,6 +176,12 @@ class Mechanism(NamedTuple):
   # () -> what the server carries for the mechanism between rounds (None:
   # nothing; adaptive clipping: the clip scale).
   init_state: Callable[[], object] = lambda: None
+  # Each client adds only a share of the noise, so a client's own state is
+  # not private: every release of a round must be computed from the
+  # round-start (server) state, with one child per round for all clients,
+  # and whatever the release is post-processed by (the architecture's Adam)
+  # runs on the server (`federated.algorithm`).
+  shares_noise: bool = False
 
   def aggregate(self, stacked, weights, noise_multiplier=0.0, key=None,
                 state=None):
@@ -290,7 +301,7 @@ def aggregate(dp_backend: str = "vmap", nan_safe: bool = True,
     return noised_sum(total, stddev * share, key)
 
   return whole._replace(name="aggregate", private_optimizer=shared_optimizer,
-                        noised_sum=shared_sum)
+                        noised_sum=shared_sum, shares_noise=True)
 
 
 def _summed_weight_gradient(model, loss, clip_norm=None, clipping=None,

@@ -573,10 +573,6 @@ def _check_shared_noise(config) -> None:
       (f.local_steps != 1, "a second local step releases a function of the"
        " client's own update (share-noised)",
        f"federated.local_steps=1 (got {f.local_steps})"),
-      (f.search_rounds > 0, "architecture steps and rewards are"
-       " post-processed by each client's optimiser from its share-noised"
-       " value", "federated.search_rounds=0 and a given nas.genotype or"
-       f" model (got {f.search_rounds} search rounds)"),
       (config.hpo.strategy != "none", "hyperparameter feedback measures the"
        " client's own update", f"hpo.strategy='none' (got"
        f" {config.hpo.strategy!r})"),

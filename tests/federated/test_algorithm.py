@@ -281,6 +281,132 @@ def test_aggregate_noise_is_centralised_dp_sgd_on_the_union():
     assert noise.std() == pytest.approx(factor * want, rel=0.05), trust
 
 
+@functools.lru_cache(maxsize=None)
+def _aggregate_search(strategy_name, clients_per_round, noise_multiplier,
+                      arch_clip_norm=0.1, server_arch_sgd=False):
+  """One aggregate-noise search round of `strategy_name`, FedAvg weights."""
+  strategy = nas.make_strategy(strategy_name, _SPACE)
+  return fed.federated_algorithm(
+      strategy.model,
+      fed.ClientConfig(noise_multiplier=noise_multiplier, clip_norm=0.5,
+                       arch_clip_norm=arch_clip_norm, learning_rate=0.5,
+                       arch_learning_rate=0.1),
+      optax.sgd(1.0), mechanism=mechanisms.make_mechanism(
+          "aggregate", clients_per_round=clients_per_round),
+      arch_step=strategy.arch_step,
+      reads_validation=strategy.traits.reads_validation,
+      active_weights=strategy.active_weights,
+      shared_program=strategy.traits.shared_program,
+      server_arch_optimizer=optax.sgd(1.0) if server_arch_sgd else None)
+
+
+def _search_inputs(splits, clients):
+  inputs = fed.round_inputs(
+      splits, np.asarray(clients), seed=0, round_=1, steps=1,
+      sampling_rate=0.3, batch_sizes=(48, 24), validation_batches=True,
+      train_on_all_local_data=False, client_multiple=1)
+  # The job's normalisers are q·f·(a client's public size), f the split's
+  # public fraction, so each is proportional to the FedAvg weight (here the
+  # splits' own sizes are used, which round f·n).
+  weights = inputs.client_weights
+  expected = inputs.expected_batch
+  for part in (0, 1):
+    expected[:, part] = weights * expected[:, part].sum() / weights.sum()
+  return inputs._replace(expected_batch=expected)
+
+
+def _search_union(inputs):
+  """`_union` of the train and the validation batches."""
+  take = lambda a: a.reshape(1, 1, -1)
+  return _union(inputs)._replace(val_idx=take(inputs.val_idx),
+                                 val_padding=take(inputs.val_padding))
+
+
+def _search_start(strategy_name):
+  strategy = nas.make_strategy(strategy_name, _SPACE)
+  params = _supernet_params()._replace(arch=strategy.init(jax.random.key(1)))
+  # A REINFORCE baseline with history, so the advantage is not zero.
+  nas_state = (nas.RewardBaseline(jnp.float32(0.2), jnp.float32(0.5))
+               if strategy_name == "reinforce" else strategy.init_state())
+  return params, nas_state
+
+
+@pytest.mark.parametrize("strategy_name", sorted(nas.STRATEGIES))
+def test_aggregate_search_round_is_the_centralised_round_on_the_union(
+    strategy_name):
+  """Under aggregate noise a search round releases only linear functions
+  of the round-start state (gradients at the round-start weights and
+  architecture, one child for all clients, the architecture's Adam on the
+  server): with full participation and FedAvg weights it is the same round
+  run by one client holding the union of the batches."""
+  x, y, splits = _data()
+  clients = list(range(8))
+  inputs = _search_inputs(splits, clients)
+  params, nas_state = _search_start(strategy_name)
+  key = jax.random.key(4)
+
+  def run(inp, m):
+    algorithm = _aggregate_search(strategy_name, m, 0.0)
+    return algorithm.apply(algorithm.init(params, nas_state), x, y, inp,
+                           key, 1)[0]
+
+  federated = run(inputs, len(clients))
+  centralised = run(_search_union(inputs), 1)
+  chex.assert_trees_all_close(federated.params, centralised.params,
+                              rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(federated.nas, centralised.nas, rtol=1e-5)
+  assert _max_change(federated.params.weights, params.weights) > 1e-4
+  assert _max_change(federated.params.arch, params.arch) > 1e-4
+  # The server carries the architecture's Adam moments.
+  assert _max_change(federated.opt_state.arch, jax.tree.map(
+      jnp.zeros_like, federated.opt_state.arch)) > 0
+
+
+@pytest.mark.parametrize("strategy_name", ["darts", "one_stage"])
+def test_aggregate_architecture_noise_is_the_centralised_noise(
+    strategy_name):
+  """The released mean architecture gradient carries N(0, (σ·C_a)²) over
+  the round's expected batch, not √m times it (server step SGD(1), so the
+  architecture moves by the released mean itself)."""
+  x, y, splits = _data()
+  clients = list(range(8))
+  inputs = _search_inputs(splits, clients)
+  params, nas_state = _search_start(strategy_name)
+  sigma, arch_clip = 2.0, 0.1
+
+  def arch_after(noise, key):
+    algorithm = _aggregate_search(strategy_name, len(clients), noise,
+                                  server_arch_sgd=True)
+    return algorithm.apply(algorithm.init(params, nas_state), x, y, inputs,
+                           key, 1)[0].params.arch["normal"]
+
+  # DARTS reads validation batches, one-stage the train batches.
+  part = 1 if strategy_name == "darts" else 0
+  want = sigma * arch_clip / inputs.expected_batch[:, part].sum()
+  # Same keys with and without noise: the same child each round.
+  noise = np.concatenate([
+      np.ravel(arch_after(sigma, jax.random.key(seed))
+               - arch_after(0.0, jax.random.key(seed)))
+      for seed in range(24)])
+  assert noise.size >= 150
+  assert noise.std() == pytest.approx(want, rel=0.15)
+
+
+def test_aggregate_darts_weight_step_reads_the_round_start_architecture():
+  """The weights' release may not depend on the client's share-noised
+  architecture step: changing only that step's bound (hence its noise)
+  leaves the weights exactly as they were."""
+  x, y, splits = _data()
+  inputs = _search_inputs(splits, [0, 1, 2, 3])
+  params, nas_state = _search_start("darts")
+  weights = [
+      _aggregate_search("darts", 4, 1.0, arch_clip_norm=bound).apply(
+          _aggregate_search("darts", 4, 1.0).init(params, nas_state), x, y,
+          inputs, jax.random.key(2), 1)[0].params.weights
+      for bound in (0.1, 10.0)]
+  chex.assert_trees_all_equal(*weights)
+
+
 @pytest.mark.parametrize("chunk,devices", [(2, None), (4, 4)])
 def test_clients_in_chunks_equal_all_at_once(chunk, devices):
   """A scan over chunks of clients (memory bounded by the chunk) gives the

@@ -31,8 +31,10 @@ def test_estimates_and_bounds_per_split_on_hand_numbers():
                                    bounds=np.array([151.0, 40.0]),
                                    val_fraction=0.2)
   np.testing.assert_allclose(sizes.estimate(), [101.0, 1.0])
-  np.testing.assert_allclose(sizes.estimate("train"), [80.8, 1.0])
-  np.testing.assert_allclose(sizes.estimate("val"), [20.2, 1.0])
+  np.testing.assert_allclose(sizes.estimate("train"), [80.8, 0.8])
+  np.testing.assert_allclose(sizes.estimate("val"), [20.2, 0.2])
+  # Each normaliser is its split's fraction of the FedAvg weight.
+  np.testing.assert_allclose(sizes.estimate("val") / sizes.estimate(), 0.2)
   np.testing.assert_array_equal(sizes.bound(), [151, 40])
   # A split of round(0.2·n) rows holds at most 0.2·n + 1/2 of them.
   np.testing.assert_array_equal(sizes.bound("val"), [31, 9])

@@ -143,7 +143,6 @@ def test_each_strategy_gets_its_plan_and_learning_rate(strategy):
 
 @pytest.mark.parametrize("field,value,named", [
     ("federated.local_steps", 2, "federated.local_steps=1"),
-    ("federated.search_rounds", 3, "federated.search_rounds=0"),
     ("hpo.strategy", "feathers", "hpo.strategy='none'"),
     ("client.optimizer", "hyfree", "client.optimizer='dpsgd'"),
 ])
@@ -158,6 +157,17 @@ def test_aggregate_trust_refuses_releases_of_a_clients_own_update(
   with pytest.raises(ConfigError, match=named) as error:
     job_lib.privacy_plan(config)
   assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("strategy", sorted(nas.STRATEGIES))
+def test_aggregate_trust_accepts_one_step_searches(strategy):
+  # Their releases are computed from the round-start state and the
+  # architecture's optimiser runs on the server (federated.algorithm).
+  job = job_lib.build_job(small_config(**{
+      "privacy.trust": "aggregate", "federated.local_steps": 1,
+      "nas.strategy": strategy}))
+  assert job.mechanism.shares_noise
+  assert job.plan.spent(job.sigmas, 4) == pytest.approx(3.0, rel=1e-3)
 
 
 def test_aggregate_trust_accepts_one_step_training_and_is_recorded():

@@ -306,18 +306,23 @@ def test_every_stop_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("searched", [False, True])
 def test_aggregate_trust_in_chunks_resumes_to_the_uninterrupted_result(
-    tmp_path):
-  """The `aggregate` trust model (one local step, a given genotype), with
-  the clients in chunks: a run stopped after round 2 and resumed ends where
+    tmp_path, searched):
+  """The `aggregate` trust model (one local step; a given genotype, or a
+  one-stage search whose architecture Adam runs on the server), with the
+  clients in chunks: a run stopped after round 2 and resumed ends where
   the uninterrupted one does, and names its trust model."""
   genotype = tmp_path / "genotype.json"
   genotype.write_text(ss.Genotype(
       "dpnas", 1, ((1, 0, "sep_conv_3x3_tanh"),)).to_json())
+  fixed = {"federated.search_rounds": 0, "federated.train_rounds": 4,
+           "nas.genotype": str(genotype)}
+  search = {"federated.search_rounds": 4, "federated.train_rounds": 0,
+            "nas.strategy": "one_stage"}
   config = small_config(**{
       "privacy.trust": "aggregate", "federated.local_steps": 1,
-      "federated.search_rounds": 0, "federated.train_rounds": 4,
-      "nas.genotype": str(genotype), "federated.client_chunk": 4})
+      "federated.client_chunk": 4, **(search if searched else fixed)})
   straight = runner.run(config, tmp_path / "a", report=_quiet)
   assert straight["trust"] == "aggregate" and straight["client_chunk"] == 4
   assert straight["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
