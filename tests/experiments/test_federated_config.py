@@ -1,5 +1,6 @@
 """The population-scale preset: 1,000 clients, client-level DP, valid plan."""
 
+import numpy as np
 import pytest
 
 from experiments.configs import federated
@@ -20,6 +21,24 @@ def test_preset_is_client_level_dp_fedavg_over_a_thousand_clients(
   plan = job_lib.privacy_plan(config)
   assert plan.client_sampling_rate == pytest.approx(0.1)
   assert plan.counts(f.train_rounds) == {"client_updates": f.train_rounds}
+
+
+def test_example_level_presets_differ_only_in_who_adds_the_noise():
+  plans = {}
+  for trust in federated.TRUSTS:
+    config = federated.get_config(f"fashion_mnist,{trust}")
+    f, p = config.federated, config.privacy
+    assert (f.num_clients, f.clients_per_round) == (100, 10)
+    assert (p.unit, p.trust, f.local_steps) == ("example", trust, 1)
+    plans[trust] = job_lib.privacy_plan(config)
+  local, aggregate = plans["local"], plans["aggregate"]
+  # A balanced schedule: every client takes part in exactly 20 rounds,
+  # and the plan charges the most exposed client 20 weight steps.
+  taken = np.bincount(aggregate.schedule.ravel(), minlength=100)
+  assert taken.min() == taken.max() == 20
+  assert aggregate.counts(200)["weight_steps_train"] == 20
+  np.testing.assert_array_equal(local.schedule, aggregate.schedule)
+  assert local.noise_multipliers(0.0) == aggregate.noise_multipliers(0.0)
 
 
 @pytest.mark.parametrize("arg", ["cifar10", "mnist,clipped", "mnist,a,b"])

@@ -57,6 +57,18 @@ def test_padding_clients_have_no_weight_no_id_and_only_padding_rows(
   np.testing.assert_array_equal(inputs.train_idx[:n], unpadded.train_idx)
 
 
+@pytest.mark.parametrize("clients,per_round,rounds", [(10, 4, 50),
+                                                       (100, 10, 200),
+                                                       (7, 3, 11)])
+def test_client_schedule_is_balanced(clients, per_round, rounds):
+  schedule = fed.client_schedule(clients, per_round, rounds, seed=1)
+  taken = np.bincount(schedule.ravel(), minlength=clients)
+  assert taken.max() == -(-rounds * per_round // clients)
+  assert taken.min() == rounds * per_round // clients
+  # Not a fixed rotation: who shares a round changes.
+  assert len({tuple(r) for r in schedule}) > clients // per_round
+
+
 def test_client_schedule_draws_distinct_clients():
   sched = fed.client_schedule(10, 4, 50, seed=0)
   assert sched.shape == (50, 4)
