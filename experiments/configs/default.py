@@ -124,6 +124,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.client.arch_weight_decay = 1e-3
 
   config.privacy = ml_collections.ConfigDict()
+  # inf: no privacy, the same schedule with no noise and nothing accounted
+  # (a ceiling to measure the privacy's cost against; never a private result).
   config.privacy.epsilon = 3.0
   config.privacy.delta = 1e-5
   config.privacy.clip_norm = 1.0

@@ -78,6 +78,8 @@ def joint_noise_multiplier(*multipliers: float) -> float:
   (Σ_j σ_j⁻²)^(-1/2). Accounting them as independently subsampled releases
   would under-count, since they share the sample.
   """
+  if any(s == 0 for s in multipliers):
+    return 0.0  # One release without noise: nothing is private.
   return sum(s**-2.0 for s in multipliers if math.isfinite(s))**-0.5
 
 

@@ -147,6 +147,13 @@ class PrivacyPlan:
   def target_epsilon(self) -> float:
     return self.epsilon * self.stage_share
 
+  @property
+  def private(self) -> bool:
+    """False for `privacy.epsilon=inf`: the same schedule with every noise
+    multiplier 0 (clipping kept), nothing accounted; a ceiling to measure
+    the privacy's cost against, never a private result."""
+    return math.isfinite(self.epsilon)
+
   def counts(self, rounds_done: int) -> dict[str, int]:
     """Releases of each kind, component-wise max over clients."""
     if self.unit == "client":
@@ -203,6 +210,8 @@ class PrivacyPlan:
 
   def spent(self, sigmas: NoiseMultipliers, rounds_done: int) -> float:
     """ε spent after `rounds_done` rounds (at the accounting δ)."""
+    if not self.private:
+      return math.inf
     streams = self.streams(sigmas, rounds_done)
     if not any(st.count for st in streams):
       return 0.0
@@ -211,6 +220,8 @@ class PrivacyPlan:
   def breakdown(self, sigmas: NoiseMultipliers) -> dict[str, float]:
     """ε of the whole run, and of each kind of release alone."""
     rounds = len(self.schedule)
+    if not self.private:
+      return {"total": math.inf}
     counts = self.counts(rounds)
     alone = self.epsilon_of
     out = {"total": self.spent(sigmas, rounds),
@@ -241,6 +252,13 @@ class PrivacyPlan:
     With loss probes, σ_g = (1 + κ)·σ_ref and σ_l is calibrated; a given σ
     is then taken as σ_g.
     """
+    if not self.private:
+      if given > 0:
+        raise ConfigError(
+            f"privacy.noise_multiplier={given} with privacy.epsilon=inf (no"
+            " privacy): set privacy.noise_multiplier=0, or a finite"
+            " privacy.epsilon to account for the noise")
+      return NoiseMultipliers(0.0, 0.0, 0.0)
     rounds = len(self.schedule)
     # Gradients (and loss probes) first, within their share of ε; the
     # hyperparameter feedback then gets exactly the rest.
@@ -305,8 +323,11 @@ class PrivacyPlan:
 
   def truncation_tail(self) -> float:
     """Probability allowed to each truncation event (see `total_draws`)."""
-    return accounting.truncation_tail(self.total_draws(), self.epsilon,
-                                      self.truncation_delta)
+    # Without privacy truncation costs nothing; ε = 0's tail keeps the
+    # padded shapes those of a private run.
+    return accounting.truncation_tail(
+        self.total_draws(), self.epsilon if self.private else 0.0,
+        self.truncation_delta)
 
   def client_slots(self) -> int:
     """Static number of client slots of a client-level round: a Poisson(q_c)
@@ -377,7 +398,12 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
         f"privacy.delta={delta} is spent by the truncation of this and the"
         f" earlier stages ({delta - plan.accounting_delta:.2e}); raise"
         " privacy.delta or lower privacy.truncation_delta_fraction")
-  if prior is not None:
+  if prior is not None and plan.private:
+    if any(st.noise_multiplier == 0 for st in prior.streams):
+      raise ConfigError(
+          f"the earlier stage ({prior.source}) ran without privacy"
+          " (privacy.epsilon=inf): a private run cannot follow it; retrain"
+          " with privacy.epsilon=inf too, or search privately")
     spent = plan.epsilon_of(list(prior.streams))
     if spent >= plan.target_epsilon:
       raise ConfigError(

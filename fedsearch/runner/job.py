@@ -443,7 +443,8 @@ def client_learning_rate(config, sigmas: NoiseMultipliers,
   it reads only σ, the schedule and the released sizes). Client-level DP
   bounds the whole delta instead, so its rate is left as given."""
   c = config.client
-  if not c.max_round_noise or config.privacy.unit == "client":
+  if (not c.max_round_noise or config.privacy.unit == "client"
+      or sigmas.gradient == 0):
     return c.learning_rate
   return min(c.learning_rate, c.max_round_noise / round_noise_per_unit_rate(
       config, sigmas, sizes))

@@ -111,11 +111,16 @@ def final_block(summary: dict, delta: float, workdir) -> list[str]:
   parts = ", ".join(f"{name.removesuffix('_only').replace('_', ' ')} {value:.3f}"
                     for name, value in summary["epsilon_breakdown"].items()
                     if name != "total")
-  lines = [f"test accuracy {summary['test_accuracy']:.4f} at"
-           f" ε={summary['epsilon']:.3f} (δ={delta}); wall time"
-           f" {summary['wall_time_s']:.0f} s; workdir {workdir}",
-           f"ε of each kind of release alone: {parts} (composed in one"
-           " accountant: the total above)"]
+  if summary["epsilon"] is None or math.isinf(summary["epsilon"]):
+    lines = [f"test accuracy {summary['test_accuracy']:.4f} WITHOUT privacy"
+             " (privacy.epsilon=inf: no noise, a ceiling); wall time"
+             f" {summary['wall_time_s']:.0f} s; workdir {workdir}"]
+  else:
+    lines = [f"test accuracy {summary['test_accuracy']:.4f} at"
+             f" ε={summary['epsilon']:.3f} (δ={delta}); wall time"
+             f" {summary['wall_time_s']:.0f} s; workdir {workdir}",
+             f"ε of each kind of release alone: {parts} (composed in one"
+             " accountant: the total above)"]
   if "deployed_test_accuracy" in summary:
     why = ("weights trained inside the supernet's mixture, often near chance"
            " alone: the training rounds retrain it"
@@ -123,7 +128,7 @@ def final_block(summary: dict, delta: float, workdir) -> list[str]:
            "sampled children were trained directly: deployable as is")
     lines.append(
         f"deployed child (found architecture, the search's weights,"
-        f" ε={summary['deployed_epsilon']:.3f}): test accuracy"
+        f" ε={summary['deployed_epsilon'] or math.inf:.3f}): test accuracy"
         f" {summary['deployed_test_accuracy']:.4f} ({why})")
   lines.append(f"outputs: {workdir}/summary.json, final_weights/,"
                " metrics.jsonl; fedsearch.load(workdir).predict(images)")
@@ -150,8 +155,10 @@ def _plan_line(job) -> str:
   capped = (f"; client learning rate {rate:.3g} (capped from"
             f" {job.config.client.learning_rate:g} by client.max_round_noise)"
             if rate < job.config.client.learning_rate else "")
-  return (f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for (ε, δ)="
-          f"({plan.epsilon}, {plan.delta}) over"
+  budget = (f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for"
+            f" (ε, δ)=({plan.epsilon}, {plan.delta})" if plan.private else
+            "NO PRIVACY (privacy.epsilon=inf): no noise, nothing accounted")
+  return (f"{budget} over"
           f" {f.search_rounds + f.train_rounds} rounds; clients"
           f" {f.clients_per_round}/{f.num_clients} per round,"
           f" {job.devices} device(s){capped}")

@@ -1,6 +1,7 @@
 """The privacy plan: counts and ε against a direct dp_accounting composition."""
 
 import dataclasses
+import math
 
 import dp_accounting
 import numpy as np
@@ -221,3 +222,14 @@ def test_the_sizes_release_is_counted_once_whatever_the_rounds(accountant):
 def test_bad_plan_inputs_name_the_field(field, kw):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
     _plan(probe_every=0, **kw)
+
+
+def test_epsilon_inf_is_a_plan_without_noise_or_accounting():
+  plan = dataclasses.replace(_plan(probe_every=4), epsilon=math.inf)
+  assert not plan.private
+  assert plan.noise_multipliers(0.0) == plan_lib.NoiseMultipliers(0.0, 0.0,
+                                                                  0.0)
+  assert plan.spent(plan.noise_multipliers(0.0), 3) == math.inf
+  assert plan.breakdown(plan.noise_multipliers(0.0)) == {"total": math.inf}
+  with pytest.raises(ConfigError, match="privacy.noise_multiplier=0"):
+    plan.noise_multipliers(1.0)

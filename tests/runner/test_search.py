@@ -382,3 +382,19 @@ def test_final_block_names_each_release_and_what_the_deployed_child_is(
   assert "fedsearch.load" in lines[-1]
   del summary["deployed_test_accuracy"]  # A retraining: no deployed child.
   assert len(final_block(summary, 1e-5, "wd")) == 3
+
+
+def test_epsilon_inf_runs_the_same_schedule_without_noise(tmp_path):
+  """privacy.epsilon=inf is the non-private ceiling: σ = 0, nothing
+  accounted, said so in the closing lines and as null ε in the summary."""
+  config = small_config(**{"privacy.epsilon": float("inf"),
+                           "federated.search_rounds": 1,
+                           "federated.train_rounds": 1})
+  lines = []
+  summary = runner.run(config, tmp_path / "a", report=lines.append)
+  assert summary["noise_multiplier"] == 0.0
+  assert summary["epsilon"] == float("inf")
+  written = json.loads((tmp_path / "a" / "summary.json").read_text())
+  assert written["epsilon"] is None
+  assert any("NO PRIVACY" in line for line in lines)
+  assert any("WITHOUT privacy" in line for line in lines)
