@@ -37,8 +37,13 @@ def traits(name: str) -> Traits:
   return _entry(name)[1]
 
 
-def make_strategy(name: str, space) -> NasStrategy:
-  return _entry(name)[0](space)
+def make_strategy(name: str, space, unit: str = "example") -> NasStrategy:
+  """`unit`: the unit of privacy (`privacy.unit`); under "client" a
+  controller keeps its rewards on the client (see `nas.reinforce`)."""
+  builder = _entry(name)[0]
+  if unit == "client" and traits(name).controller:
+    return builder(space, client_level=True)
+  return builder(space)
 
 
 __all__ = ["ArchContext", "ArchStep", "NasStrategy", "RewardBaseline",

@@ -14,6 +14,14 @@ and the client's own random child alone: post-processing. b is a
 bias-corrected moving average (decay 0.99) of past R̃, the strategy's
 state, which the server averages and carries between rounds.
 
+Client-level DP (`privacy.unit=client`): a client's rewards never leave
+it. They are its plain accuracies (no noise), its policy steps are part of
+its local training, and only the round's clipped delta (weights and α
+together) is released, noised once on the sum (`mechanisms.client_level`).
+The baseline is then the client's own, restarted each round (its first
+reward is its own baseline): a server-carried average of rewards would be
+one more per-client release.
+
 Deviations from DPNAS, stated: its code releases the reward without noise
 and picks the final architecture on the test set; here the deployed child
 is the policy's mode (argmax per edge), which reads no data. DPNAS's
@@ -62,8 +70,10 @@ class RewardBaseline(NamedTuple):
 
 
 def reinforce(space: SearchSpace, entropy_weight: float = 0.005,
-              baseline_decay: float = 0.99) -> NasStrategy:
-  """Entropy bonus β and baseline decay as DPNAS."""
+              baseline_decay: float = 0.99, client_level: bool = False
+              ) -> NasStrategy:
+  """Entropy bonus β and baseline decay as DPNAS; `client_level`: rewards
+  and baseline stay on the client (module docstring)."""
   net = CellNetwork(space)
   num_ops = len(space.op_names)
 
@@ -86,7 +96,8 @@ def reinforce(space: SearchSpace, entropy_weight: float = 0.005,
     reward = privatized_mean(correct, val.padding, 1.0,
                              context.noise_multiplier, noise_key,
                              context.expected_batch[1],
-                             context.mechanism.noised_sum)
+                             _kept if client_level
+                             else context.mechanism.noised_sum)
     advantage = reward - baseline.value(reward)
     g = jax.grad(policy_loss)(arch, choices, advantage)
     return g, baseline.update(reward, baseline_decay)
@@ -103,6 +114,11 @@ def reinforce(space: SearchSpace, entropy_weight: float = 0.005,
       updates, opt_state = optimizer.update(g, opt_state, arch)
       return optax.apply_updates(arch, updates), (opt_state, baseline)
 
+    if client_level:
+      return weights_only(context)._replace(
+          init=lambda arch, state: (optimizer.init(arch),
+                                    _fresh_baseline_like(arch)),
+          before_weights=before_weights, report=lambda carry: None)
     return weights_only(context)._replace(
         init=lambda arch, baseline: (optimizer.init(arch), baseline),
         before_weights=before_weights, report=lambda carry: carry[1])
@@ -111,7 +127,22 @@ def reinforce(space: SearchSpace, entropy_weight: float = 0.005,
       space, "reinforce", TRAITS,
       lambda weights, arch_params, x, choices: child_logits(weights, x,
                                                             choices),
-      arch_step, init_state=RewardBaseline.init,
+      arch_step,
+      init_state=(lambda: None) if client_level else RewardBaseline.init,
       # The server's baseline: a moving average of privatised rewards.
-      metrics=lambda baseline: {
+      metrics=lambda baseline: {} if baseline is None else {
           "reward_baseline": float(baseline.value(jnp.float32(0.0)))})
+
+
+def _fresh_baseline_like(arch_params) -> RewardBaseline:
+  """An empty baseline typed like the client's α: inside `shard_map` a
+  per-client carry must be device-varying from its first value."""
+  zero = 0.0 * jnp.sum(arch_params["normal"])
+  return RewardBaseline(zero, zero)
+
+
+def _kept(total, stddev, key):
+  """A sum that stays on the client: no noise (client-level DP bounds what
+  it moves, the client's delta)."""
+  del stddev, key
+  return total

@@ -348,7 +348,7 @@ def _plain_optimizer(stddev, key, expected_batch_size, optimizer):
 def _no_client_scalar(total, stddev, key):
   raise ConfigError(
       "privacy.unit='client' releases only clipped round deltas; a client's"
-      " privatised scalar (REINFORCE reward, hyperparameter gain, HyFreeDP"
+      " privatised scalar sent to the server (hyperparameter gain, HyFreeDP"
       " loss probe) has no client-level form here")
 
 

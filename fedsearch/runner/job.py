@@ -540,9 +540,6 @@ def _check_client_level(config) -> None:
   """Client-level DP releases one clipped delta per sampled client and
   round; the releases that have no client-level form here name themselves."""
   refusals = (
-      (nas_lib.traits(config.nas.strategy).controller, "REINFORCE's rewards"
-       " are per-client scalars", "nas.strategy in 'darts', 'one_stage' (got"
-       f" {config.nas.strategy!r})"),
       (config.hpo.strategy != "none", "hyperparameter feedback is a"
        " per-client scalar", f"hpo.strategy='none' (got"
        f" {config.hpo.strategy!r})"),
@@ -624,7 +621,8 @@ def build_job(config: ml_collections.ConfigDict,
       config=config, randomness=randomness, federation=federation,
       canaries=canaries,
       space=space,
-      nas=nas_lib.make_strategy(config.nas.strategy, space), plan=plan,
+      nas=nas_lib.make_strategy(config.nas.strategy, space,
+                                config.privacy.unit), plan=plan,
       sigmas=sigmas, mechanism=mechanism,
       client_config=client_config(config, sigmas, federation.sizes),
       client_optimizer=optimizers.make_client_optimizer(

@@ -190,3 +190,43 @@ def test_reinforce_first_step_follows_no_advantage_then_the_policy_moves():
   three = run(jax.random.split(jax.random.key(1), 2))
   assert float(jnp.abs(three.params.arch["normal"]).max()) > 1e-3
   np.testing.assert_allclose(three.nas.weight, 1 - 0.99**3, rtol=1e-5)
+
+
+def test_client_level_rewards_stay_on_the_client():
+  """Under client-level DP the controller carries no server state, its
+  rewards are not noised (σ changes nothing in the client's update) and
+  its policy steps move α inside the delta that the mechanism clips."""
+  x, y, splits = _digits_splits()
+  space = ss.SearchSpace(channels=4, nodes=1, cells=1)
+  strategy = nas.make_strategy("reinforce", space, unit="client")
+  assert strategy.init_state() is None
+  start = fed.ClientState(
+      fed.ModelParams(ss.init_supernet(space, jax.random.key(0), _SHAPE),
+                      strategy.init(None)), None, None)
+  inputs = fed.round_inputs(
+      splits, np.asarray([0]), seed=0, round_=0, steps=3,
+      sampling_rate=0.5, batch_sizes=(24, 32), validation_batches=True,
+      train_on_all_local_data=False)
+  batches = fed.ClientBatches(
+      fed.Batches(x[inputs.train_idx[0]], y[inputs.train_idx[0]],
+                  inputs.train_padding[0]),
+      fed.Batches(x[inputs.val_idx[0]], y[inputs.val_idx[0]],
+                  inputs.val_padding[0]))
+  mechanism = mechanisms.make_mechanism("aggregate", "client")
+
+  def update(sigma):
+    local = fed.make_local_update(
+        strategy.model, fed.ClientConfig(noise_multiplier=sigma,
+                                         arch_learning_rate=0.5),
+        mechanism=mechanism, arch_step=strategy.arch_step,
+        reads_validation=True, active_weights=strategy.active_weights)
+    return jax.jit(lambda: local(start, batches, jax.random.key(5),
+                                 jnp.asarray(inputs.expected_batch[0]),
+                                 0)[0])()
+
+  quiet, loud = update(0.0), update(50.0)
+  assert quiet.nas is None
+  chex.assert_trees_all_equal(quiet.params, loud.params)
+  # Three steps: the first reward is its own baseline, the next two move α.
+  assert float(jnp.abs(quiet.params.arch["normal"]
+                       - start.params.arch["normal"]).max()) > 1e-3

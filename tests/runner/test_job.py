@@ -180,7 +180,6 @@ def test_aggregate_trust_accepts_one_step_training_and_is_recorded():
 
 @pytest.mark.parametrize("field,value,named", [
     ("privacy.trust", "local", "client-level local DP"),
-    ("nas.strategy", "reinforce", "REINFORCE's rewards"),
     ("hpo.strategy", "feathers", "hpo.strategy='none'"),
     ("client.optimizer", "hyfree", "client.optimizer='dpsgd'"),
     ("privacy.stage_share", 0.5, "privacy.stage_share=1"),

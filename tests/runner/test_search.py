@@ -332,11 +332,16 @@ def test_aggregate_trust_in_chunks_resumes_to_the_uninterrupted_result(
   assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
 
 
-def test_client_level_run_resumes_to_the_same_secret_draws(tmp_path):
+@pytest.mark.parametrize("strategy", [
+    "darts", pytest.param("reinforce", marks=pytest.mark.slow)])
+def test_client_level_run_resumes_to_the_same_secret_draws(tmp_path,
+                                                           strategy):
   """DP-FedAvg over 60 clients: who takes part is secret, a resumed run
   draws exactly the same clients and noise, and the summary names the unit
-  and releases no client size."""
+  and releases no client size (a REINFORCE search's rewards stay on the
+  clients)."""
   config = small_config(**{
+      "nas.strategy": strategy,
       "privacy.unit": "client", "privacy.trust": "aggregate",
       "privacy.randomness": "secret", "federated.num_clients": 60,
       "federated.clients_per_round": 20, "federated.partition": "iid",
