@@ -33,6 +33,8 @@ def preset_config(name: str, strategy: str):
   config.seed = _SEED.value
   config.data_dir = _DATA_DIR.value
   config.hpo.strategy = strategy
+  # The gains measure each client's own update: per-client noise.
+  config.privacy.trust = "local"
   f, h = config.federated, config.hpo
   f.search_rounds = 15
   if name == "digits_quick":

@@ -34,6 +34,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "seed of every run")
 
 def preset_config(name: str):
   config = default.get_config()
+  # HyFreeDP's probes read each client's own update: per-client noise.
+  config.privacy.trust = "local"
   config.seed = _SEED.value
   config.data_dir = _DATA_DIR.value
   if name == "mnist_reduced":

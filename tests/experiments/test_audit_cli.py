@@ -42,7 +42,7 @@ def test_white_and_black_box_audits_write_bounds_and_rows(tmp_path):
   summary = json.loads((run / "summary.json").read_text())
   found = summary["audit"]
   assert 0 <= found["epsilon_lower_bound"] <= found["epsilon_claimed"]
-  assert found["canaries"] == 1000 and found["trust"] == "local"
+  assert found["canaries"] == 1000 and found["trust"] == "aggregate"
   black = _run("experiments.audit", "--mode=black_box", *_SHORT,
                f"--workdir={tmp_path / 'bb'}", results=tmp_path)
   assert black.returncode == 0, black.stderr[-2000:]

@@ -67,7 +67,7 @@ def test_missing_data_file_is_one_line(tmp_path):
 
 _SMALL = ("--config.space.nodes=1", "--config.federated.search_rounds=2",
           "--config.federated.train_rounds=2",
-          "--config.federated.local_steps=2",
+          "--config.federated.local_steps=2", "--config.privacy.trust=local",
           "--config.privacy.randomness=seeded", "--verbosity=-1")
 
 

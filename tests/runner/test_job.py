@@ -19,6 +19,8 @@ def small_config(**overrides):
   config.federated.search_rounds = 2
   config.federated.train_rounds = 2
   config.federated.local_steps = 2
+  # Two local steps: per-client noise (tests of aggregate trust set it).
+  config.privacy.trust = "local"
   # Reproducible draws, so that separate workdirs can be compared.
   config.privacy.randomness = "seeded"
   for key, value in overrides.items():
