@@ -32,6 +32,8 @@ _CLIPPINGS = flags.DEFINE_list("clippings", ["fixed"],
                                f" {list(federated.CLIPPINGS)}")
 _TRUSTS = flags.DEFINE_list("trusts", [], f"example level: any of"
                             f" {list(federated.TRUSTS)}")
+_SEARCHES = flags.DEFINE_list("searches", [], "client-level search +"
+                              f" training: any of {list(federated.SEARCHES)}")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "one run per seed")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/federated", "run folders")
@@ -41,7 +43,13 @@ METHOD = {"adaptive": "DP-FedAvg, client-level, adaptive clipping (median)",
           "fixed": "DP-FedAvg, client-level, fixed clipping (noise rule)",
           "local": "DP-SGD, example-level, each client noises its own update",
           "aggregate": "DP-SGD, example-level, noise once on the sum"
-                       " (secure aggregation)"}
+                       " (secure aggregation)",
+          **{s: f"DP-FedAvg, client-level, one-stage search + training,"
+                f" {m} clients a round"
+             for s, m in zip(federated.SEARCHES,
+                             federated.SEARCH_CLIENTS_PER_ROUND)},
+          "search_ceiling": "FedAvg, one-stage search + training, NO"
+                            " PRIVACY (the ceiling), 100 clients a round"}
 # The centralised DP-SGD rows (same model, recipe and ε) the example-level
 # rows are measured against: `baseline.json`, written by baseline_table.
 CENTRALISED = "baseline"
@@ -87,6 +95,7 @@ def run_row(dataset: str, setting: str) -> dict:
       "clip_norm_per_round": [records.per_round(w, "clip_norm")
                               for w in workdirs]
                              if setting == "adaptive" else [],
+      "genotype": first.get("genotype"),
   }
 
 
@@ -123,6 +132,13 @@ def _accuracy(r: dict) -> str:
   return f"**{100 * r['test_accuracy']:.2f}{sd} %**{seeds}"
 
 
+def _epsilon(r: dict) -> str:
+  """ε (δ), or the absence of privacy of a ceiling row (ε is null)."""
+  if r["epsilon_total"] is None:
+    return "∞ (no privacy)"
+  return f"{r['epsilon_total']:.3f} ({r['delta']:.0e})"
+
+
 def _client_level_lines(rows: list[dict]) -> list[str]:
   lines = [
       "## Client level: DP-FedAvg over 1,000 clients",
@@ -154,7 +170,7 @@ def _client_level_lines(rows: list[dict]) -> list[str]:
         f" {r['model']} | {r['unit']} / {r['trust']} |"
         f" {r['population']:,} ({r['clients_per_round_expected']},"
         f" q = {r['client_sampling_rate']:g}) | {_accuracy(r)} |"
-        f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) |"
+        f" {_epsilon(r)} |"
         f" {r['noise_multiplier']:.3f} | {r['rounds']} × {r['local_steps']} |"
         f" {final} | {r['wall_time_s'] / 60:.1f} min | {r['hardware']} |"
         f" {r['commit']} |")
@@ -194,7 +210,7 @@ def _example_level_lines(rows: list[dict]) -> list[str]:
         f"| {records.DATASET_LABEL[r['dataset']]} | {r['method']} |"
         f" {r['unit']} / {r['trust']} | {r['population']:,}"
         f" ({r['clients_per_round_expected']}) | {_accuracy(r)} | {versus} |"
-        f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) |"
+        f" {_epsilon(r)} |"
         f" {r['noise_multiplier']:.3f} | {r['rounds']} × {r['local_steps']} |"
         f" {r['wall_time_s'] / 60:.1f} min | {r['hardware']} |"
         f" {r['commit']} |")
@@ -230,13 +246,14 @@ def main(argv):
     for values, allowed, name in (
         (_DATASETS.value, federated.DATASETS, "--datasets"),
         (_CLIPPINGS.value, federated.CLIPPINGS, "--clippings"),
-        (_TRUSTS.value, federated.TRUSTS, "--trusts")):
+        (_TRUSTS.value, federated.TRUSTS, "--trusts"),
+        (_SEARCHES.value, federated.SEARCHES, "--searches")):
       for value in values:  # All checked before any work.
         if value not in allowed:
           raise ConfigError(f"{name} must name any of {list(allowed)};"
                             f" got {value!r}")
     pairs = [(d, s) for d in _DATASETS.value
-             for s in _CLIPPINGS.value + _TRUSTS.value]
+             for s in _CLIPPINGS.value + _TRUSTS.value + _SEARCHES.value]
     for dataset, setting in pairs:
       for seed in map(int, _SEEDS.value):
         job_lib.privacy_plan(seed_config(dataset, setting, seed))

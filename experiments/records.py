@@ -10,6 +10,7 @@ setting, method, model), so re-running one row leaves the others.
 """
 
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -53,6 +54,16 @@ def seeds_summary(accuracies: list[float]) -> dict:
           "test_accuracies": accuracies}
 
 
+def total_epsilon(summaries: list[dict]) -> float | None:
+  """The largest ε of the runs; None (JSON null) when one ran without
+  privacy (`privacy.epsilon=inf`: its summary's ε is inf, or null once
+  written)."""
+  values = [s["epsilon"] for s in summaries]
+  if any(v is None or math.isinf(v) for v in values):
+    return None
+  return max(values)
+
+
 def seeds_row(summaries: list[dict], seeds: list[int],
               curves: list[list[float]]) -> dict:
   """The fields of a row that one configuration's runs, one per seed,
@@ -62,7 +73,7 @@ def seeds_row(summaries: list[dict], seeds: list[int],
   cost = first["deployed_cost"]
   return {
       "model": model_name(first),
-      "epsilon_total": max(s["epsilon"] for s in summaries),
+      "epsilon_total": total_epsilon(summaries),
       "delta": first["delta"],
       **seeds_summary([s["test_accuracy"] for s in summaries]),
       "seeds": list(seeds),

@@ -24,6 +24,20 @@ steps); more participations raise σ faster than the steps help (30: +44 %,
 schedule and σ; only who adds the noise differs (local: each client its
 own, so the mean carries √10 times more).
 
+Client-level search (SETTING search50 | search100 | search200 |
+search_ceiling; frozen before any run, none run yet). The client-level
+preset below, with Tramer & Boneh's network replaced by a one-stage search
+(Direct Federated NAS) over DPNAS's `cpu_plain` space (their layout with a
+searched op per cell; its skip cell is their CNN) for 100 of the 300
+rounds, then the derived child trained on for 200; M clients a round in
+expectation; `search_ceiling` is the same at 100 a round without privacy
+(privacy.epsilon=inf). The architecture's bound S_α = 1 with a client
+architecture rate of 0.05 (Adam, 5 local steps: |Δα| ≲ 0.25 a logit, ~1 in
+norm over the space's logits, so the weights, |Δθ|/S_w ~ 3-30, keep most
+of the clipped norm), and the α noise per round σ·S_α/M ≈ 0.026 a logit at
+M = 100 leaves a 100-round random walk of ~0.26 against logit moves of ~2.5
+when clients agree.
+
 A population of 1,000 clients, each holding two label-sorted shards of the
 training data (McMahan et al.'s pathological non-IID split, ~59 examples
 and two classes a client), of which each round Poisson-samples 100 in
@@ -54,11 +68,16 @@ was run only with these settings).
 
 import ml_collections
 
-from experiments.configs import default
+from experiments.configs import default, dpnas
 
 DATASETS = ("mnist", "fashion_mnist")
 CLIPPINGS = ("fixed", "adaptive")  # client level
 TRUSTS = ("local", "aggregate")  # example level
+# Client-level search + training, by expected clients per round; and its
+# non-private ceiling at 100 a round.
+SEARCH_CLIENTS_PER_ROUND = (50, 100, 200)
+SEARCHES = tuple(f"search{m}" for m in SEARCH_CLIENTS_PER_ROUND) + (
+    "search_ceiling",)
 POPULATION = 1000
 CLIENTS_PER_ROUND = 100
 EXAMPLE_POPULATION = 100
@@ -71,11 +90,11 @@ def _parse(arg: str) -> tuple[str, str]:
   if len(parts) == 1:
     parts.append("fixed")
   if (len(parts) != 2 or parts[0] not in DATASETS
-      or parts[1] not in CLIPPINGS + TRUSTS):
+      or parts[1] not in CLIPPINGS + TRUSTS + SEARCHES):
     raise ValueError(
         f"federated config argument {arg!r}: expected DATASET[,SETTING]"
         f" with DATASET in {list(DATASETS)}, SETTING in"
-        f" {list(CLIPPINGS + TRUSTS)}")
+        f" {list(CLIPPINGS + TRUSTS + SEARCHES)}")
   return parts[0], parts[1]
 
 
@@ -87,7 +106,7 @@ def get_config(arg: str = "mnist") -> ml_collections.ConfigDict:
   config.monitor_fraction = 0.02  # Progress lines only; no decision reads it.
   if setting in TRUSTS:
     return _example_level(config, setting)
-  clipping = setting
+  clipping = "fixed" if setting in SEARCHES else setting
 
   f = config.federated
   f.num_clients, f.clients_per_round = POPULATION, CLIENTS_PER_ROUND
@@ -108,6 +127,27 @@ def get_config(arg: str = "mnist") -> ml_collections.ConfigDict:
   p.adaptive_clip_quantile = 0.5 if clipping == "adaptive" else 0.0
   p.adaptive_clip_learning_rate = 0.2
   config.checkpoint_every = 10
+  if setting in SEARCHES:
+    return _client_level_search(config, setting)
+  return config
+
+
+def _client_level_search(config, setting: str) -> ml_collections.ConfigDict:
+  """The client-level preset turned into a search (docstring, "Client-level
+  search"); `setting` is search{M} or search_ceiling."""
+  ceiling = setting == "search_ceiling"
+  f, c, p = config.federated, config.client, config.privacy
+  f.clients_per_round = (CLIENTS_PER_ROUND if ceiling
+                         else int(setting.removeprefix("search")))
+  config.model = ""
+  config.space = dpnas.get_config(
+      f"{config.dataset},centralised,search,cpu_plain").space
+  config.nas.strategy = "one_stage"
+  f.search_rounds, f.train_rounds = 100, 200
+  c.arch_learning_rate = 0.05
+  p.arch_clip_norm = 1.0
+  if ceiling:
+    p.epsilon = float("inf")
   return config
 
 

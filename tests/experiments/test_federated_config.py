@@ -41,6 +41,24 @@ def test_example_level_presets_differ_only_in_who_adds_the_noise():
   assert local.noise_multipliers(0.0) == aggregate.noise_multipliers(0.0)
 
 
+def test_client_level_search_presets_sweep_clients_and_have_a_ceiling():
+  sigmas = {}
+  for setting in federated.SEARCHES:
+    config = federated.get_config(f"mnist,{setting}")
+    f, p = config.federated, config.privacy
+    assert (config.nas.strategy, p.unit, p.trust) == ("one_stage", "client",
+                                                      "aggregate")
+    assert f.num_clients == 1000 and f.search_rounds > 0
+    plan = job_lib.privacy_plan(config)
+    sigmas[f.clients_per_round, plan.private] = plan.noise_multipliers(
+        0.0).gradient
+  assert sorted(sigmas) == [(50, True), (100, False), (100, True),
+                            (200, True)]
+  assert sigmas[100, False] == 0.0
+  # More clients a round: more noise per round, the same ε.
+  assert sigmas[50, True] < sigmas[100, True] < sigmas[200, True]
+
+
 @pytest.mark.parametrize("arg", ["cifar10", "mnist,clipped", "mnist,a,b"])
 def test_bad_preset_argument_is_named(arg):
   with pytest.raises(ValueError, match="DATASET"):

@@ -80,3 +80,10 @@ def test_command_names_the_module_wherever_the_records_go(results,
   script = pathlib.Path(records.__file__).with_name("dpnas_table.py")
   monkeypatch.setattr(sys, "argv", [str(script), "--cpu"])
   assert records.command() == "python -m experiments.dpnas_table --cpu"
+
+
+@pytest.mark.parametrize("epsilons,want", [([2.9, 3.0], 3.0),
+                                           ([3.0, float("inf")], None),
+                                           ([None, None], None)])
+def test_total_epsilon_is_null_for_a_run_without_privacy(epsilons, want):
+  assert records.total_epsilon([{"epsilon": e} for e in epsilons]) == want
