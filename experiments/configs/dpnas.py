@@ -116,9 +116,10 @@ def get_config(arg: str = "mnist,centralised,search") -> ml_collections.ConfigDi
     f.partition = "dirichlet"
     f.dirichlet_alpha = 0.5
     f.server_momentum = 0.0
-    # A local epoch a round: each client noises its own steps.
-    config.privacy.trust = "local"
   f.server_learning_rate = 1.0
+  # A local epoch a round: each client noises its own steps (the recorded
+  # rows' trust; with one client a round the two trust models coincide).
+  config.privacy.trust = "local"
 
   c, p = config.client, config.privacy
   if stage == "search":

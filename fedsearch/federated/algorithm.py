@@ -25,7 +25,7 @@ from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
                                         ModelParams, arch_optimizer,
                                         make_local_update)
 from fedsearch.federated.round import RoundInputs, map_clients
-from fedsearch.federated.server import (ServerState, server_init,
+from fedsearch.federated.server import (ServerState, frozen, server_init,
                                         server_per_part, server_update)
 from fedsearch.nas.base import ArchContext, ArchStep, weights_only
 from fedsearch.optimizers import ClientOptimizer, dpsgd
@@ -82,10 +82,13 @@ def federated_algorithm(
   mechanism = mechanism or mechanisms.local()
   if mechanism.shares_noise:
     shared_program = True
-  if mechanism.shares_noise and arch_step is not weights_only:
+    arch_server = server_arch_optimizer or arch_optimizer(
+        client_config, penalty=arch_penalty)
+    # A controller's warm-up continues the search's server state but must
+    # not move α (decay and penalty would): the same state, frozen.
     server_optimizer = server_per_part(
-        server_optimizer, server_arch_optimizer or arch_optimizer(
-            client_config, penalty=arch_penalty))
+        server_optimizer, arch_server if arch_step is not weights_only
+        else frozen(arch_server))
   local_update = make_local_update(
       model, client_config, loss=loss, mechanism=mechanism,
       optimizer=client_optimizer, arch_step=arch_step,

@@ -139,9 +139,11 @@ class _Step(NamedTuple):
   probe_key: jax.Array
   first_step: jax.Array
   expected_batch: jax.Array
-  # The weight step reads the round-start architecture, not the one the
-  # strategy's step before it moved (`Mechanism.shares_noise`).
-  round_start: bool
+  # Not None: the weight step reads this round-start architecture, not the
+  # one the strategy's step before it moved (`Mechanism.shares_noise`).
+  # Taken from the round's start (the same for all clients, so the child's
+  # op switch stays one branch under vmap), not from the per-client carry.
+  round_start_arch: Any
 
 
 def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
@@ -149,7 +151,8 @@ def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
   step_key = jax.random.fold_in(step.model_key, carry.index)
   arch_params, arch_carry = step.arch.before_weights(
       carry.arch_step, carry.weights, carry.arch, val, step_key, carry.index)
-  weight_arch = carry.arch if step.round_start else arch_params
+  weight_arch = (arch_params if step.round_start_arch is None
+                 else step.round_start_arch)
   g, arch_grad = step.arch.gradients(carry.weights, weight_arch, train,
                                      step_key)
   noise_mask = (step.active_weights(carry.weights, weight_arch, step_key)
@@ -291,7 +294,9 @@ def make_local_update(
         expected_batch[0], optimizer.transform(h))
     carry = _run_steps(_Step(arch, weight_opt, optimizer, example_losses,
                              active_weights, model_key, probe_key, first_step,
-                             expected_batch, mechanism.shares_noise),
+                             expected_batch,
+                             start.params.arch if mechanism.shares_noise
+                             else None),
                        start, batches, reads_validation)
     new = ClientState(ModelParams(carry.weights, carry.arch), carry.optimizer,
                       arch.report(carry.arch_step))

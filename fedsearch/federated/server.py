@@ -60,6 +60,16 @@ def server_per_part(weights_optimizer: optax.GradientTransformation,
   return optax.GradientTransformation(init, update)
 
 
+def frozen(optimizer: optax.GradientTransformation
+           ) -> optax.GradientTransformation:
+  """`optimizer`'s state, kept as it is, and no update: a phase that must
+  not move its parameters but hands its state on to one that will."""
+  return optax.GradientTransformation(
+      optimizer.init,
+      lambda updates, state, params=None: (
+          jax.tree.map(jnp.zeros_like, updates), state))
+
+
 def server_init(params: ModelParams, server_optimizer: optax.GradientTransformation,
                 client_optimizer_state=None, nas_state=None,
                 aggregator_state=None) -> ServerState:

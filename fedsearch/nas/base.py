@@ -62,8 +62,9 @@ class ArchContext(NamedTuple):
 
   `weight_gradient` is the phase's clipped weight-gradient sum;
   `arch_optimizer` the architecture's optax chain before any noise (cost
-  penalty, weight decay, Adam); `expected_batch` the (train, validation)
-  normalisers q·n.
+  penalty, weight decay, Adam; under a mechanism that shares its noise, a
+  unit step down the gradient, Adam running on the server);
+  `expected_batch` the (train, validation) normalisers q·n.
   """
 
   model: Model

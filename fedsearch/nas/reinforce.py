@@ -10,7 +10,9 @@ Release: R̃ is the child's accuracy privatised by the client, Σ_i correct_i
 + N(0, σ²) over the expected batch size (per-example values in {0, 1}:
 sensitivity 1, the same σ and Poisson rate as a gradient architecture step,
 so the accountant counts it as one). The policy update is computed from R̃
-and the client's own random child alone: post-processing. b is a
+and the child alone: post-processing (under `aggregate` trust the child is
+the round's, the same for all clients, and the policy's Adam runs on the
+server from the sum of their updates). b is a
 bias-corrected moving average (decay 0.99) of past R̃, the strategy's
 state, which the server averages and carries between rounds.
 

@@ -292,6 +292,10 @@ def aggregate(dp_backend: str = "vmap", nan_safe: bool = True,
                       f" {clients_per_round}")
   share = 1.0 / clients_per_round**0.5
   whole = local(dp_backend, nan_safe)
+  if clients_per_round == 1:
+    # The one client's share is the whole noise: its own state is private,
+    # so it may run any schedule, exactly as under `local`.
+    return whole._replace(name="aggregate")
 
   def shared_optimizer(stddev, key, expected_batch_size, optimizer):
     return private_optimizer(stddev * share, key, expected_batch_size,
@@ -423,8 +427,8 @@ def client_level(dp_backend: str = "vmap", nan_safe: bool = True,
       raise ConfigError(
           "privacy.unit='client' bounds only the model's deltas; this client"
           " optimiser or NAS strategy also sends server-carried state"
-          " (choose client.optimizer='dpsgd' and nas.strategy in 'darts',"
-          " 'one_stage', or a given architecture)")
+          " (choose client.optimizer='dpsgd'; build a controller strategy"
+          " with nas.make_strategy(..., unit='client'))")
     # Norms in units of the current bounds c·(S_w, S_α).
     norms = jnp.sqrt(scaled_sq_norms(stacked)) / (1.0 if scale is None
                                                    else scale)

@@ -540,6 +540,11 @@ def _check_client_level(config) -> None:
   """Client-level DP releases one clipped delta per sampled client and
   round; the releases that have no client-level form here name themselves."""
   refusals = (
+      (nas_lib.traits(config.nas.strategy).controller
+       and config.federated.local_steps < 2, "REINFORCE's baseline restarts"
+       " each round on the client, so with one local step every reward is"
+       " its own baseline and the policy never moves",
+       f"federated.local_steps >= 2 (got {config.federated.local_steps})"),
       (config.hpo.strategy != "none", "hyperparameter feedback is a"
        " per-client scalar", f"hpo.strategy='none' (got"
        f" {config.hpo.strategy!r})"),

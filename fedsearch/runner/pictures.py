@@ -15,6 +15,7 @@ finished or partial workdir. They read only `metrics.jsonl`,
 """
 
 import json
+import math
 import pathlib
 
 import matplotlib
@@ -43,10 +44,14 @@ def draw_curves(metrics: list[dict], path: pathlib.Path) -> None:
                  label="loss")
   loss_axis.set_ylabel("monitor loss", color="C1")
   left.set_title("server's monitor split")
-  right.plot(rounds, [m["epsilon"] for m in metrics], color="C2")
+  spent = [m["epsilon"] for m in metrics]
+  if all(e is not None and math.isfinite(e) for e in spent):
+    right.plot(rounds, spent, color="C2")
+    right.set_title("privacy budget spent")
+  else:  # privacy.epsilon=inf: nothing is accounted.
+    right.set_title("no privacy (privacy.epsilon=inf)")
   right.set_xlabel("round")
   right.set_ylabel("ε spent")
-  right.set_title("privacy budget spent")
   right.set_ylim(bottom=0)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

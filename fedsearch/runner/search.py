@@ -29,7 +29,7 @@ from fedsearch.privacy.audit import InputCanaries
 from fedsearch.runner import loop, pictures, tensorboard
 from fedsearch.runner.job import build_job
 from fedsearch.runner.summary import summarize
-from fedsearch.runner.workdir import Workdir, write_atomic
+from fedsearch.runner.workdir import Workdir, finite_json, write_atomic
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -128,23 +128,18 @@ def final_block(summary: dict, delta: float, workdir) -> list[str]:
            "sampled children were trained directly: deployable as is")
     lines.append(
         f"deployed child (found architecture, the search's weights,"
-        f" ε={summary['deployed_epsilon'] or math.inf:.3f}): test accuracy"
+        f" ε={_finite_or_inf(summary['deployed_epsilon']):.3f}): test"
+        " accuracy"
         f" {summary['deployed_test_accuracy']:.4f} ({why})")
   lines.append(f"outputs: {workdir}/summary.json, final_weights/,"
                " metrics.jsonl; fedsearch.load(workdir).predict(images)")
   return lines
 
 
-def finite_json(value):
-  """`value` with every non-finite float replaced by None: strict JSON
-  parsers reject NaN and Infinity."""
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {k: finite_json(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [finite_json(v) for v in value]
-  return value
+def _finite_or_inf(value) -> float:
+  """ε as a number: a summary read back holds null for a run without
+  privacy."""
+  return math.inf if value is None else value
 
 
 def _plan_line(job) -> str:

@@ -18,6 +18,7 @@ never leaves a half-written file that looks complete.
 """
 
 import json
+import math
 import os
 import pathlib
 
@@ -112,8 +113,8 @@ class Workdir:
 
   def write_metrics(self, records: list[dict]) -> None:
     # Rewritten whole, atomically: a crash mid-write cannot leave a torn line.
-    write_atomic(self.path / "metrics.jsonl",
-                 "".join(json.dumps(m) + "\n" for m in records))
+    write_atomic(self.path / "metrics.jsonl", "".join(
+        json.dumps(finite_json(m), allow_nan=False) + "\n" for m in records))
 
   def save_weights(self, which: str, weights) -> None:
     """Writes `{which}_weights/` (which: deployed | final)."""
@@ -132,3 +133,15 @@ def load_weights(path, like, which: str = "final"):
   return ocp.StandardCheckpointer().restore(
       pathlib.Path(path).absolute() / f"{which}_weights",
       jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
+
+
+def finite_json(value):
+  """`value` with every non-finite float replaced by None: strict JSON
+  parsers reject NaN and Infinity."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: finite_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite_json(v) for v in value]
+  return value

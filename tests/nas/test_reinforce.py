@@ -194,8 +194,9 @@ def test_reinforce_first_step_follows_no_advantage_then_the_policy_moves():
 
 def test_client_level_rewards_stay_on_the_client():
   """Under client-level DP the controller carries no server state, its
-  rewards are not noised (σ changes nothing in the client's update) and
-  its policy steps move α inside the delta that the mechanism clips."""
+  rewards are not noised (the client-level mechanism's scalar release
+  raises, so the update runs only if the rewards never reach it) and its
+  policy steps move α inside the delta that the mechanism clips."""
   x, y, splits = _digits_splits()
   space = ss.SearchSpace(channels=4, nodes=1, cells=1)
   strategy = nas.make_strategy("reinforce", space, unit="client")
@@ -224,9 +225,8 @@ def test_client_level_rewards_stay_on_the_client():
                                  jnp.asarray(inputs.expected_batch[0]),
                                  0)[0])()
 
-  quiet, loud = update(0.0), update(50.0)
+  quiet = update(1.0)
   assert quiet.nas is None
-  chex.assert_trees_all_equal(quiet.params, loud.params)
   # Three steps: the first reward is its own baseline, the next two move α.
   assert float(jnp.abs(quiet.params.arch["normal"]
                        - start.params.arch["normal"]).max()) > 1e-3

@@ -7,7 +7,7 @@ import pytest
 from experiments.configs import default
 from fedsearch import nas
 from fedsearch.errors import ConfigError, DataFileError
-from fedsearch.privacy import client_sizes
+from fedsearch.privacy import client_sizes, mechanisms
 from fedsearch.privacy.plan import NoiseMultipliers
 from fedsearch.runner import job as job_lib
 
@@ -192,6 +192,26 @@ def test_client_level_refuses_what_it_cannot_bound(field, value, named):
   with pytest.raises(ConfigError, match=named) as error:
     job_lib.privacy_plan(config)
   assert "\n" not in str(error.value)
+
+
+def test_client_level_reinforce_needs_two_local_steps():
+  # Its baseline restarts each round: one step gives no advantage.
+  config = small_config(**{"privacy.unit": "client",
+                           "privacy.trust": "aggregate",
+                           "nas.strategy": "reinforce",
+                           "federated.local_steps": 1})
+  with pytest.raises(ConfigError, match="federated.local_steps >= 2"):
+    job_lib.privacy_plan(config)
+  config.federated.local_steps = 2
+  job_lib.privacy_plan(config)
+
+
+def test_aggregate_with_one_client_a_round_is_local():
+  one = mechanisms.make_mechanism("aggregate", clients_per_round=1)
+  assert one.name == "aggregate" and not one.shares_noise
+  job_lib.privacy_plan(small_config(**{  # Two local steps: not refused.
+      "privacy.trust": "aggregate", "federated.num_clients": 1,
+      "federated.clients_per_round": 1}))
 
 
 def test_client_level_job_samples_clients_secretly_and_releases_no_sizes():

@@ -11,7 +11,7 @@ from fedsearch import runner
 from fedsearch import search_space as ss
 from fedsearch.data import load_dataset, normalize
 from fedsearch.errors import DivergedError
-from fedsearch.runner import search as search_lib
+from fedsearch.runner import workdir as workdir_lib
 from fedsearch.runner.workdir import Workdir
 from fedsearch.search_space import cost
 from tests.runner.test_job import small_config
@@ -100,7 +100,7 @@ def test_a_diverging_run_stops_with_the_round_and_the_field(tmp_path):
 
 def test_the_summary_is_strict_json():
   summary = {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}}
-  assert search_lib.finite_json(summary) == {"a": None, "b": [1.0, None],
+  assert workdir_lib.finite_json(summary) == {"a": None, "b": [1.0, None],
                                                  "c": {"d": 2}}
 
 
@@ -306,20 +306,23 @@ def test_every_stop_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("searched", [False, True])
+@pytest.mark.parametrize("searched", [None, "one_stage", "reinforce"])
 def test_aggregate_trust_in_chunks_resumes_to_the_uninterrupted_result(
     tmp_path, searched):
-  """The `aggregate` trust model (one local step; a given genotype, or a
-  one-stage search whose architecture Adam runs on the server), with the
-  clients in chunks: a run stopped after round 2 and resumed ends where
-  the uninterrupted one does, and names its trust model."""
+  """The `aggregate` trust model (one local step; a given genotype, a
+  one-stage search, or REINFORCE after a warm-up round, the architecture's
+  Adam on the server), with the clients in chunks: a run stopped after
+  round 2 and resumed ends where the uninterrupted one does, and names its
+  trust model."""
   genotype = tmp_path / "genotype.json"
   genotype.write_text(ss.Genotype(
       "dpnas", 1, ((1, 0, "sep_conv_3x3_tanh"),)).to_json())
   fixed = {"federated.search_rounds": 0, "federated.train_rounds": 4,
            "nas.genotype": str(genotype)}
   search = {"federated.search_rounds": 4, "federated.train_rounds": 0,
-            "nas.strategy": "one_stage"}
+            "nas.strategy": searched or "darts",
+            "nas.controller_warmup_rounds": 2 if searched == "reinforce"
+                                            else 0}
   config = small_config(**{
       "privacy.trust": "aggregate", "federated.local_steps": 1,
       "federated.client_chunk": 4, **(search if searched else fixed)})
@@ -397,6 +400,10 @@ def test_epsilon_inf_runs_the_same_schedule_without_noise(tmp_path):
                            "federated.train_rounds": 1})
   lines = []
   summary = runner.run(config, tmp_path / "a", report=lines.append)
+  # Strict JSON everywhere (ε is null, not Infinity), and the pictures.
+  for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines():
+    assert json.loads(line, parse_constant=pytest.fail)["epsilon"] is None
+  assert (tmp_path / "a" / "curves.png").exists()
   assert summary["noise_multiplier"] == 0.0
   assert summary["epsilon"] == float("inf")
   written = json.loads((tmp_path / "a" / "summary.json").read_text())
