@@ -147,7 +147,8 @@ def get_config() -> ml_collections.ConfigDict:
   # aggregate (default) = each client adds a 1/clients_per_round share of
   # the noise and only the round's sum is seen (secure aggregation,
   # simulated): the noise of centralised DP-SGD, so the default digits job
-  # reaches 89 % where local noise reaches 75-81 % (experiments/README.md).
+  # reaches 88.6-89.4 % where local noise reaches 64-81 % (seeds 0-2;
+  # experiments/README.md).
   # Needs one local step, no hpo and no HyFreeDP (refused otherwise, naming
   # the field) unless a round has one client. local = each client adds the
   # full noise to each of its releases; nothing is trusted; any schedule.
