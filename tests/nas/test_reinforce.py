@@ -128,9 +128,24 @@ def test_controller_finds_the_rewarded_child_from_noisy_rewards():
 _digits_splits = digits.federation
 
 
+def _client_batches(steps):
+  """Client 0's Poisson batches for `steps` local steps, and its expected
+  (train, validation, feedback) batch sizes."""
+  x, y, splits = _digits_splits()
+  inputs = fed.round_inputs(
+      splits, np.asarray([0]), seed=0, round_=0, steps=steps,
+      sampling_rate=0.5, batch_sizes=(24, 32), validation_batches=True,
+      train_on_all_local_data=False)
+  batches = fed.ClientBatches(
+      fed.Batches(x[inputs.train_idx[0]], y[inputs.train_idx[0]],
+                  inputs.train_padding[0]),
+      fed.Batches(x[inputs.val_idx[0]], y[inputs.val_idx[0]],
+                  inputs.val_padding[0]))
+  return batches, jnp.asarray(inputs.expected_batch[0])
+
+
 def _reinforce_step(noise_multiplier, steps=1):
   """One client's local update under the reinforce strategy, per key."""
-  x, y, splits = _digits_splits()
   space = ss.SearchSpace(channels=4, nodes=1, cells=1)
   strategy = nas.make_strategy("reinforce", space)
   start = fed.ClientState(
@@ -142,17 +157,8 @@ def _reinforce_step(noise_multiplier, steps=1):
       arch_step=strategy.arch_step,
       reads_validation=strategy.traits.reads_validation,
       active_weights=strategy.active_weights)
-  inputs = fed.round_inputs(
-      splits, np.asarray([0]), seed=0, round_=0, steps=steps,
-      sampling_rate=0.5, batch_sizes=(24, 32), validation_batches=True,
-      train_on_all_local_data=False)
-  batches = fed.ClientBatches(
-      fed.Batches(x[inputs.train_idx[0]], y[inputs.train_idx[0]],
-                  inputs.train_padding[0]),
-      fed.Batches(x[inputs.val_idx[0]], y[inputs.val_idx[0]],
-                  inputs.val_padding[0]))
-  expected = jnp.asarray(inputs.expected_batch[0])
-  real_val = int((~inputs.val_padding[0]).sum())
+  batches, expected = _client_batches(steps)
+  real_val = int((~batches.val.padding).sum())
   # Keys in sequence: each key's child is its own program (see round.py).
   run = jax.jit(lambda keys: jax.lax.map(
       lambda key: local(start, batches, key, expected, 0)[0], keys))
@@ -197,35 +203,20 @@ def test_client_level_rewards_stay_on_the_client():
   rewards are not noised (the client-level mechanism's scalar release
   raises, so the update runs only if the rewards never reach it) and its
   policy steps move α inside the delta that the mechanism clips."""
-  x, y, splits = _digits_splits()
   space = ss.SearchSpace(channels=4, nodes=1, cells=1)
   strategy = nas.make_strategy("reinforce", space, unit="client")
   assert strategy.init_state() is None
   start = fed.ClientState(
       fed.ModelParams(ss.init_supernet(space, jax.random.key(0), _SHAPE),
                       strategy.init(None)), None, None)
-  inputs = fed.round_inputs(
-      splits, np.asarray([0]), seed=0, round_=0, steps=3,
-      sampling_rate=0.5, batch_sizes=(24, 32), validation_batches=True,
-      train_on_all_local_data=False)
-  batches = fed.ClientBatches(
-      fed.Batches(x[inputs.train_idx[0]], y[inputs.train_idx[0]],
-                  inputs.train_padding[0]),
-      fed.Batches(x[inputs.val_idx[0]], y[inputs.val_idx[0]],
-                  inputs.val_padding[0]))
-  mechanism = mechanisms.make_mechanism("aggregate", "client")
-
-  def update(sigma):
-    local = fed.make_local_update(
-        strategy.model, fed.ClientConfig(noise_multiplier=sigma,
-                                         arch_learning_rate=0.5),
-        mechanism=mechanism, arch_step=strategy.arch_step,
-        reads_validation=True, active_weights=strategy.active_weights)
-    return jax.jit(lambda: local(start, batches, jax.random.key(5),
-                                 jnp.asarray(inputs.expected_batch[0]),
-                                 0)[0])()
-
-  quiet = update(1.0)
+  batches, expected = _client_batches(3)
+  local = fed.make_local_update(
+      strategy.model, fed.ClientConfig(arch_learning_rate=0.5),
+      mechanism=mechanisms.make_mechanism("aggregate", "client"),
+      arch_step=strategy.arch_step, reads_validation=True,
+      active_weights=strategy.active_weights)
+  quiet = jax.jit(lambda: local(start, batches, jax.random.key(5), expected,
+                                0)[0])()
   assert quiet.nas is None
   # Three steps: the first reward is its own baseline, the next two move α.
   assert float(jnp.abs(quiet.params.arch["normal"]
