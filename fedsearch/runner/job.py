@@ -531,7 +531,7 @@ def build_mechanism(config) -> mechanisms.Mechanism:
       clients_per_round=config.federated.clients_per_round, **bounds)
   if mechanism.unit == "client":
     _check_client_level(config)
-  elif mechanism.name == "aggregate":
+  elif mechanism.shares_noise:
     _check_shared_noise(config)
   return mechanism
 
@@ -570,11 +570,10 @@ def _check_shared_noise(config) -> None:
   """Under `aggregate`, a client's own state carries only its share of the
   noise: every release must be a linear function of the round-start state
   and of bounded sums, so that the sum of the shares is the only noise that
-  counts. The first release that is not names itself. With one client a
-  round, its share is the whole noise: `aggregate` is `local`."""
+  counts. The first release that is not names itself. (With one client a
+  round the share is the whole noise and the mechanism does not share it:
+  nothing here applies.)"""
   f = config.federated
-  if f.clients_per_round == 1:
-    return
   refusals = (
       (f.local_steps != 1, "a second local step releases a function of the"
        " client's own update (share-noised)",
