@@ -24,11 +24,14 @@ _DATASETS = flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"],
 _SETTINGS = flags.DEFINE_list("settings", ["centralised"],
                               f"any of {list(dpnas.SETTINGS)}")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "one run per seed")
+_EPOCHS = flags.DEFINE_integer(
+    "epochs", 0, "a CPU budget: train this many of the recipe's epochs (0:"
+    " all; fewer labels the row reduced)")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/baseline", "run folders")
 
 NAME = "baseline"
-METHOD = "DP-SGD, DPNAS retraining recipe"
+METHOD = dpnas.BASELINE_METHOD
 # Tramer & Boneh's CNN with this recipe at ε = 3, one seed, fixed-size
 # shuffled batches, on an H100 (../shared/BENCHMARKS.md).
 REFERENCE = {"mnist": 0.9787, "fashion_mnist": 0.8595, "cifar10": 0.6056}
@@ -38,19 +41,22 @@ def seed_config(dataset: str, setting: str, seed: int):
   config = dpnas.get_config(f"{dataset},{setting},baseline")
   config.data_dir = _DATA_DIR.value
   config.seed = seed
+  dpnas.reduce_epochs(config, _EPOCHS.value)
   return config
 
 
 def run_row(dataset: str, setting: str) -> dict:
   summaries, curves = [], []
+  reduced = dpnas.reduced_label(dataset, _EPOCHS.value)
   for seed in map(int, _SEEDS.value):
-    workdir = f"{_WORKDIR.value}/{dataset}_{setting}_s{seed}"
+    workdir = (f"{_WORKDIR.value}/{dataset}_{setting}"
+               f"{'_e' + str(_EPOCHS.value) if reduced else ''}_s{seed}")
     summaries.append(cli.run_labelled(seed_config(dataset, setting, seed),
                                       workdir,
                                       f"{dataset}, {setting}, seed {seed}"))
     curves.append(records.monitor_curve(workdir))
   return {
-      "dataset": dataset, "setting": setting, "method": METHOD,
+      "dataset": dataset, "setting": setting, "method": METHOD + reduced,
       **records.seeds_row(summaries, [int(s) for s in _SEEDS.value], curves),
       "reference_test_accuracy": REFERENCE[dataset],
   }
@@ -77,7 +83,7 @@ def render(rows: list[dict]) -> str:
     seeds = " / ".join(f"{100 * a:.2f}" for a in r["test_accuracies"])
     lines.append(
         f"| {records.DATASET_LABEL[r['dataset']]} | {r['setting']} |"
-        f" {r['model']} |"
+        f" {r['model']}{r['method'].removeprefix(METHOD)} |"
         f" **{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_sd']:.2f}"
         f" %** | {seeds} (seeds {', '.join(map(str, r['seeds']))}) |"
         f" {100 * r['reference_test_accuracy']:.2f} % |"
@@ -102,6 +108,7 @@ def main(argv):
         raise ConfigError(
             f"--datasets must name {list(dpnas.DATASETS)} and --settings"
             f" {list(dpnas.SETTINGS)}; got {dataset!r}, {setting!r}")
+      dpnas.check_epochs(dataset, _EPOCHS.value)
       for seed in map(int, _SEEDS.value):
         job_lib.privacy_plan(seed_config(dataset, setting, seed))
     for dataset, setting in rows:

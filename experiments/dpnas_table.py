@@ -56,6 +56,9 @@ _FIXED_CELL_SEEDS = flags.DEFINE_list(
     " 3-seed row")
 _FIXED_OP = flags.DEFINE_string("fixed_op", "sep_conv_3x3_tanh",
                                 "the op of the fixed-cell ablation")
+_EPOCHS = flags.DEFINE_integer(
+    "epochs", 0, "a CPU budget: every retraining trains this many of the"
+    " recipe's epochs (0: all; fewer labels the rows reduced)")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/dpnas", "run folders")
 
@@ -75,12 +78,20 @@ def stage_config(dataset, setting, stage, seed, genotype_from=""):
   config.data_dir = _DATA_DIR.value
   config.seed = seed
   config.nas.genotype = genotype_from
+  if stage == "retrain":
+    dpnas.reduce_epochs(config, _EPOCHS.value)
   return config
 
 
 def _root(dataset, setting) -> pathlib.Path:
   return pathlib.Path(_WORKDIR.value) / (
       f"{dataset}_{setting}" + ("" if design() == "dpnas" else f"_{design()}"))
+
+
+def _retrain_name(dataset, name: str) -> str:
+  """A retraining's folder: reduced ones apart from the recipe's."""
+  return name + (f"_e{_EPOCHS.value}"
+                 if dpnas.reduced_label(dataset, _EPOCHS.value) else "")
 
 
 def _run(config, workdir: pathlib.Path) -> dict:
@@ -102,7 +113,8 @@ def _lone_genotype(genotype: Genotype, folder: pathlib.Path) -> str:
 
 def _row(dataset, setting, method, summaries, search=None) -> dict:
   row = {
-      "dataset": dataset, "setting": setting, "method": method,
+      "dataset": dataset, "setting": setting,
+      "method": method + dpnas.reduced_label(dataset, _EPOCHS.value),
       **records.seeds_row(summaries, [s["seed"] for s in summaries],
                           [s["monitor_accuracy_per_round"] for s in summaries]),
       "published_dpnas": dpnas.PUBLISHED[dataset],
@@ -125,7 +137,8 @@ def run_rows(dataset, setting, seeds) -> list[dict]:
                 root / "search")
   retrains = [
       _run(stage_config(dataset, setting, "retrain", seed,
-                        str(root / "search")), root / f"retrain_s{seed}")
+                        str(root / "search")),
+           root / _retrain_name(dataset, f"retrain_s{seed}"))
       for seed in seeds]
   rows = [_row(dataset, setting, SEARCHED, retrains, search)]
   if not _ABLATIONS.value:
@@ -151,11 +164,19 @@ def _retrain_alone(dataset, setting, genotype: Genotype, root: pathlib.Path,
   """`genotype` retrained at the whole ε, composing no search, per seed."""
   genotype_file = _lone_genotype(genotype, root / name)
   return [_run(stage_config(dataset, setting, "retrain", seed, genotype_file),
-               root / f"{name}_s{seed}") for seed in seeds]
+               root / _retrain_name(dataset, f"{name}_s{seed}"))
+          for seed in seeds]
 
 
 _SHORT = {SEARCHED: "searched, retrained", FREE_SEARCH: "found, search free",
           FIXED_CELL: "fixed cell"}
+
+
+def _short(method: str) -> str:
+  for long, short in _SHORT.items():
+    if method.startswith(long):
+      return short + method.removeprefix(long)
+  return "baseline (T&B CNN)" + method.removeprefix(dpnas.BASELINE_METHOD)
 
 
 def plot(dataset: str, rows: list[dict]) -> pathlib.Path:
@@ -165,14 +186,15 @@ def plot(dataset: str, rows: list[dict]) -> pathlib.Path:
   for r in records.read("baseline") + rows:
     if (r["dataset"], r["setting"]) == (dataset, "centralised") and (
         "monitor_accuracy_per_epoch" in r):
-      name = _SHORT.get(r["method"], "baseline (T&B CNN)")
+      name = _short(r["method"])
       if "design" in r:
         name += f", {r['design']}"
       series[name] = r["monitor_accuracy_per_epoch"]
   path = records.RESULTS / f"{NAME}_{dataset}.svg"
   plots.line_plot(
       series, f"{records.DATASET_LABEL[dataset]}, centralised, total ε = 3:"
-      " monitor-split accuracy", "monitor accuracy", path, (0.8, 1.0))
+      " monitor-split accuracy", "monitor accuracy", path,
+      None if dataset == "cifar10" else (0.8, 1.0))
   return path
 
 
@@ -271,6 +293,7 @@ def main(argv):
         raise ConfigError(
             f"--datasets must name {list(dpnas.DATASETS)} and --settings"
             f" {list(dpnas.SETTINGS)}; got {dataset!r}, {setting!r}")
+      dpnas.check_epochs(dataset, _EPOCHS.value)
       job_lib.privacy_plan(stage_config(dataset, setting, "search", seeds[0]))
     for dataset, setting in pairs:
       rows = run_rows(dataset, setting, seeds)

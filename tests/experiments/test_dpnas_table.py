@@ -4,6 +4,8 @@ import pytest
 from absl import flags
 
 from experiments import dpnas_table
+from experiments.configs import dpnas
+from fedsearch.errors import ConfigError
 from fedsearch.search_space.genotype import Genotype
 
 
@@ -46,3 +48,33 @@ def test_a_found_fixed_cell_takes_the_fixed_cell_seeds(ran):
   rows = dpnas_table.run_rows("mnist", "centralised", [0, 1, 2])
   assert rows == [dpnas_table.SEARCHED, dpnas_table.FREE_SEARCH]
   assert runs[4:] == [("found_alone_s0", 0), ("found_alone_s1", 1)]
+
+
+def test_reduced_epochs_shorten_only_the_retrainings(ran, monkeypatch):
+  parse, found, runs = ran
+  rounds = []
+  monkeypatch.setattr(dpnas_table, "_run",
+                      lambda config, workdir: rounds.append(
+                          (workdir.name, config.federated.search_rounds,
+                           config.federated.train_rounds)) or {})
+  parse("--epochs=5")
+  found("skip_connect")
+  dpnas_table.run_rows("mnist", "centralised", [0])
+  search_rounds = dpnas.get_config("mnist,centralised,search")
+  assert rounds == [
+      ("search", search_rounds.federated.search_rounds, 0),
+      ("retrain_s0_e5", 0, 5), ("found_alone_s0_e5", 0, 5)]
+
+
+@pytest.mark.parametrize("dataset, epochs, label", [
+    ("mnist", 0, ""), ("mnist", 40, ""),
+    ("mnist", 5, ", reduced (5 of 40 epochs)"),
+    ("cifar10", 3, ", reduced (3 of 30 epochs)")])
+def test_reduced_label(dataset, epochs, label):
+  assert dpnas.reduced_label(dataset, epochs) == label
+
+
+@pytest.mark.parametrize("epochs", [-1, 31])
+def test_epochs_beyond_the_recipe_are_refused(epochs):
+  with pytest.raises(ConfigError, match=r"--epochs=.*choose 0 .*1\.\.30"):
+    dpnas.check_epochs("cifar10", epochs)
