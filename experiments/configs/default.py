@@ -180,6 +180,15 @@ def get_config() -> ml_collections.ConfigDict:
   # retraining then composes the search's releases (privacy_events.json) and
   # spends the rest, so privacy.epsilon is the total of both stages.
   config.privacy.stage_share = 1.0
+  # This run is one of a private random-search tuning (Papernot & Steinke,
+  # ICLR 2022; fedsearch/privacy/accounting.py:Tuning): the tuning trains K
+  # runs, K drawn with this mean (truncated negative binomial of
+  # tuning_shape: 0 logarithmic, 1 geometric, inf Poisson), each with its
+  # hyperparameters drawn from a fixed set, and keeps the best by the
+  # monitor split; σ is calibrated so that the selected run spends ε.
+  # Needs privacy.accountant=rdp. 0: not a tuning's run.
+  config.privacy.tuning_mean_runs = 0.0
+  config.privacy.tuning_shape = 0.0
 
   # HyFreeDP (client.optimizer=hyfree); constants from Liu, Bu et al. 2025.
   config.hyfree = ml_collections.ConfigDict()

@@ -80,17 +80,23 @@ class PriorStage:
   streams: tuple[accounting.ReleaseStream, ...]
   truncation_delta: float
   source: str = ""
+  # Set when those stages were one run of a private tuning (their releases
+  # then count as the tuning's selection, which this plan does not compose).
+  tuning: accounting.Tuning | None = None
 
   def to_json(self) -> str:
     return json.dumps({
         "streams": [dataclasses.asdict(s) for s in self.streams],
-        "truncation_delta": self.truncation_delta})
+        "truncation_delta": self.truncation_delta,
+        "tuning": self.tuning and dataclasses.asdict(self.tuning)})
 
   @classmethod
   def from_json(cls, text: str, source: str = "") -> "PriorStage":
     data = json.loads(text)
+    tuning = data.get("tuning")
     return cls(tuple(accounting.ReleaseStream(**s) for s in data["streams"]),
-               float(data["truncation_delta"]), source)
+               float(data["truncation_delta"]), source,
+               tuning and accounting.Tuning(**tuning))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +133,9 @@ class PrivacyPlan:
   # at which each client takes part in a round.
   unit: str = "example"
   client_sampling_rate: float = 1.0
+  # This run is one of a private random-search tuning (`accounting.Tuning`):
+  # its ε is the tuning's, the selected run's, and σ is calibrated for it.
+  tuning: accounting.Tuning | None = None
 
   @property
   def all_truncation_delta(self) -> float:
@@ -140,8 +149,10 @@ class PrivacyPlan:
     return self.delta - self.all_truncation_delta
 
   def epsilon_of(self, streams) -> float:
-    """ε of `streams` composed, by this plan's accountant at its δ."""
-    return accounting.epsilon(streams, self.accounting_delta, self.accountant)
+    """ε of `streams` composed, by this plan's accountant at its δ (of the
+    tuning's selected run when this run is one of a tuning's)."""
+    return accounting.epsilon(streams, self.accounting_delta, self.accountant,
+                              self.tuning)
 
   @property
   def target_epsilon(self) -> float:
@@ -267,7 +278,7 @@ class PrivacyPlan:
     calibrate = lambda make, target=gradient_epsilon: (
         accounting.calibrate_noise_multiplier(
             lambda sigma: self.streams(make(sigma), rounds), target,
-            self.accounting_delta, self.accountant))
+            self.accounting_delta, self.accountant, tuning=self.tuning))
     if given > 0:
       gradient = given
     else:
@@ -307,7 +318,7 @@ class PrivacyPlan:
     return PriorStage(
         tuple(s for s in self.streams(sigmas, len(self.schedule))
               if s.count and math.isfinite(s.noise_multiplier)),
-        self.all_truncation_delta)
+        self.all_truncation_delta, tuning=self.tuning)
 
   def total_draws(self) -> int:
     """Events on which a padded shape may truncate: Poisson batches drawn in
@@ -324,10 +335,13 @@ class PrivacyPlan:
   def truncation_tail(self) -> float:
     """Probability allowed to each truncation event (see `total_draws`)."""
     # Without privacy truncation costs nothing; ε = 0's tail keeps the
-    # padded shapes those of a private run.
+    # padded shapes those of a private run. A tuning's runs share its
+    # truncation δ: the expected number of truncations over its runs is
+    # mean_runs times one run's.
+    runs = self.tuning.mean_runs if self.tuning else 1.0
     return accounting.truncation_tail(
         self.total_draws(), self.epsilon if self.private else 0.0,
-        self.truncation_delta)
+        self.truncation_delta / runs)
 
   def client_slots(self) -> int:
     """Static number of client slots of a client-level round: a Poisson(q_c)
@@ -357,7 +371,8 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
               release_stream=accounting.ReleaseStream,
               size_noise_multiplier=10.0, prior: PriorStage | None = None,
               stage_share: float = 1.0, unit: str = "example",
-              client_sampling_rate: float = 1.0) -> PrivacyPlan:
+              client_sampling_rate: float = 1.0,
+              tuning: accounting.Tuning | None = None) -> PrivacyPlan:
   if not 0 < sampling_rate <= 1:
     raise ConfigError("federated.sampling_rate must be in (0, 1], got"
                       f" {sampling_rate}")
@@ -386,13 +401,31 @@ def make_plan(schedule, *, search_rounds, local_steps, sampling_rate,
   if not 0 < stage_share <= 1:
     raise ConfigError(f"privacy.stage_share must be in (0, 1], got"
                       f" {stage_share}")
+  if tuning is not None:
+    if accountant != "rdp":
+      raise ConfigError(
+          f"privacy.tuning_mean_runs={tuning.mean_runs} needs"
+          f" privacy.accountant='rdp' (got {accountant!r}): the tuning's"
+          " bound (Papernot & Steinke) is a Rényi-DP one")
+    if prior is not None or stage_share < 1:
+      raise ConfigError(
+          "privacy.tuning_mean_runs tunes one whole run: it cannot compose"
+          " an earlier stage (nas.genotype from a private search) or leave"
+          f" a later one a share (privacy.stage_share={stage_share}); tune"
+          " a run that trains from scratch, with privacy.stage_share=1")
+  if prior is not None and prior.tuning is not None:
+    raise ConfigError(
+        f"the earlier stage ({prior.source}) was one run of a private"
+        " tuning (privacy.tuning_mean_runs): composing a tuning's selection"
+        " into a later stage is not supported; retrain from a search that"
+        " was not tuned")
   plan = PrivacyPlan(schedule, search_rounds, local_steps, sampling_rate,
                      num_clients, epsilon, delta,
                      truncation_delta_fraction * delta, accountant,
                      probe_every, releases_per_probe, kappa, feedback,
                      feedback_fraction, arch_steps, arch_warmup_rounds,
                      release_stream, size_noise_multiplier, prior,
-                     stage_share, unit, client_sampling_rate)
+                     stage_share, unit, client_sampling_rate, tuning)
   if plan.accounting_delta <= 0:
     raise ConfigError(
         f"privacy.delta={delta} is spent by the truncation of this and the"

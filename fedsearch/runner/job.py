@@ -29,7 +29,8 @@ from fedsearch import nas as nas_lib
 from fedsearch import optimizers
 from fedsearch import search_space as ss
 from fedsearch.errors import ConfigError
-from fedsearch.privacy import audit, auto_lr, client_sizes, mechanisms
+from fedsearch.privacy import (accounting, audit, auto_lr, client_sizes,
+                               mechanisms)
 from fedsearch.privacy import randomness as randomness_lib
 from fedsearch.privacy.plan import (NoiseMultipliers, PriorStage,
                                     PrivacyPlan, make_plan)
@@ -317,7 +318,16 @@ def build_plan(config, mechanism: mechanisms.Mechanism,
       release_stream=mechanism.release_stream,
       size_noise_multiplier=p.size_noise_multiplier,
       prior=prior_stage(config), stage_share=p.stage_share, unit=p.unit,
-      client_sampling_rate=f.clients_per_round / f.num_clients)
+      client_sampling_rate=f.clients_per_round / f.num_clients,
+      tuning=tuning(config))
+
+
+def tuning(config) -> accounting.Tuning | None:
+  """The private tuning this run is one of (`privacy.tuning_mean_runs`)."""
+  p = config.privacy
+  if p.tuning_mean_runs == 0:
+    return None
+  return accounting.Tuning(float(p.tuning_mean_runs), float(p.tuning_shape))
 
 
 def client_schedule(plan: PrivacyPlan, randomness: randomness_lib.Randomness

@@ -150,8 +150,12 @@ def _plan_line(job) -> str:
   capped = (f"; client learning rate {rate:.3g} (capped from"
             f" {job.config.client.learning_rate:g} by client.max_round_noise)"
             if rate < job.config.client.learning_rate else "")
+  tuned = (f" of the tuning's selected run (one of K runs, K of mean"
+           f" {plan.tuning.mean_runs:g}, shape {plan.tuning.shape:g})"
+           if plan.tuning else "")
   budget = (f"noise multiplier σ={sigmas.gradient:.4f}{loss_sigma} for"
-            f" (ε, δ)=({plan.epsilon}, {plan.delta})" if plan.private else
+            f" (ε, δ)=({plan.epsilon}, {plan.delta}){tuned}" if plan.private
+            else
             "NO PRIVACY (privacy.epsilon=inf): no noise, nothing accounted")
   return (f"{budget} over"
           f" {f.search_rounds + f.train_rounds} rounds; clients"

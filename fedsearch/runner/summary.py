@@ -1,5 +1,6 @@
 """The run's final report: test accuracy (the only read of the test split), ε, costs."""
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -66,6 +67,9 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
     out["earlier_stage_events"] = plan.prior.source
     out["releases_of_earlier_stages"] = {
         s.name: s.count for s in plan.prior.streams}
+  if plan.tuning:
+    # ε is the tuning's: of whichever of its runs is selected.
+    out["tuning"] = dataclasses.asdict(plan.tuning)
   if plan.probe_every:
     out["loss_noise_multiplier"] = sigmas.loss
     out["final_learning_rate"] = job.client_optimizer.metrics(

@@ -5,6 +5,7 @@ import math
 from unittest import mock
 
 import dp_accounting
+import numpy as np
 import pytest
 from jax_privacy import accounting as jp_accounting
 from scipy import optimize, stats
@@ -155,3 +156,50 @@ def test_a_cached_calibration_is_reverified_and_a_wrong_one_replaced(
   # A different schedule or target is a different entry.
   privacy.calibrate_noise_multiplier(make, 3.0, 1e-5)
   assert len(json.loads(cache_file.read_text())) == 2
+
+
+@pytest.mark.parametrize("shape", [0.0, 0.5, 1.0, 3.0, math.inf])
+@pytest.mark.parametrize("mean", [1.0, 2.5, 6.0])
+def test_tuning_draws_runs_of_the_stated_mean(shape, mean):
+  tuning = accounting.Tuning(mean, shape)
+  rng = np.random.default_rng(0)
+  runs = np.array([tuning.draw_runs(rng) for _ in range(20000)])
+  # Only Poisson may draw no run at all.
+  assert runs.min() >= (0 if math.isinf(shape) else 1)
+  # 20,000 draws: the sample mean is within 4 standard errors.
+  assert abs(runs.mean() - mean) <= 4 * runs.std() / math.sqrt(len(runs)) + 1e-9
+
+
+def test_a_tunings_cost_grows_with_its_mean_and_stays_below_composition():
+  # The selection of one run (mean 1) costs at least the run itself.
+  streams = [privacy.ReleaseStream("w", 0.05, 400, 1.2)]
+  one = privacy.epsilon(streams, 1e-5, "rdp")
+  for shape in (0.0, 1.0, math.inf):
+    assert privacy.epsilon(streams, 1e-5, "rdp",
+                           accounting.Tuning(1.0, shape)) >= one * (1 - 1e-9)
+  tuned = [privacy.epsilon(streams, 1e-5, "rdp", accounting.Tuning(m, 0.0))
+           for m in (2.0, 5.0, 20.0)]
+  assert one < tuned[0] < tuned[1] < tuned[2]
+  # Far below composing the runs: five runs composed against mean five.
+  assert tuned[1] < privacy.epsilon(streams * 5, 1e-5, "rdp")
+
+
+@pytest.mark.parametrize("mean, shape, field", [
+    (0.5, 0.0, "privacy.tuning_mean_runs"),
+    (math.inf, 0.0, "privacy.tuning_mean_runs"),
+    (3.0, -1.0, "privacy.tuning_shape"),
+])
+def test_bad_tuning_names_the_field(mean, shape, field):
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    accounting.Tuning(mean, shape)
+
+
+def test_the_calibration_cache_tells_a_tuning_from_a_single_run(tmp_path):
+  make = lambda s: [privacy.ReleaseStream("w", 0.02, 500, s)]
+  with mock.patch.dict("os.environ", {"XDG_CACHE_HOME": str(tmp_path)}):
+    single = privacy.calibrate_noise_multiplier(make, 3.0, 1e-5, "rdp")
+    tuned = privacy.calibrate_noise_multiplier(
+        make, 3.0, 1e-5, "rdp", tuning=accounting.Tuning(5.0))
+  assert tuned > single
+  assert privacy.epsilon(make(tuned), 1e-5, "rdp",
+                         accounting.Tuning(5.0)) <= 3.0

@@ -233,3 +233,60 @@ def test_epsilon_inf_is_a_plan_without_noise_or_accounting():
   assert plan.breakdown(plan.noise_multipliers(0.0)) == {"total": math.inf}
   with pytest.raises(ConfigError, match="privacy.noise_multiplier=0"):
     plan.noise_multipliers(1.0)
+
+
+def _tuned_plan(**kw):
+  return _plan(probe_every=0, tuning=accounting.Tuning(5.0, 0.0), **kw)
+
+
+def test_a_tuned_run_spends_the_tunings_selection_as_dp_accounting_does():
+  plan = _tuned_plan()
+  sigmas = plan.noise_multipliers(0.0)
+  # dp_accounting's own repeat-and-select of the run's whole composition.
+  run = dp_accounting.ComposedDpEvent([
+      _sizes(),
+      dp_accounting.SelfComposedDpEvent(_subsampled(0.2, sigmas.gradient),
+                                        4 * 3),  # Search weight steps,
+      dp_accounting.SelfComposedDpEvent(_subsampled(0.2, sigmas.gradient),
+                                        4 * 3),  # architecture steps,
+      dp_accounting.SelfComposedDpEvent(_subsampled(0.2, sigmas.gradient),
+                                        8 * 3)])  # training steps.
+  acc = _rdp()
+  acc.compose(dp_accounting.dp_event.RepeatAndSelectDpEvent(run, 5.0, 0.0))
+  direct = acc.get_epsilon(plan.accounting_delta)
+  assert plan.spent(sigmas, 12) == pytest.approx(direct, rel=1e-9)
+  assert plan.spent(sigmas, 12) == pytest.approx(3.0, rel=1e-3)
+  # The selection costs more noise than one run alone, far less than the
+  # composition of five.
+  alone = _plan(probe_every=0).noise_multipliers(0.0).gradient
+  five = dataclasses.replace(_plan(probe_every=0, rounds=60, search_rounds=20),
+                             num_clients=5).noise_multipliers(0.0).gradient
+  assert alone < sigmas.gradient < five
+  # The tuning's runs share its truncation δ.
+  assert plan.truncation_tail() == pytest.approx(
+      _plan(probe_every=0).truncation_tail() / 5.0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({}, r"privacy\.accountant='rdp'"),
+    ({"stage_share": 0.5}, r"privacy\.stage_share=0\.5"),
+])
+def test_a_tuning_is_refused_where_its_bound_does_not_apply(kw, match):
+  schedule = np.zeros((4, 1), np.int32)
+  with pytest.raises(ConfigError, match=match):
+    make_plan(schedule, search_rounds=0, local_steps=2, sampling_rate=0.1,
+              num_clients=1, epsilon=3.0, delta=1e-5,
+              truncation_delta_fraction=0.1,
+              accountant="rdp" if kw else "pld",
+              tuning=accounting.Tuning(4.0), **kw)
+
+
+def test_a_tuned_search_is_no_earlier_stage_of_a_retraining():
+  search = _tuned_plan()
+  prior = plan_lib.PriorStage.from_json(
+      search.as_prior(NoiseMultipliers(2.0)).to_json(), "search")
+  assert prior.tuning == accounting.Tuning(5.0, 0.0)
+  with pytest.raises(ConfigError, match=r"one run of a private tuning"):
+    make_plan(np.zeros((4, 1), np.int32), search_rounds=0, local_steps=2,
+              sampling_rate=0.1, num_clients=1, epsilon=3.0, delta=1e-5,
+              truncation_delta_fraction=0.1, accountant="rdp", prior=prior)
