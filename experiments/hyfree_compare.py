@@ -1,118 +1,216 @@
-r"""HyFreeDP vs DP-SGD over a learning-rate grid, at the same (ε, δ).
+r"""HyFreeDP against DP-SGD's published learning rate and a charged lr grid.
 
-Every row is one complete run of the main job (search + training) at the
-config's ε; the table gives its test accuracy. The grid's best point is
-what a user finds after spending the privacy of *every* grid point: the last
-line gives that composed ε (all grid runs read the same examples).
+Centralised, DPNAS's retraining recipe on Tramer & Boneh's CNN (Poisson
+batch 2048, momentum 0.9, 40 epochs; 30 on CIFAR-10), every row at the same
+total (ε, δ) = (3, 1e-5), each a whole run of the main job in a resumable
+workdir, rows written to `experiments/results/hyfree.json` and `.md`:
 
-  python -m experiments.hyfree_compare --preset=digits
-  python -m experiments.hyfree_compare --preset=mnist_reduced \
-      --data_dir=../shared/data
+- DP-SGD at the published learning rate (2, clip 0.1): the baseline stage
+  itself (its workdirs are `baseline_table`'s, so a finished baseline is
+  not trained again);
+- HyFreeDP: automatic per-example clipping and the learning rate fitted from
+  privatised loss probes, from the paper's η0 (`hyfree.*` defaults), its
+  probes inside the same ε;
+- DP-SGD with the learning rate chosen by a private random-search tuning
+  (Papernot & Steinke; `fedsearch/runner/tuning.py`) over a grid that holds
+  the published rate: K runs of a random count, the best monitor accuracy
+  kept, the selected run spending the whole ε. Its compute is K runs'.
 
-Writes the markdown table to --out (default: print only).
+  python -m experiments.hyfree_compare --datasets=mnist --seeds=0
 """
 
-import dataclasses
+import sys
 
 from absl import app, flags
 
-from experiments import cli, reporting
-from experiments.configs import default
-from fedsearch.errors import USER_ERRORS
-from fedsearch.privacy import accounting
+from experiments import cli, records
+from experiments.configs import dpnas
+from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.runner import job as job_lib
+from fedsearch.runner import tuning
 
-_PRESET = flags.DEFINE_enum("preset", "digits", ["digits", "mnist_reduced"],
-                            "digits: the main job's federation; mnist_reduced:"
-                            " centralised MNIST, shortened for a CPU.")
-_GRID = flags.DEFINE_list("grid", ["0.1", "0.3", "1.0", "3.0"],
-                          "DP-SGD client learning rates.")
+_DATASETS = flags.DEFINE_list("datasets", ["mnist"],
+                              f"any of {list(dpnas.DATASETS)}")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "one run (or tuning) per seed")
+_GRID = flags.DEFINE_list("grid", ["0.5", "1", "2", "4", "8"],
+                          "the tuning's DP-SGD learning rates")
+_TUNING_MEAN = flags.DEFINE_float("tuning_mean_runs", 3.0,
+                                  "mean number of the tuning's runs")
+_TUNING_SHAPE = flags.DEFINE_float(
+    "tuning_shape", 0.0, "the tuning's K distribution (0 logarithmic: never"
+    " K = 0; 1 geometric; inf Poisson)")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
-_OUT = flags.DEFINE_string("out", "", "markdown file to write")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of every run")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/hyfree", "run folders")
+_BASELINE_WORKDIR = flags.DEFINE_string(
+    "baseline_workdir", "workdir/baseline",
+    "baseline_table's run folders (the published-lr row reuses them)")
+
+NAME = "hyfree"
+PUBLISHED = "DP-SGD, published lr (DPNAS recipe)"
+HYFREE = "HyFreeDP (automatic clipping and learning rate)"
+TUNED = "DP-SGD, lr by private random search (Papernot & Steinke)"
+METHODS = (PUBLISHED, HYFREE, TUNED)
 
 
-def preset_config(name: str):
-  config = default.get_config()
-  # HyFreeDP's probes read each client's own update: per-client noise.
-  config.privacy.trust = "local"
-  config.seed = _SEED.value
+def base_config(dataset: str, seed: int):
+  config = dpnas.get_config(f"{dataset},centralised,baseline")
   config.data_dir = _DATA_DIR.value
-  if name == "mnist_reduced":
-    # Centralised (one client holding all data), ~0.6 epoch of DP steps.
-    config.dataset = "mnist"
-    config.monitor_fraction = 0.02
-    f = config.federated
-    f.num_clients = f.clients_per_round = 1
-    f.partition = "iid"
-    f.sampling_rate = 0.01
-    f.search_rounds, f.train_rounds = 5, 60
-    config.hyfree.probe_every = 5
+  config.seed = seed
   return config
 
 
-@dataclasses.dataclass
-class Row:
-  method: str
-  setting: str
-  accuracy: float
-  epsilon: float
-  final_lr: float | None
-  wall_s: float
+def hyfree_config(dataset: str, seed: int):
+  config = base_config(dataset, seed)
+  config.client.optimizer = "hyfree"
+  return config
 
 
-def grid_epsilon(config, runs: int) -> float:
-  """ε of `runs` runs of this schedule on the same data, composed."""
-  plan = job_lib.privacy_plan(config)
-  sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
-  streams = [dataclasses.replace(s, count=s.count * runs)
-             for s in plan.streams(sigmas, len(plan.schedule))]
-  return accounting.epsilon(streams, plan.accounting_delta, plan.accountant)
+def tuned_config(dataset: str, seed: int):
+  config = base_config(dataset, seed)
+  p = config.privacy
+  p.accountant = "rdp"  # The tuning's bound is a Rényi-DP one.
+  p.tuning_mean_runs, p.tuning_shape = _TUNING_MEAN.value, _TUNING_SHAPE.value
+  return config
+
+
+def grid() -> dict[str, list[str]]:
+  return {"client.learning_rate": list(_GRID.value)}
+
+
+def _one(config, workdir, label) -> dict:
+  summary = cli.run_labelled(config, workdir, label)
+  return {**summary, "monitor_curve": records.monitor_curve(workdir),
+          "steps": summary["rounds"] * config.federated.local_steps}
+
+
+def _tuned(dataset: str, seed: int) -> dict:
+  config = tuned_config(dataset, seed)
+  result = tuning.tune(
+      config, grid(), f"{_WORKDIR.value}/{dataset}_tuned_s{seed}",
+      lambda run_config, workdir: cli.run_labelled(
+          run_config, workdir, f"{dataset}, tuning seed {seed}, {workdir.name}"))
+  if result.selected is None:
+    raise ConfigError(
+        f"the tuning of {dataset} (seed {seed}) drew K = 0 runs (Poisson):"
+        " it trained and released nothing (a Poisson tuning may); use"
+        " --tuning_shape=0, which always draws a run")
+  kept = result.summary
+  runs = len(result.choices)
+  return {**kept,
+          "wall_time_s": result.wall_time_s,
+          "monitor_curve": records.monitor_curve(
+              f"{_WORKDIR.value}/{dataset}_tuned_s{seed}"
+              f"/run_{result.selected}"),
+          "steps": runs * kept["rounds"] * config.federated.local_steps,
+          "tuning_runs": runs,
+          "tuning_choices": [c["client.learning_rate"]
+                             for c in result.choices],
+          "tuning_monitor_accuracies": list(result.monitor_accuracies)}
+
+
+def run_rows(dataset: str, seeds: list[int]) -> list[dict]:
+  runs = {PUBLISHED: [], HYFREE: [], TUNED: []}
+  for seed in seeds:
+    runs[PUBLISHED].append(_one(
+        base_config(dataset, seed),
+        f"{_BASELINE_WORKDIR.value}/{dataset}_centralised_s{seed}",
+        f"{dataset}, published lr, seed {seed}"))
+    runs[HYFREE].append(_one(hyfree_config(dataset, seed),
+                             f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
+                             f"{dataset}, HyFreeDP, seed {seed}"))
+    runs[TUNED].append(_tuned(dataset, seed))
+  rows = []
+  for method, summaries in runs.items():
+    row = {"dataset": dataset, "setting": "centralised", "method": method,
+           **records.seeds_row(summaries, seeds,
+                               [s["monitor_curve"] for s in summaries]),
+           "gradient_steps": [s["steps"] for s in summaries],
+           "client_learning_rate": [s["client_learning_rate"]
+                                    for s in summaries]}
+    if method == HYFREE:
+      row["final_learning_rate"] = [s["final_learning_rate"]
+                                    for s in summaries]
+    if method == TUNED:
+      row.update(
+          tuning={"mean_runs": _TUNING_MEAN.value,
+                  "shape": _TUNING_SHAPE.value, "grid": list(_GRID.value)},
+          **{k: [s[k] for s in summaries] for k in (
+              "tuning_runs", "tuning_choices", "tuning_monitor_accuracies")})
+    rows.append(row)
+  return rows
+
+
+def render(rows: list[dict]) -> str:
+  lines = [
+      "# HyFreeDP vs DP-SGD at the published learning rate vs a charged lr"
+      " grid",
+      "",
+      "Written by `experiments/hyfree_compare.py` from `hyfree.json` (each"
+      " row's command is its own). Centralised, DPNAS's retraining recipe on"
+      " Tramer & Boneh's CNN (Poisson batch 2048, momentum 0.9, 40 epochs),"
+      " every row at the same **total** (ε, δ). The tuned row's learning"
+      " rate was chosen by a private random search (Papernot & Steinke, ICLR"
+      " 2022): K runs (K random), each at a grid point drawn uniformly, the"
+      " best final monitor accuracy kept, each run's σ calibrated so that"
+      " the kept run spends ε in all (RDP); its wall time and gradient steps"
+      " are all K runs'. Test accuracy is read once per run, at its end;"
+      " no decision reads it.",
+      "",
+      "| dataset | method | test accuracy | ε total (δ) | accountant | σ |"
+      " learning rate | gradient steps | wall time | hardware | commit |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  current = [r for r in rows if not r.get("superseded")]
+  for r in current:
+    sd = (f" ± {100 * r['test_accuracy_sd']:.2f}"
+          if len(r["seeds"]) > 1 else "")
+    lr = ", ".join(f"{v:g}" for v in r["client_learning_rate"])
+    if "final_learning_rate" in r:
+      lr = "η final " + ", ".join(f"{v:.3g}" for v in r["final_learning_rate"])
+    if "tuning_choices" in r:
+      lr += " (drawn: " + "; ".join(
+          ", ".join(map(str, c)) for c in r["tuning_choices"]) + ")"
+    lines.append(
+        f"| {records.DATASET_LABEL[r['dataset']]} | {r['method']} |"
+        f" **{100 * r['test_accuracy']:.2f}{sd} %** (seeds"
+        f" {', '.join(map(str, r['seeds']))}) |"
+        f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) | {r['accountant']} |"
+        f" {r['noise_multiplier']:.3f} | {lr} |"
+        f" {', '.join(map(str, r['gradient_steps']))} |"
+        f" {r['wall_time_s'] / 60:.1f} min | {r['hardware']} |"
+        f" {r['commit']} |")
+  lines += ["", "Commands:", ""]
+  lines += [f"- {records.DATASET_LABEL[r['dataset']]}, {r['method']}:"
+            f" `{r['command']}`" for r in current]
+  old = [r for r in rows if r.get("superseded")]
+  if old:
+    lines += ["", "## Superseded rows (kept in hyfree.json, not comparable)",
+              "", *[f"- {r['dataset']}, {r['method']}:"
+                    f" {100 * r['test_accuracy']:.1f} % at ε"
+                    f" {r['epsilon_total']} — {r['superseded_why']}"
+                    for r in old]]
+  return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
-  rows = []
-  base = preset_config(_PRESET.value)
   try:
-    for lr in _GRID.value:
-      config = preset_config(_PRESET.value)
-      config.client.learning_rate = float(lr)
-      s = reporting.run_in_scratch(config, f"DP-SGD, lr {lr}")
-      rows.append(Row("DP-SGD", f"lr {lr}", s["test_accuracy"], s["epsilon"],
-                      None, s["wall_time_s"]))
-      print(rows[-1], flush=True)
-    for eta0 in (base.hyfree.initial_learning_rate, 0.1):
-      config = preset_config(_PRESET.value)
-      config.client.optimizer = "hyfree"
-      config.hyfree.initial_learning_rate = eta0
-      s = reporting.run_in_scratch(config, f"HyFreeDP, η0 {eta0:g}")
-      rows.append(Row("HyFreeDP", f"η0 {eta0:g}, K {config.hyfree.probe_every},"
-                      f" κ {config.hyfree.kappa}", s["test_accuracy"],
-                      s["epsilon"], s["final_learning_rate"], s["wall_time_s"]))
-      print(rows[-1], flush=True)
-    grid_eps = grid_epsilon(base, len(_GRID.value))
+    seeds = [int(s) for s in _SEEDS.value]
+    for dataset in _DATASETS.value:  # All checked before any work.
+      if dataset not in dpnas.DATASETS:
+        raise ConfigError(f"--datasets must name {list(dpnas.DATASETS)};"
+                          f" got {dataset!r}")
+      for seed in seeds:
+        job_lib.privacy_plan(base_config(dataset, seed))
+        job_lib.privacy_plan(hyfree_config(dataset, seed))
+        tuning.check(tuned_config(dataset, seed), grid())
+    for dataset in _DATASETS.value:
+      rows = run_rows(dataset, seeds)
+      records.write(NAME, rows, render)
+      print(render(rows), flush=True)
   except USER_ERRORS as e:
-    raise SystemExit(f"error: {e}") from None
-
-  best = max((r for r in rows if r.method == "DP-SGD"), key=lambda r: r.accuracy)
-  lines = [
-      f"### {_PRESET.value} at (ε, δ) = ({base.privacy.epsilon},"
-      f" {base.privacy.delta}), seed {_SEED.value}",
-      "",
-      reporting.machine_line(),
-      "",
-      "| method | setting | test accuracy | ε of this run | final η | wall s |",
-      "|---|---|---|---|---|---|",
-  ]
-  for r in rows:
-    eta = "" if r.final_lr is None else f"{r.final_lr:.3g}"
-    lines.append(f"| {r.method} | {r.setting} | {100 * r.accuracy:.1f} % |"
-                 f" {r.epsilon:.3f} | {eta} | {r.wall_s:.0f} |")
-  lines += ["", f"Best grid point: {best.setting} ({100 * best.accuracy:.1f} %)."
-            f" Choosing it costs the whole grid: {len(_GRID.value)} private runs"
-            f" composed spend ε = {grid_eps:.2f}, not {base.privacy.epsilon}.", ""]
-  reporting.emit("\n".join(lines), _OUT.value)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

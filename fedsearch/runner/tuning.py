@@ -50,12 +50,14 @@ class TuningResult:
     monitor_accuracies: each run's final monitor-split accuracy.
     selected: the index of the kept run (None when K = 0).
     summary: the kept run's summary (its test accuracy and ε).
+    wall_time_s: all runs' wall time (the tuning's cost).
   """
 
   choices: tuple[dict, ...]
   monitor_accuracies: tuple[float, ...]
   selected: int | None
   summary: dict | None
+  wall_time_s: float
 
 
 def grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
@@ -168,7 +170,8 @@ def tune(config: ml_collections.ConfigDict, grid: Mapping[str, Sequence],
     scores.append(float(Workdir(run_dir).metrics()[-1]["monitor_accuracy"]))
   selected = max(range(len(scores)), key=scores.__getitem__, default=None)
   result = TuningResult(tuple(choices), tuple(scores), selected,
-                        None if selected is None else summaries[selected])
+                        None if selected is None else summaries[selected],
+                        sum(s["wall_time_s"] for s in summaries))
   write_atomic(path / RESULT_FILE, json.dumps(
       finite_json(dataclasses.asdict(result)), indent=1))
   return result

@@ -33,7 +33,7 @@ class FakeRuns:
     Workdir(workdir).write_metrics([{"round": 1, "monitor_accuracy": 0.1},
                                     {"round": 2, "monitor_accuracy": score}])
     return {"test_accuracy": score / 2, "epsilon": 3.0,
-            "learning_rate": config.client.learning_rate}
+            "learning_rate": config.client.learning_rate, "wall_time_s": 1.5}
 
 
 def test_grid_points_are_the_product_of_the_fields():
@@ -50,6 +50,7 @@ def test_the_best_monitor_accuracy_is_kept(tmp_path):
       1.0 / (1.0 + abs(rates[i] - 2.0)), -i))
   assert result.selected == best
   assert result.summary["learning_rate"] == rates[best]
+  assert result.wall_time_s == 1.5 * len(rates)
   # Each run has its own seed and folder; the values keep the field's type.
   assert [s[2] for s in runs.started] == [
       small_config().seed + i for i in range(len(rates))]

@@ -1,0 +1,64 @@
+"""The HyFreeDP comparison's rows: which runs, which fields (runs faked)."""
+
+import pathlib
+
+import pytest
+from absl import flags
+
+from experiments import cli, hyfree_compare, records
+from fedsearch.runner.workdir import Workdir
+
+
+def _summary(config, workdir):
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  lr = config.client.learning_rate
+  # The monitor prefers lr 2; HyFreeDP ends at η 0.2.
+  score = 0.9 - 0.01 * abs(lr - 2.0)
+  Workdir(workdir).write_metrics([{"round": 1, "monitor_accuracy": score}])
+  return {"dataset": config.dataset, "model": config.model,
+          "test_accuracy": score, "epsilon": 3.0, "delta": 1e-5,
+          "rounds": config.federated.train_rounds,
+          "noise_multiplier": 2.0, "accountant": config.privacy.accountant,
+          "randomness": "secret", "clients": 1, "model_parameters": 10,
+          "deployed_cost": {"flops": 100, "hardware": "test cpu"},
+          "wall_time_s": 60.0, "commit": "abc", "client_learning_rate": lr,
+          "final_learning_rate": 0.2}
+
+
+@pytest.fixture
+def ran(tmp_path, monkeypatch):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["hyfree_compare", f"--workdir={tmp_path}/hyfree",
+               f"--baseline_workdir={tmp_path}/baseline",
+               "--grid=1,2,4", "--tuning_mean_runs=2"])
+  started = []
+  monkeypatch.setattr(cli, "run_labelled", lambda config, workdir, label: (
+      started.append(str(workdir)), _summary(config, workdir))[1])
+  monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
+  yield tmp_path, started
+  flags.FLAGS.unparse_flags()
+
+
+def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(ran):
+  tmp_path, started = ran
+  rows = hyfree_compare.run_rows("mnist", [0])
+  assert [r["method"] for r in rows] == list(hyfree_compare.METHODS)
+  published, hyfree, tuned = rows
+  # The published-lr row is the baseline's own run (reused when finished).
+  assert started[0] == f"{tmp_path}/baseline/mnist_centralised_s0"
+  assert published["client_learning_rate"] == [2.0]
+  assert hyfree["final_learning_rate"] == [0.2]
+  runs = tuned["tuning_runs"][0]
+  assert len(started) == 2 + runs
+  assert tuned["accountant"] == "rdp"
+  assert tuned["wall_time_s"] == 60.0 * runs
+  assert tuned["gradient_steps"] == [runs * published["gradient_steps"][0]]
+  scores = tuned["tuning_monitor_accuracies"][0]
+  assert tuned["client_learning_rate"] == [float(
+      tuned["tuning_choices"][0][scores.index(max(scores))])]
+  for row in rows:
+    assert set(records.REQUIRED) <= set(row)
+  records.write(hyfree_compare.NAME, rows, hyfree_compare.render)
+  table = (tmp_path / "results" / "hyfree.md").read_text()
+  assert "**90.00 %** (seeds 0)" in table and "drawn:" in table
