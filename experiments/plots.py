@@ -8,8 +8,8 @@ import html
 import pathlib
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
-_WIDTH, _HEIGHT = 640, 400
-_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 230, 40, 50
+_WIDTH, _HEIGHT = 800, 400
+_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 390, 40, 50
 
 
 def line_plot(series: dict[str, list[list[float]]], title: str, ylabel: str,
