@@ -1,12 +1,33 @@
 """The HyFreeDP comparison's rows: which runs, which fields (runs faked)."""
 
+import importlib
 import pathlib
 
 import pytest
 from absl import flags
 
-from experiments import cli, hyfree_compare, records
+from experiments import cli, records
 from fedsearch.runner.workdir import Workdir
+
+# Flags every table script defines; the scripts run alone, but one pytest
+# process imports several of them.
+_SHARED_FLAGS = ("datasets", "seeds", "data_dir", "workdir")
+
+
+@pytest.fixture(scope="module")
+def hyfree_compare():
+  """The script, imported with its own definitions of the shared flags and
+  the other scripts' definitions restored afterwards."""
+  saved = {n: flags.FLAGS[n] for n in _SHARED_FLAGS if n in flags.FLAGS}
+  for name in saved:
+    delattr(flags.FLAGS, name)
+  module = importlib.import_module("experiments.hyfree_compare")
+  yield module
+  for name in _SHARED_FLAGS:
+    if name in flags.FLAGS:
+      delattr(flags.FLAGS, name)
+  for name, flag in saved.items():
+    flags.FLAGS[name] = flag
 
 
 def _summary(config, workdir):
@@ -27,7 +48,7 @@ def _summary(config, workdir):
 
 
 @pytest.fixture
-def ran(tmp_path, monkeypatch):
+def ran(tmp_path, monkeypatch, hyfree_compare):
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["hyfree_compare", f"--workdir={tmp_path}/hyfree",
                f"--baseline_workdir={tmp_path}/baseline",
@@ -40,7 +61,8 @@ def ran(tmp_path, monkeypatch):
   flags.FLAGS.unparse_flags()
 
 
-def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(ran):
+def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(
+    ran, hyfree_compare):
   tmp_path, started = ran
   rows = hyfree_compare.run_rows("mnist", [0])
   assert [r["method"] for r in rows] == list(hyfree_compare.METHODS)
