@@ -250,13 +250,7 @@ def render(rows: list[dict]) -> str:
     if not r.get("superseded"):
       lines.append(f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
                    f" {r['method']} ({r['design']}): `{r['command']}`")
-  old = [r for r in rows if r.get("superseded")]
-  if old:
-    lines += ["", "## Superseded rows (not comparable; kept in dpnas.json)",
-              "", *[f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
-                    f" {r['method']}: {100 * r['test_accuracy']:.2f} % at ε"
-                    f" {r['epsilon_total']} — {r['superseded_why']}"
-                    for r in old]]
+  lines += records.superseded_section(NAME, rows)
   return "\n".join(lines) + "\n"
 
 

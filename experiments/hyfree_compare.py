@@ -182,13 +182,7 @@ def render(rows: list[dict]) -> str:
   lines += ["", "Commands:", ""]
   lines += [f"- {records.DATASET_LABEL[r['dataset']]}, {r['method']}:"
             f" `{r['command']}`" for r in current]
-  old = [r for r in rows if r.get("superseded")]
-  if old:
-    lines += ["", "## Superseded rows (kept in hyfree.json, not comparable)",
-              "", *[f"- {r['dataset']}, {r['method']}:"
-                    f" {100 * r['test_accuracy']:.1f} % at ε"
-                    f" {r['epsilon_total']} — {r['superseded_why']}"
-                    for r in old]]
+  lines += records.superseded_section(NAME, rows)
   return "\n".join(lines) + "\n"
 
 

@@ -120,6 +120,18 @@ def monitor_curve(workdir) -> list[float]:
   return per_round(workdir, "monitor_accuracy")
 
 
+def superseded_section(name: str, rows: list[dict]) -> list[str]:
+  """A table's closing lines listing its superseded rows (kept in NAME.json,
+  not comparable), or none."""
+  old = [r for r in rows if r.get("superseded")]
+  if not old:
+    return []
+  return ["", f"## Superseded rows (not comparable; kept in {name}.json)", "",
+          *[f"- {DATASET_LABEL[r['dataset']]}, {r['setting']}, {r['method']}:"
+            f" {100 * r['test_accuracy']:.2f} % at ε {r['epsilon_total']} —"
+            f" {r['superseded_why']}" for r in old]]
+
+
 def read(name: str) -> list[dict]:
   path = RESULTS / f"{name}.json"
   return json.loads(path.read_text()) if path.exists() else []
