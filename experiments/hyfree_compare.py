@@ -108,36 +108,47 @@ def _tuned(dataset: str, seed: int) -> dict:
           "tuning_monitor_accuracies": list(result.monitor_accuracies)}
 
 
-def run_rows(dataset: str, seeds: list[int]) -> list[dict]:
-  runs = {PUBLISHED: [], HYFREE: [], TUNED: []}
-  for seed in seeds:
-    runs[PUBLISHED].append(_one(
-        base_config(dataset, seed),
-        f"{_BASELINE_WORKDIR.value}/{dataset}_centralised_s{seed}",
-        f"{dataset}, published lr, seed {seed}"))
-    runs[HYFREE].append(_one(hyfree_config(dataset, seed),
-                             f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
-                             f"{dataset}, HyFreeDP, seed {seed}"))
-    runs[TUNED].append(_tuned(dataset, seed))
-  rows = []
-  for method, summaries in runs.items():
-    row = {"dataset": dataset, "setting": "centralised", "method": method,
-           **records.seeds_row(summaries, seeds,
-                               [s["monitor_curve"] for s in summaries]),
-           "gradient_steps": [s["steps"] for s in summaries],
-           "client_learning_rate": [s["client_learning_rate"]
-                                    for s in summaries]}
-    if method == HYFREE:
-      row["final_learning_rate"] = [s["final_learning_rate"]
-                                    for s in summaries]
-    if method == TUNED:
-      row.update(
-          tuning={"mean_runs": _TUNING_MEAN.value,
-                  "shape": _TUNING_SHAPE.value, "grid": list(_GRID.value)},
-          **{k: [s[k] for s in summaries] for k in (
-              "tuning_runs", "tuning_choices", "tuning_monitor_accuracies")})
-    rows.append(row)
-  return rows
+def _row(dataset: str, method: str, seeds: list[int],
+         summaries: list[dict]) -> dict:
+  row = {"dataset": dataset, "setting": "centralised", "method": method,
+         **records.seeds_row(summaries, seeds,
+                             [s["monitor_curve"] for s in summaries]),
+         "gradient_steps": [s["steps"] for s in summaries],
+         "client_learning_rate": [s["client_learning_rate"]
+                                  for s in summaries]}
+  if method == HYFREE:
+    row["final_learning_rate"] = [s["final_learning_rate"]
+                                  for s in summaries]
+  if method == TUNED:
+    row.update(
+        tuning={"mean_runs": _TUNING_MEAN.value,
+                "shape": _TUNING_SHAPE.value, "grid": list(_GRID.value)},
+        **{k: [s[k] for s in summaries] for k in (
+            "tuning_runs", "tuning_choices", "tuning_monitor_accuracies")})
+  return row
+
+
+def method_runs(dataset: str, seed: int):
+  """Each method's run of one seed, as a thunk, in the order they run: the
+  cheap reused baseline first, the K-run tuning last."""
+  return {
+      PUBLISHED: lambda: _one(
+          base_config(dataset, seed),
+          f"{_BASELINE_WORKDIR.value}/{dataset}_centralised_s{seed}",
+          f"{dataset}, published lr, seed {seed}"),
+      HYFREE: lambda: _one(hyfree_config(dataset, seed),
+                           f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
+                           f"{dataset}, HyFreeDP, seed {seed}"),
+      TUNED: lambda: _tuned(dataset, seed),
+  }
+
+
+def run_rows(dataset: str, seeds: list[int]):
+  """Yields each method's row once all its seeds have finished, so that a
+  long comparison records the rows it has (a tuning takes K runs)."""
+  for method in METHODS:
+    summaries = [method_runs(dataset, seed)[method]() for seed in seeds]
+    yield _row(dataset, method, seeds, summaries)
 
 
 def render(rows: list[dict]) -> str:
@@ -199,8 +210,8 @@ def main(argv):
         job_lib.privacy_plan(hyfree_config(dataset, seed))
         tuning.check(tuned_config(dataset, seed), grid())
     for dataset in _DATASETS.value:
-      rows = run_rows(dataset, seeds)
-      records.write(NAME, rows, render)
+      for row in run_rows(dataset, seeds):
+        rows = records.write(NAME, [row], render)
       print(render(rows), flush=True)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)

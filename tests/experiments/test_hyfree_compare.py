@@ -64,7 +64,7 @@ def ran(tmp_path, monkeypatch, hyfree_compare):
 def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(
     ran, hyfree_compare):
   tmp_path, started = ran
-  rows = hyfree_compare.run_rows("mnist", [0])
+  rows = list(hyfree_compare.run_rows("mnist", [0]))
   assert [r["method"] for r in rows] == list(hyfree_compare.METHODS)
   published, hyfree, tuned = rows
   # The published-lr row is the baseline's own run (reused when finished).
@@ -84,3 +84,13 @@ def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(
   records.write(hyfree_compare.NAME, rows, hyfree_compare.render)
   table = (tmp_path / "results" / "hyfree.md").read_text()
   assert "**90.00 %** (seeds 0)" in table and "drawn:" in table
+
+
+def test_each_row_is_yielded_before_the_next_method_trains(
+    ran, hyfree_compare):
+  _, started = ran
+  rows = hyfree_compare.run_rows("mnist", [0, 1])
+  assert next(rows)["method"] == hyfree_compare.PUBLISHED
+  assert len(started) == 2  # Both seeds' baselines, no HyFreeDP run yet.
+  assert next(rows)["method"] == hyfree_compare.HYFREE
+  assert len(started) == 4
