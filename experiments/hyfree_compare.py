@@ -79,6 +79,9 @@ def grid() -> dict[str, list[str]]:
 
 def _one(config, workdir, label) -> dict:
   summary = cli.run_labelled(config, workdir, label)
+  # A reused baseline finished before summaries recorded the rate (and
+  # before the round-noise cap existed) ran the config's.
+  summary.setdefault("client_learning_rate", config.client.learning_rate)
   return {**summary, "monitor_curve": records.monitor_curve(workdir),
           "steps": summary["rounds"] * config.federated.local_steps}
 
