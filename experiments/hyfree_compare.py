@@ -9,14 +9,18 @@ workdir, rows written to `experiments/results/hyfree.json` and `.md`:
   itself (its workdirs are `baseline_table`'s, so a finished baseline is
   not trained again);
 - HyFreeDP: automatic per-example clipping and the learning rate fitted from
-  privatised loss probes, from the paper's η0 (`hyfree.*` defaults), its
-  probes inside the same ε;
+  privatised loss probes, inside the same ε, twice: with the paper's η rule
+  (η0 1e-4, η refitted on every probe, ×10 at most) and with fedsearch's
+  defaults (`hyfree.*`: η0 0.2, η moved only by significant probes, ×2 at
+  most; `fedsearch/privacy/auto_lr.py` says why);
 - DP-SGD with the learning rate chosen by a private random-search tuning
   (Papernot & Steinke; `fedsearch/runner/tuning.py`) over a grid that holds
   the published rate: K runs of a random count, the best monitor accuracy
   kept, the selected run spending the whole ε. Its compute is K runs'.
 
   python -m experiments.hyfree_compare --datasets=mnist --seeds=0
+
+`--methods` runs some of them (their rows replace those on record).
 """
 
 import sys
@@ -39,6 +43,9 @@ _TUNING_MEAN = flags.DEFINE_float("tuning_mean_runs", 3.0,
 _TUNING_SHAPE = flags.DEFINE_float(
     "tuning_shape", 0.0, "the tuning's K distribution (0 logarithmic: never"
     " K = 0; 1 geometric; inf Poisson)")
+_METHODS = flags.DEFINE_list(
+    "methods", ["published", "hyfree_paper", "hyfree", "tuned"],
+    "which rows to run: any of published, hyfree_paper, hyfree, tuned")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/hyfree", "run folders")
 _BASELINE_WORKDIR = flags.DEFINE_string(
@@ -47,9 +54,11 @@ _BASELINE_WORKDIR = flags.DEFINE_string(
 
 NAME = "hyfree"
 PUBLISHED = "DP-SGD, published lr (DPNAS recipe)"
+HYFREE_PAPER = "HyFreeDP, the paper's η rule (η0 1e-4, a move on every fit)"
 HYFREE = "HyFreeDP (automatic clipping and learning rate)"
 TUNED = "DP-SGD, lr by private random search (Papernot & Steinke)"
-METHODS = (PUBLISHED, HYFREE, TUNED)
+METHODS = {"published": PUBLISHED, "hyfree_paper": HYFREE_PAPER,
+           "hyfree": HYFREE, "tuned": TUNED}
 
 
 def base_config(dataset: str, seed: int):
@@ -62,6 +71,15 @@ def base_config(dataset: str, seed: int):
 def hyfree_config(dataset: str, seed: int):
   config = base_config(dataset, seed)
   config.client.optimizer = "hyfree"
+  return config
+
+
+def hyfree_paper_config(dataset: str, seed: int):
+  """HyFreeDP as Liu, Bu et al. set it: η0 1e-4, η refitted on every probe
+  (no significance test), at most ×10 a fit."""
+  config = hyfree_config(dataset, seed)
+  h = config.hyfree
+  h.initial_learning_rate, h.max_change, h.significance = 1e-4, 10.0, 0.0
   return config
 
 
@@ -119,7 +137,7 @@ def _row(dataset: str, method: str, seeds: list[int],
          "gradient_steps": [s["steps"] for s in summaries],
          "client_learning_rate": [s["client_learning_rate"]
                                   for s in summaries]}
-  if method == HYFREE:
+  if method in (HYFREE, HYFREE_PAPER):
     row["final_learning_rate"] = [s["final_learning_rate"]
                                   for s in summaries]
   if method == TUNED:
@@ -139,8 +157,12 @@ def method_runs(dataset: str, seed: int):
           base_config(dataset, seed),
           f"{_BASELINE_WORKDIR.value}/{dataset}_centralised_s{seed}",
           f"{dataset}, published lr, seed {seed}"),
+      HYFREE_PAPER: lambda: _one(
+          hyfree_paper_config(dataset, seed),
+          f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
+          f"{dataset}, HyFreeDP (paper's η rule), seed {seed}"),
       HYFREE: lambda: _one(hyfree_config(dataset, seed),
-                           f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
+                           f"{_WORKDIR.value}/{dataset}_hyfree_gated_s{seed}",
                            f"{dataset}, HyFreeDP, seed {seed}"),
       TUNED: lambda: _tuned(dataset, seed),
   }
@@ -149,7 +171,7 @@ def method_runs(dataset: str, seed: int):
 def run_rows(dataset: str, seeds: list[int]):
   """Yields each method's row once all its seeds have finished, so that a
   long comparison records the rows it has (a tuning takes K runs)."""
-  for method in METHODS:
+  for method in (METHODS[name] for name in _METHODS.value):
     summaries = [method_runs(dataset, seed)[method]() for seed in seeds]
     yield _row(dataset, method, seeds, summaries)
 
@@ -204,6 +226,10 @@ def main(argv):
   del argv
   try:
     seeds = [int(s) for s in _SEEDS.value]
+    unknown = sorted(set(_METHODS.value) - set(METHODS))
+    if unknown:
+      raise ConfigError(f"--methods must name some of {list(METHODS)}; got"
+                        f" {unknown}")
     for dataset in _DATASETS.value:  # All checked before any work.
       if dataset not in dpnas.DATASETS:
         raise ConfigError(f"--datasets must name {list(dpnas.DATASETS)};"
@@ -211,6 +237,7 @@ def main(argv):
       for seed in seeds:
         job_lib.privacy_plan(base_config(dataset, seed))
         job_lib.privacy_plan(hyfree_config(dataset, seed))
+        job_lib.privacy_plan(hyfree_paper_config(dataset, seed))
         tuning.check(tuned_config(dataset, seed), grid())
     for dataset in _DATASETS.value:
       for row in run_rows(dataset, seeds):

@@ -194,9 +194,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.hyfree = ml_collections.ConfigDict()
   config.hyfree.probe_every = 10  # K: global steps between loss probes
   config.hyfree.probe_scales = (0.0, 1.0, 2.0)  # probes at s·η along the update
-  config.hyfree.initial_learning_rate = 1e-4
+  # η0 and the two below depart from the paper (fedsearch/privacy/auto_lr.py:
+  # its 1e-4 and ×10 moves on every fit trained nothing on digits): η0 is
+  # the DPNAS recipe's per-example step (rate 2 × clip 0.1).
+  config.hyfree.initial_learning_rate = 0.2
   config.hyfree.initial_loss_clip = 1.0  # R_l before the first privatised loss
-  config.hyfree.max_change = 10.0  # η moves by at most this factor per fit
+  config.hyfree.max_change = 2.0  # η moves by at most this factor per fit
+  # z: η moves only where the probes' fit is significant at this many
+  # standard errors of their public noise (3: ~0.4 % false moves a probe);
+  # 0 moves it on every fit (paper).
+  config.hyfree.significance = 3.0
   config.hyfree.loss_clip_factor = 2.0  # R_l = factor × last privatised loss
   config.hyfree.kappa = 0.01  # σ_g = (1 + κ)·σ_ref; the loss probes get the rest
   config.hyfree.gamma = 0.01  # automatic clipping g/(‖g‖ + γ)

@@ -28,7 +28,8 @@ def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
 
   def init():
     return HyFreeState(auto_lr.init(config), auto_lr.ProbeReport(
-        jnp.zeros(config.releases_per_probe, jnp.float32), jnp.float32(0.0)))
+        jnp.zeros(config.releases_per_probe, jnp.float32), jnp.float32(0.0),
+        jnp.float32(0.0)))
 
   def transform(h):
     # The learning rate is η, applied in `update`.
@@ -38,14 +39,16 @@ def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
   def update(updates, state: HyFreeState, probe: StepProbe):
     # The step index is the same for every client, so under vmap this stays
     # a real branch: probes cost only on probe steps.
-    report = jax.lax.cond(
-        probe.global_step % config.probe_every == 0,
-        lambda: auto_lr.ProbeReport(
-            auto_lr.probe_losses(
-                lambda s: probe.loss_at(s), state.learning_rate, config,
-                jax.random.fold_in(probe.key, probe.global_step), noised_sum),
-            jnp.ones_like(state.report.probed)),
-        lambda: state.report)
+    def probed():
+      new = auto_lr.probe_losses(
+          lambda s: probe.loss_at(s), state.learning_rate, config,
+          jax.random.fold_in(probe.key, probe.global_step), noised_sum)
+      # Typed like the carried report (device-varying under shard_map).
+      return jax.tree.map(lambda x, old: x + jnp.zeros_like(old), new,
+                          state.report)
+
+    report = jax.lax.cond(probe.global_step % config.probe_every == 0,
+                          probed, lambda: state.report)
     eta = state.learning_rate.learning_rate
     return jax.tree.map(lambda u: eta * u, updates), state._replace(
         report=report)
@@ -54,10 +57,10 @@ def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
     report = state.report
     lr_state = jax.lax.cond(
         report.probed > 0.5,
-        lambda: auto_lr.update(state.learning_rate, report.losses, config),
+        lambda: auto_lr.update(state.learning_rate, report.losses, config,
+                               report.noise_std),
         lambda: state.learning_rate)
-    return HyFreeState(lr_state, auto_lr.ProbeReport(
-        jnp.zeros_like(report.losses), jnp.zeros_like(report.probed)))
+    return HyFreeState(lr_state, jax.tree.map(jnp.zeros_like, report))
 
   def metrics(state: HyFreeState) -> dict:
     return {"learning_rate": float(state.learning_rate.learning_rate),

@@ -255,6 +255,7 @@ def auto_lr_config(config, loss_noise_multiplier: float = 1.0
       probe_every=h.probe_every, probe_scales=tuple(h.probe_scales),
       initial_learning_rate=h.initial_learning_rate,
       initial_loss_clip=h.initial_loss_clip, max_change=h.max_change,
+      significance=h.significance,
       loss_clip_factor=h.loss_clip_factor,
       loss_noise_multiplier=loss_noise_multiplier)
 

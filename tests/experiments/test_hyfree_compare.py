@@ -65,14 +65,18 @@ def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(
     ran, hyfree_compare):
   tmp_path, started = ran
   rows = list(hyfree_compare.run_rows("mnist", [0]))
-  assert [r["method"] for r in rows] == list(hyfree_compare.METHODS)
-  published, hyfree, tuned = rows
+  assert [r["method"] for r in rows] == list(hyfree_compare.METHODS.values())
+  published, paper, hyfree, tuned = rows
   # The published-lr row is the baseline's own run (reused when finished).
   assert started[0] == f"{tmp_path}/baseline/mnist_centralised_s0"
   assert published["client_learning_rate"] == [2.0]
   assert hyfree["final_learning_rate"] == [0.2]
+  # The paper's η rule and fedsearch's run apart, each in its own workdir.
+  assert started[1:3] == [f"{tmp_path}/hyfree/mnist_hyfree_s0",
+                          f"{tmp_path}/hyfree/mnist_hyfree_gated_s0"]
+  assert paper["method"] != hyfree["method"]
   runs = tuned["tuning_runs"][0]
-  assert len(started) == 2 + runs
+  assert len(started) == 3 + runs
   assert tuned["accountant"] == "rdp"
   assert tuned["wall_time_s"] == 60.0 * runs
   assert tuned["gradient_steps"] == [runs * published["gradient_steps"][0]]
@@ -92,5 +96,26 @@ def test_each_row_is_yielded_before_the_next_method_trains(
   rows = hyfree_compare.run_rows("mnist", [0, 1])
   assert next(rows)["method"] == hyfree_compare.PUBLISHED
   assert len(started) == 2  # Both seeds' baselines, no HyFreeDP run yet.
-  assert next(rows)["method"] == hyfree_compare.HYFREE
+  assert next(rows)["method"] == hyfree_compare.HYFREE_PAPER
   assert len(started) == 4
+
+
+def test_the_papers_rule_is_the_papers_constants(ran, hyfree_compare):
+  config = hyfree_compare.hyfree_paper_config("mnist", 0)
+  h = config.hyfree
+  assert (h.initial_learning_rate, h.max_change, h.significance) == (
+      1e-4, 10.0, 0.0)
+  assert config.client.optimizer == "hyfree"
+  # Everything else is the recipe fedsearch's HyFreeDP row runs.
+  default = hyfree_compare.hyfree_config("mnist", 0)
+  h2 = default.hyfree
+  h2.initial_learning_rate, h2.max_change, h2.significance = 1e-4, 10.0, 0.0
+  assert config.to_dict() == default.to_dict()
+
+
+def test_methods_flag_runs_only_the_named_rows(ran, hyfree_compare):
+  _, started = ran
+  flags.FLAGS["methods"].value = ["hyfree"]
+  rows = list(hyfree_compare.run_rows("mnist", [0]))
+  assert [r["method"] for r in rows] == [hyfree_compare.HYFREE]
+  assert len(started) == 1

@@ -34,7 +34,9 @@ def _supernet_params() -> fed.ModelParams:
 def _client_optimizer(name):
   # HyFreeDP probes every 2 global steps: round 3 of 2 steps starts at
   # global step 6, a probe step, so the server refits η after it.
-  return hyfree(AutoLRConfig(probe_every=2)) if name == "hyfree" else dpsgd()
+  # significance 0: η refitted on every probe, so the round must move it.
+  return (hyfree(AutoLRConfig(probe_every=2, significance=0.0))
+          if name == "hyfree" else dpsgd())
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,7 +44,8 @@ def test_server_update_refits_eta_only_on_a_probed_report(eta, a, b, probed):
     chex.assert_trees_all_equal(new.learning_rate, state.learning_rate)
   # The report is consumed: next round starts from an empty one.
   chex.assert_trees_all_equal(
-      new.report, auto_lr.ProbeReport(jnp.zeros(3), jnp.float32(0.0)))
+      new.report, auto_lr.ProbeReport(jnp.zeros(3), jnp.float32(0.0),
+                                      jnp.float32(0.0)))
 
 
 def _config(**overrides):

@@ -56,11 +56,7 @@ def test_guards_keep_the_learning_rate_finite_and_bounded(losses):
 @pytest.mark.parametrize("losses,factor", [
     ([1.0, 2.0, 3.0], 0.1),  # Uphill (b < 0): shrink by max_change.
     ([3.0, 2.0, 1.0], 10.0),  # Downhill, no curvature (b > 0): grow.
-    pytest.param(
-        [float("nan"), 1.0, 2.0], 1.0,  # Non-finite fit: keep η.
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "library: next_learning_rate's docstring says a non-finite fit"
-            " keeps η, but NaN a, b fall through to η / max_change"))),
+    ([float("nan"), 1.0, 2.0], 1.0),  # Non-finite fit: keep η.
 ])
 def test_guards_on_hand_numbers(losses, factor):
   new = auto_lr.update(_state(0.05), jnp.asarray(losses, jnp.float32),
@@ -91,11 +87,11 @@ def test_loss_release_has_sensitivity_loss_clip():
   padding = jnp.zeros(len(_ADVERSARIAL), bool)
   release = lambda pad: auto_lr.probe_losses(
       _loss_at(_ADVERSARIAL, pad), state, config, jax.random.key(0))
-  full = release(padding)
+  full = release(padding).losses
   assert full.shape == (config.releases_per_probe,)
   chex.assert_tree_all_finite(full)
   for i in range(len(_ADVERSARIAL)):  # Remove example i (as padding).
-    removed = release(padding.at[i].set(True))
+    removed = release(padding.at[i].set(True)).losses
     assert float(jnp.max(jnp.abs(full - removed))) <= loss_clip * (1 + 1e-6)
   # The same as the generic release with bound R_l.
   chex.assert_trees_all_close(
@@ -108,10 +104,13 @@ def test_loss_noise_std_is_sigma_times_loss_clip_over_batch():
   state = _state(0.1, loss_clip=2.0)
   loss_at = _loss_at(jnp.zeros(5), jnp.zeros(5, bool), expected=10.0)
   keys = jax.random.split(jax.random.key(1), 4000)
-  draws = jax.vmap(lambda k: auto_lr.probe_losses(loss_at, state, config, k))(
-      keys)
+  reports = jax.vmap(
+      lambda k: auto_lr.probe_losses(loss_at, state, config, k))(keys)
+  draws = reports.losses
   np.testing.assert_allclose(jnp.std(draws, axis=0), 3.0 * 2.0 / 10.0,
                              rtol=0.05)
+  # The report states that std (public: σ_l, R_l, the expected batch).
+  np.testing.assert_allclose(reports.noise_std, 3.0 * 2.0 / 10.0, rtol=1e-6)
   # Each probe draws its own noise: independent, not one draw repeated.
   corr = np.corrcoef(np.asarray(draws).T)
   assert np.all(np.abs(corr[np.triu_indices(3, 1)]) < 0.1)
@@ -131,8 +130,8 @@ def test_probes_sit_at_the_scaled_learning_rate_and_use_the_given_noise():
                              jax.random.key(0),
                              noised_sum=lambda total, std, key: total + 1.0)
   np.testing.assert_allclose(steps, [0.0, 0.1, 0.3], rtol=1e-5)
-  np.testing.assert_allclose(got, [(4 * s + 1.0) / 2.0 for s in steps],
-                             rtol=1e-5)
+  np.testing.assert_allclose(got.losses,
+                             [(4 * s + 1.0) / 2.0 for s in steps], rtol=1e-5)
 
 
 def test_probe_scales_without_zero_are_refused():
@@ -143,6 +142,8 @@ def test_probe_scales_without_zero_are_refused():
 @pytest.mark.parametrize("field,value", [("probe_every", 0),
                                          ("probe_scales", (0.0, 1.0, 1.0)),
                                          ("max_change", 1.0),
+                                         ("significance", -1.0),
+                                         ("significance", float("inf")),
                                          ("initial_learning_rate", 0.0)])
 def test_bad_constants_name_the_field(field, value):
   with pytest.raises(ConfigError, match=f"hyfree.{field}"):
@@ -175,3 +176,55 @@ def test_probe_losses_jit_equals_eager(sigma):
   with jax.disable_jit():
     eager = probes(state, key)
   chex.assert_trees_all_close(jax.jit(probes)(state, key), eager, rtol=1e-6)
+
+
+def test_standard_errors_on_hand_numbers():
+  # Probes at (0, η, 2η): aη² is the second difference L0 − 2L1 + L2
+  # (variance 6ν²) and bη = 1.5·L0 − 2·L1 + 0.5·L2 (variance 6.5ν²).
+  eta, nu = 0.1, 0.03
+  sd_a, sd_b = auto_lr.fit_standard_errors(jnp.array([0.0, eta, 2 * eta]), nu)
+  assert float(sd_a) == pytest.approx(nu * math.sqrt(6.0) / eta**2, rel=1e-4)
+  assert float(sd_b) == pytest.approx(nu * math.sqrt(6.5) / eta, rel=1e-4)
+
+
+def _quadratic(eta, a, b):
+  scales = np.asarray(_CONFIG.probe_scales)
+  return jnp.asarray(2.0 - b * scales * eta + 0.5 * a * (scales * eta) ** 2,
+                     jnp.float32)
+
+
+@pytest.mark.parametrize("a,b,nu,factor", [
+    # Curvature 40 standard errors: η* = b/a = 0.08, within ×2 of 0.05.
+    (10.0, 0.8, 1e-4, 0.08 / 0.05),
+    # Curvature under z = 2 standard errors (aη² = 0.0025, sd 0.0024), slope
+    # above (bη = 0.05, sd 0.0025): the loss still falls, so η doubles.
+    (1.0, 1.0, 1e-3, 2.0),
+    # The same slope, rising: η halves.
+    (1.0, -1.0, 1e-3, 0.5),
+    # Both within noise: η stays.
+    (1.0, 0.01, 1e-2, 1.0),
+])
+def test_eta_moves_only_on_significant_probes(a, b, nu, factor):
+  config = auto_lr.AutoLRConfig(max_change=2.0, significance=2.0)
+  new = auto_lr.update(_state(0.05), _quadratic(0.05, a, b), config, nu)
+  assert float(new.learning_rate) == pytest.approx(0.05 * factor, rel=1e-3)
+
+
+@pytest.mark.parametrize("significance,max_moved", [(3.0, 0.01), (0.0, 1.0)])
+def test_on_pure_noise_gated_eta_stays_and_the_papers_rule_drifts_down(
+    significance, max_moved):
+  # A flat loss probed with noise ν: nothing to learn. The gated rule
+  # moves η in under 1 % of draws; the paper's (z = 0) moves it on every
+  # draw, and more often down than up (two of the four sign patterns of
+  # (a, b) shrink, one grows): the drift that took η from 1e-4 to 1e-6.
+  config = auto_lr.AutoLRConfig(max_change=10.0, significance=significance)
+  nu, eta = 0.05, 0.05
+  noise = nu * jax.random.normal(jax.random.key(0), (4000, 3))
+  new = jax.vmap(lambda l: auto_lr.next_learning_rate(
+      jnp.float32(eta), 2.0 + l, config, nu))(noise)
+  ratio = np.log(np.asarray(new) / eta)
+  moved = np.mean(np.abs(ratio) > 1e-4)
+  assert moved <= max_moved
+  if significance == 0.0:
+    assert moved > 0.99
+    assert np.mean(ratio < 0) > np.mean(ratio > 0) + 0.1

@@ -250,7 +250,9 @@ def test_main_job_runs_hyfree_within_budget_and_resumes(tmp_path):
   config = small_config(**{"client.optimizer": "hyfree",
                            "federated.local_steps": 1,
                            "hyfree.probe_every": 1,
-                           "hyfree.initial_learning_rate": 0.05})
+                           "hyfree.initial_learning_rate": 0.05,
+                           # Refit on every probe, so that η must move.
+                           "hyfree.significance": 0.0})
   straight = runner.run(config, tmp_path / "a", report=_quiet)
   assert straight["optimizer"] == "hyfree"
   assert straight["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
