@@ -24,6 +24,17 @@ steps); more participations raise σ faster than the steps help (30: +44 %,
 schedule and σ; only who adds the noise differs (local: each client its
 own, so the mean carries √10 times more).
 
+Why not a secret Poisson draw of clients, to get the centralised recipe's
+amplification (an example sampled at q_c·q = 2048/N a round)? At example
+level the product rate is not sound: the adversary of add/remove-one-example
+may know (or plant) the rest of a client's data, whose contribution to the
+sum reveals whether that client took part; given that, the example is
+sampled at q in the rounds its client takes part (≈ Binomial(R, q_c) of
+them), not at q_c·q in every round. The example-level rows therefore keep
+the public balanced schedule and charge each example's client its
+participations. Client sampling amplifies client-level DP (above), where the
+client is the unit.
+
 Client-level search (SETTING search50 | search100 | search200 |
 search_ceiling; frozen before any run, none run yet). The client-level
 preset below, with Tramer & Boneh's network replaced by a one-stage search
