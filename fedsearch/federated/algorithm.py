@@ -99,7 +99,7 @@ def federated_algorithm(
   def init(params: ModelParams, nas_state=None,
            client_optimizer_state=None, aggregator_state=None) -> ServerState:
     if client_optimizer_state is None:
-      client_optimizer_state = client_optimizer.init()
+      client_optimizer_state = client_optimizer.init(params.weights)
     if aggregator_state is None:
       aggregator_state = mechanism.init_state()
     return server_init(params, server_optimizer, client_optimizer_state,

@@ -160,9 +160,10 @@ def _dp_step(step: _Step, carry: _Carry, train: Batches, val) -> _Carry:
   updates, weight_state = step.weight_opt.update(
       g, carry.weight_opt, carry.weights, noise_mask=noise_mask)
 
-  def loss_at(step_size):
+  def loss_at(step_size, direction=None):
+    along = updates if direction is None else direction
     moved = optax.apply_updates(
-        carry.weights, jax.tree.map(lambda u: step_size * u, updates))
+        carry.weights, jax.tree.map(lambda u: step_size * u, along))
     return (step.example_losses(moved, weight_arch, train.x, train.y,
                                 step_key),
             train.padding, step.expected_batch[0])

@@ -8,7 +8,8 @@ aggregated alike; `server_per_part` gives the architecture an optimiser of
 its own on the server. The plug-ins' server-carried states (the client
 optimiser's, the NAS strategy's) move by their own mean client delta,
 outside the server optimiser, and the client optimiser then takes its
-server step (HyFreeDP: the learning-rate fit).
+server step (HyFreeDP: the learning-rate fit), given the weights' update
+the server has just released.
 """
 
 from typing import Any, NamedTuple
@@ -87,5 +88,5 @@ def server_update(state: ServerState, mean_delta: ClientState,
   return ServerState(
       optax.apply_updates(state.params, updates), opt_state,
       client_optimizer.server_update(optax.apply_updates(
-          state.client_optimizer, mean_delta.optimizer)),
+          state.client_optimizer, mean_delta.optimizer), updates.weights),
       optax.apply_updates(state.nas, mean_delta.nas), aggregator_state)

@@ -11,6 +11,8 @@ def dpsgd() -> ClientOptimizer:
                        optax.sgd(h["learning_rate"], h["momentum"]))
 
   return ClientOptimizer(
-      name="dpsgd", clipping="flat", init=lambda: None, transform=transform,
+      name="dpsgd", clipping="flat", init=lambda weights=None: None,
+      transform=transform,
       update=lambda updates, state, probe: (updates, state),
-      server_update=lambda state: state, metrics=lambda state: {})
+      server_update=lambda state, applied=None: state,
+      metrics=lambda state: {})

@@ -21,15 +21,33 @@ from fedsearch.privacy import auto_lr
 class HyFreeState(NamedTuple):
   learning_rate: auto_lr.AutoLRState
   report: auto_lr.ProbeReport  # this round's probes, averaged by the server
+  # Under shared noise (`AutoLRConfig.shared_noise`): the weights' update the
+  # server released last round over the η it was taken with, the public
+  # direction the probes follow; None otherwise.
+  direction: object = None
 
 
 def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
-  """`noised_sum`: the mechanism's scalar release (default: local noise)."""
+  """`noised_sum`: the mechanism's scalar release (default: local noise).
 
-  def init():
+  With `config.shared_noise` (trust `aggregate`, one local step) a client's
+  own update carries only its share of the noise, so the probes follow the
+  update the server released last round (`HyFreeState.direction`) from the
+  round-start weights: every release stays a function of the round-start
+  state. The first round has no direction yet: its probes all read L(θ),
+  and η stays.
+  """
+
+  def init(weights=None):
+    direction = None
+    if config.shared_noise:
+      if weights is None:
+        raise ValueError("HyFreeDP under shared noise carries a direction"
+                         " shaped like the weights: init(weights)")
+      direction = jax.tree.map(jnp.zeros_like, weights)
     return HyFreeState(auto_lr.init(config), auto_lr.ProbeReport(
         jnp.zeros(config.releases_per_probe, jnp.float32), jnp.float32(0.0),
-        jnp.float32(0.0)))
+        jnp.float32(0.0)), direction)
 
   def transform(h):
     # The learning rate is η, applied in `update`.
@@ -41,8 +59,11 @@ def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
     # a real branch: probes cost only on probe steps.
     def probed():
       new = auto_lr.probe_losses(
-          lambda s: probe.loss_at(s), state.learning_rate, config,
-          jax.random.fold_in(probe.key, probe.global_step), noised_sum)
+          lambda s: (probe.loss_at(s) if state.direction is None
+                     else probe.loss_at(s, state.direction)),
+          state.learning_rate,
+          config, jax.random.fold_in(probe.key, probe.global_step),
+          noised_sum)
       # Typed like the carried report (device-varying under shard_map).
       return jax.tree.map(lambda x, old: x + jnp.zeros_like(old), new,
                           state.report)
@@ -53,14 +74,20 @@ def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
     return jax.tree.map(lambda u: eta * u, updates), state._replace(
         report=report)
 
-  def server_update(state: HyFreeState) -> HyFreeState:
+  def server_update(state: HyFreeState, applied=None) -> HyFreeState:
     report = state.report
     lr_state = jax.lax.cond(
         report.probed > 0.5,
         lambda: auto_lr.update(state.learning_rate, report.losses, config,
                                report.noise_std),
         lambda: state.learning_rate)
-    return HyFreeState(lr_state, jax.tree.map(jnp.zeros_like, report))
+    direction = state.direction
+    if config.shared_noise:
+      # Public: post-processing of this round's released update.
+      eta = state.learning_rate.learning_rate
+      direction = jax.tree.map(lambda a: (a / eta).astype(a.dtype), applied)
+    return HyFreeState(lr_state, jax.tree.map(jnp.zeros_like, report),
+                       direction)
 
   def metrics(state: HyFreeState) -> dict:
     return {"learning_rate": float(state.learning_rate.learning_rate),

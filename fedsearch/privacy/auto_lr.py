@@ -73,6 +73,7 @@ class AutoLRConfig:
     loss_clip_factor: R_l = this factor × the last privatised loss.
     min_learning_rate, max_learning_rate: absolute bounds on η.
     loss_noise_multiplier: σ_l of every loss probe.
+    reporting_clients, shared_noise: see `probe_losses`.
   """
 
   probe_every: int = 10
@@ -85,6 +86,11 @@ class AutoLRConfig:
   min_learning_rate: float = 1e-6
   max_learning_rate: float = 1e2
   loss_noise_multiplier: float = 1.0
+  # m, the clients whose reports the server averages each round, and
+  # whether they share the noise (trust `aggregate`): together they give
+  # the std of the averaged probes (`probe_losses`).
+  reporting_clients: int = 1
+  shared_noise: bool = False
 
   def __post_init__(self):
     if self.probe_every < 1:
@@ -93,6 +99,9 @@ class AutoLRConfig:
       raise ConfigError("hyfree.probe_scales needs 3 distinct values, 0 among"
                         " them (the loss at θ, which also sets R_l), got"
                         f" {self.probe_scales}")
+    if self.reporting_clients < 1:
+      raise ConfigError("federated.clients_per_round must be >= 1, got"
+                        f" {self.reporting_clients}")
     if self.max_change <= 1:
       raise ConfigError(f"hyfree.max_change must be > 1, got {self.max_change}")
     if not 0 <= self.significance < math.inf:
@@ -119,8 +128,9 @@ class AutoLRState(NamedTuple):
 class ProbeReport(NamedTuple):
   losses: jax.Array  # privatised losses at η·probe_scales
   probed: jax.Array  # 1.0 if the losses are new this round, else 0.0
-  # ν, the std of each loss's noise (public: σ_l·R_l / expected batch);
-  # averaged over clients with the losses, an upper bound on their mean's.
+  # ν, the std of the noise of each loss the server averages (public:
+  # σ_l, R_l, the expected batch, the clients and who adds the noise; see
+  # `probe_losses`).
   noise_std: jax.Array | float = 0.0
 
 
@@ -186,6 +196,13 @@ def update(state: AutoLRState, probe_losses: jax.Array,
   return AutoLRState(jnp.log(new_eta), loss_clip.astype(jnp.float32))
 
 
+def report_noise_factor(config: AutoLRConfig) -> float:
+  """c/√m of `probe_losses`: a client's share of the noise (c), over √m."""
+  m = config.reporting_clients
+  share = 1.0 / math.sqrt(m) if config.shared_noise else 1.0
+  return share / math.sqrt(m)
+
+
 def probe_losses(loss_at, state: AutoLRState, config: AutoLRConfig,
                  key, noised_sum=None) -> ProbeReport:
   """Privatised losses at θ + s·η·u for each probe scale s, and their noise.
@@ -194,7 +211,12 @@ def probe_losses(loss_at, state: AutoLRState, config: AutoLRConfig,
   the batch at θ + step·u. Each probe is `mechanisms.privatized_mean` of
   the per-example losses with bound R_l (sensitivity R_l), noised by
   `noised_sum` (the mechanism's; default: the client adds all of it), so
-  its noise has std σ_l·R_l / expected batch.
+  its noise has std s_k = σ_l·R_l·c / expected batch (c = 1/√m when the m
+  clients share the noise, else 1). The report's `noise_std` is the std of
+  the server's average instead: its FedAvg weights are proportional to the
+  expected batches, so the average is Σ_k (sum_k + noise_k) / Σ_k q·n̂_k,
+  whose noise has std σ_l·R_l·√(m·c²) / Σ_k q·n̂_k; averaged like the
+  losses, s_k/√m from each client gives exactly that.
   """
   add_noise = noised_sum or mechanisms.noised_sum
   eta = state.learning_rate
@@ -205,6 +227,7 @@ def probe_losses(loss_at, state: AutoLRState, config: AutoLRConfig,
     values.append(mechanisms.privatized_mean(
         per_example, padding, state.loss_clip, config.loss_noise_multiplier,
         k, expected, add_noise))
-  noise_std = config.loss_noise_multiplier * state.loss_clip / expected
+  noise_std = (config.loss_noise_multiplier * state.loss_clip / expected
+               * report_noise_factor(config))
   return ProbeReport(jnp.stack(values), jnp.float32(1.0),
                      jnp.asarray(noise_std, jnp.float32))

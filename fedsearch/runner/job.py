@@ -247,15 +247,18 @@ def check_config(config) -> None:
                       f" {config.nas.strategy!r}")
 
 
-def auto_lr_config(config, loss_noise_multiplier: float = 1.0
-                   ) -> auto_lr.AutoLRConfig:
-  """HyFreeDP's learning-rate constants (`hyfree.*`)."""
+def auto_lr_config(config, loss_noise_multiplier: float = 1.0,
+                   shared_noise: bool = False) -> auto_lr.AutoLRConfig:
+  """HyFreeDP's learning-rate constants (`hyfree.*`); `shared_noise`: the
+  mechanism's (the probes then follow the released update)."""
   h = config.hyfree
   return auto_lr.AutoLRConfig(
       probe_every=h.probe_every, probe_scales=tuple(h.probe_scales),
       initial_learning_rate=h.initial_learning_rate,
       initial_loss_clip=h.initial_loss_clip, max_change=h.max_change,
       significance=h.significance,
+      reporting_clients=config.federated.clients_per_round,
+      shared_noise=shared_noise,
       loss_clip_factor=h.loss_clip_factor,
       loss_noise_multiplier=loss_noise_multiplier)
 
@@ -583,7 +586,9 @@ def _check_shared_noise(config) -> None:
   and of bounded sums, so that the sum of the shares is the only noise that
   counts. The first release that is not names itself. (With one client a
   round the share is the whole noise and the mechanism does not share it:
-  nothing here applies.)"""
+  nothing here applies.) HyFreeDP's probes follow the update released last
+  round from the round-start weights (`optimizers.hyfree`), so one local
+  step suffices for them too."""
   f = config.federated
   refusals = (
       (f.local_steps != 1, "a second local step releases a function of the"
@@ -592,9 +597,6 @@ def _check_shared_noise(config) -> None:
       (config.hpo.strategy != "none", "hyperparameter feedback measures the"
        " client's own update", f"hpo.strategy='none' (got"
        f" {config.hpo.strategy!r})"),
-      (config.client.optimizer != "dpsgd", "HyFreeDP's loss probes read the"
-       " client's own update", f"client.optimizer='dpsgd' (got"
-       f" {config.client.optimizer!r})"),
   )
   _refuse_first(refusals, "privacy.trust='aggregate'", "privacy.trust='local'")
 
@@ -644,7 +646,8 @@ def build_job(config: ml_collections.ConfigDict,
       sigmas=sigmas, mechanism=mechanism,
       client_config=client_config(config, sigmas, federation.sizes),
       client_optimizer=optimizers.make_client_optimizer(
-          config.client.optimizer, auto_lr_config(config, sigmas.loss),
+          config.client.optimizer,
+          auto_lr_config(config, sigmas.loss, mechanism.shares_noise),
           mechanism.noised_sum),
       server_optimizer=server_opt, mesh=mesh,
       hpo=hpo, costs=cost_model(config, space, federation.input_shape),

@@ -57,10 +57,18 @@ def retrain_state(job: Job, phase: Phase, architecture: Architecture
 def after_search(job: Job, phase: Phase, supernet: fed.ServerState,
                  genotype: ss.Genotype) -> fed.ServerState:
   """The derived model with the weights the supernet trained."""
-  weights = ss.extract_weights(supernet.params.weights, job.space, genotype,
-                               job.federation.input_shape)
-  return derived_state(job, phase, weights, supernet.client_optimizer,
-                       supernet.aggregator)
+  def derived(tree):
+    return ss.extract_weights(tree, job.space, genotype,
+                              job.federation.input_shape)
+
+  optimizer_state = supernet.client_optimizer
+  if getattr(optimizer_state, "direction", None) is not None:
+    # HyFreeDP under shared noise: the last released update, restricted to
+    # the derived model's weights like the weights themselves.
+    optimizer_state = optimizer_state._replace(
+        direction=derived(optimizer_state.direction))
+  return derived_state(job, phase, derived(supernet.params.weights),
+                       optimizer_state, supernet.aggregator)
 
 
 def derive_genotype(job: Job, arch) -> ss.Genotype:

@@ -1,6 +1,8 @@
 """HyFreeDP's client optimiser: η applied on the client, loss probes
 reported on probe steps, and the server's refit of η on the averaged report."""
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ import pytest
 from fedsearch.errors import ConfigError
 from fedsearch.optimizers import (HyFreeState, OPTIMIZERS, StepProbe, hyfree,
                                   make_client_optimizer)
-from fedsearch.privacy import auto_lr
+from fedsearch.privacy import auto_lr, mechanisms
 
 
 def _state(eta, losses, probed, loss_clip=1.0):
@@ -142,3 +144,78 @@ def test_the_registry_builds_hyfree_from_the_lr_config_and_checks_names():
   with pytest.raises(ConfigError,
                      match=r"client.optimizer='adam'.*\['dpsgd', 'hyfree'\]"):
     make_client_optimizer("adam")
+
+
+def _shared_config(**overrides):
+  return _config(shared_noise=True, reporting_clients=4, **overrides)
+
+
+def test_under_shared_noise_the_probes_follow_the_released_direction():
+  # The client's own update carries a share of the noise only: the probes
+  # read the direction the server carries, never `updates`.
+  opt = hyfree(_shared_config())
+  weights = {"w": jnp.zeros(2), "b": jnp.float32(0.0)}
+  state = opt.init(weights)
+  chex.assert_trees_all_equal(state.direction, weights)
+  direction = {"w": jnp.array([0.5, 0.25]), "b": jnp.float32(-1.0)}
+  state = state._replace(direction=direction)
+  seen = []
+
+  def loss_at(step, along=None):
+    seen.append(along)
+    return _loss_at(step)
+
+  opt.update(_UPDATES, state, StepProbe(loss_at, jnp.int32(0),
+                                         jax.random.key(0)))
+  assert len(seen) == 3
+  for along in seen:
+    chex.assert_trees_all_equal(along, direction)
+
+
+def test_under_shared_noise_the_server_keeps_the_released_update_over_eta():
+  opt = hyfree(_shared_config())
+  state = opt.init({"w": jnp.zeros(2)})
+  applied = {"w": jnp.array([0.1, -0.2])}
+  new = opt.server_update(state, applied)
+  # η0 = 0.5 was the rate of the released step: direction = applied / 0.5.
+  chex.assert_trees_all_close(new.direction, {"w": jnp.array([0.2, -0.4])})
+  # Unshared: nothing carried, whatever the server applied.
+  assert hyfree(_config()).server_update(hyfree(_config()).init(),
+                                         applied).direction is None
+
+
+def test_shared_noise_needs_the_weights_to_shape_the_direction():
+  with pytest.raises(ValueError, match="init\\(weights\\)"):
+    hyfree(_shared_config()).init()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_reported_noise_is_that_of_the_servers_average(shared):
+  # m clients of different sizes probe a zero loss with the mechanism's
+  # noise; the server averages their reports with FedAvg weights
+  # proportional to their expected batches. The std of that average must
+  # be the averaged `noise_std`, under local noise (each client's whole)
+  # and shared noise (each a 1/√m share).
+  m, sigma, clip = 4, 2.0, 3.0
+  expected = jnp.array([10.0, 20.0, 40.0, 80.0])
+  config = _config(loss_noise_multiplier=sigma, initial_loss_clip=clip,
+                   reporting_clients=m, shared_noise=shared)
+  mechanism = (mechanisms.aggregate(clients_per_round=m) if shared
+               else mechanisms.local())
+  state = auto_lr.init(config)
+
+  def report(key, n):
+    loss_at = lambda step: (jnp.zeros(3), jnp.zeros(3, bool), n)
+    return auto_lr.probe_losses(loss_at, state, config, key,
+                                mechanism.noised_sum)
+
+  keys = jax.random.split(jax.random.key(0), 20000 * m).reshape(20000, m)
+  reports = jax.vmap(jax.vmap(report))(keys, jnp.broadcast_to(expected,
+                                                              (20000, m)))
+  weights = expected / expected.sum()
+  averaged = jnp.einsum("k,tkp->tp", weights, reports.losses)
+  noise_std = jnp.einsum("k,tk->t", weights, reports.noise_std)
+  np.testing.assert_allclose(jnp.std(averaged, axis=0), noise_std[0],
+                             rtol=0.03)
+  want = sigma * clip * (1.0 if shared else math.sqrt(m)) / expected.sum()
+  np.testing.assert_allclose(noise_std[0], want, rtol=1e-5)

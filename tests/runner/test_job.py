@@ -1,6 +1,7 @@
 """Building the job: every bad configuration value is one ConfigError naming
 its field, before any round; the plan charges what the config implies."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -146,7 +147,6 @@ def test_each_strategy_gets_its_plan_and_learning_rate(strategy):
 @pytest.mark.parametrize("field,value,named", [
     ("federated.local_steps", 2, "federated.local_steps=1"),
     ("hpo.strategy", "feathers", "hpo.strategy='none'"),
-    ("client.optimizer", "hyfree", "client.optimizer='dpsgd'"),
 ])
 def test_aggregate_trust_refuses_releases_of_a_clients_own_update(
     field, value, named):
@@ -169,6 +169,16 @@ def test_aggregate_trust_accepts_one_step_searches(strategy):
       "privacy.trust": "aggregate", "federated.local_steps": 1,
       "nas.strategy": strategy}))
   assert job.mechanism.shares_noise
+  assert job.plan.spent(job.sigmas, 4) == pytest.approx(3.0, rel=1e-3)
+
+
+def test_aggregate_trust_runs_hyfree_with_probes_along_the_released_update():
+  job = job_lib.build_job(small_config(**{
+      "privacy.trust": "aggregate", "federated.local_steps": 1,
+      "client.optimizer": "hyfree"}))
+  assert job.mechanism.shares_noise
+  state = job.client_optimizer.init({"w": jnp.zeros(3)})
+  assert state.direction is not None
   assert job.plan.spent(job.sigmas, 4) == pytest.approx(3.0, rel=1e-3)
 
 

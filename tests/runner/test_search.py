@@ -246,8 +246,12 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_job_runs_hyfree_within_budget_and_resumes(tmp_path):
+@pytest.mark.parametrize("trust", ["local", "aggregate"])
+def test_main_job_runs_hyfree_within_budget_and_resumes(tmp_path, trust):
+  # Under aggregate the probes follow the last released update (round 1
+  # has none: its probes read one point, and η moves from round 2 on).
   config = small_config(**{"client.optimizer": "hyfree",
+                           "privacy.trust": trust,
                            "federated.local_steps": 1,
                            "hyfree.probe_every": 1,
                            "hyfree.initial_learning_rate": 0.05,
