@@ -10,9 +10,10 @@ workdir, rows written to `experiments/results/hyfree.json` and `.md`:
   not trained again);
 - HyFreeDP: automatic per-example clipping and the learning rate fitted from
   privatised loss probes, inside the same ε, twice: with the paper's η rule
-  (η0 1e-4, η refitted on every probe, ×10 at most) and with fedsearch's
-  defaults (`hyfree.*`: η0 0.2, η moved only by significant probes, ×2 at
-  most; `fedsearch/privacy/auto_lr.py` says why);
+  (R = 1, η0 1e-4, η refitted on every probe, ×10 at most) and with
+  fedsearch's defaults (`hyfree.*`: R the recipe's clip 0.1, η0 its rate 2,
+  η moved only by significant probes, ×2 at most;
+  `fedsearch/privacy/auto_lr.py` says why);
 - DP-SGD with the learning rate chosen by a private random-search tuning
   (Papernot & Steinke; `fedsearch/runner/tuning.py`) over a grid that holds
   the published rate: K runs of a random count, the best monitor accuracy
@@ -54,7 +55,7 @@ _BASELINE_WORKDIR = flags.DEFINE_string(
 
 NAME = "hyfree"
 PUBLISHED = "DP-SGD, published lr (DPNAS recipe)"
-HYFREE_PAPER = "HyFreeDP, the paper's η rule (η0 1e-4, a move on every fit)"
+HYFREE_PAPER = "HyFreeDP, the paper's η rule (R 1, η0 1e-4, a move on every fit)"
 HYFREE = "HyFreeDP (automatic clipping and learning rate)"
 TUNED = "DP-SGD, lr by private random search (Papernot & Steinke)"
 METHODS = {"published": PUBLISHED, "hyfree_paper": HYFREE_PAPER,
@@ -75,11 +76,12 @@ def hyfree_config(dataset: str, seed: int):
 
 
 def hyfree_paper_config(dataset: str, seed: int):
-  """HyFreeDP as Liu, Bu et al. set it: η0 1e-4, η refitted on every probe
-  (no significance test), at most ×10 a fit."""
+  """HyFreeDP as Liu, Bu et al. set it: R = 1, η0 1e-4, η refitted on every
+  probe (no significance test), at most ×10 a fit."""
   config = hyfree_config(dataset, seed)
   h = config.hyfree
   h.initial_learning_rate, h.max_change, h.significance = 1e-4, 10.0, 0.0
+  config.privacy.clip_norm = 1.0
   return config
 
 
@@ -159,10 +161,10 @@ def method_runs(dataset: str, seed: int):
           f"{dataset}, published lr, seed {seed}"),
       HYFREE_PAPER: lambda: _one(
           hyfree_paper_config(dataset, seed),
-          f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
+          f"{_WORKDIR.value}/{dataset}_hyfree_paper_s{seed}",
           f"{dataset}, HyFreeDP (paper's η rule), seed {seed}"),
       HYFREE: lambda: _one(hyfree_config(dataset, seed),
-                           f"{_WORKDIR.value}/{dataset}_hyfree_gated_s{seed}",
+                           f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
                            f"{dataset}, HyFreeDP, seed {seed}"),
       TUNED: lambda: _tuned(dataset, seed),
   }

@@ -195,9 +195,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.hyfree.probe_every = 10  # K: global steps between loss probes
   config.hyfree.probe_scales = (0.0, 1.0, 2.0)  # probes at s·η along the update
   # η0 and the two below depart from the paper (fedsearch/privacy/auto_lr.py:
-  # its 1e-4 and ×10 moves on every fit trained nothing on digits): η0 is
-  # the DPNAS recipe's per-example step (rate 2 × clip 0.1).
-  config.hyfree.initial_learning_rate = 0.2
+  # its 1e-4 and ×10 moves on every fit trained nothing on digits). 0: the
+  # rate DP-SGD would take (client.learning_rate after the round-noise cap),
+  # with automatic clipping at R = privacy.clip_norm: DP-SGD's first steps.
+  config.hyfree.initial_learning_rate = 0.0
   config.hyfree.initial_loss_clip = 1.0  # R_l before the first privatised loss
   config.hyfree.max_change = 2.0  # η moves by at most this factor per fit
   # z: η moves only where the probes' fit is significant at this many

@@ -248,13 +248,23 @@ def check_config(config) -> None:
 
 
 def auto_lr_config(config, loss_noise_multiplier: float = 1.0,
-                   shared_noise: bool = False) -> auto_lr.AutoLRConfig:
+                   shared_noise: bool = False,
+                   client_rate: float | None = None) -> auto_lr.AutoLRConfig:
   """HyFreeDP's learning-rate constants (`hyfree.*`); `shared_noise`: the
-  mechanism's (the probes then follow the released update)."""
+  mechanism's (the probes then follow the released update).
+
+  η0 = `hyfree.initial_learning_rate`, or when it is 0 `client_rate`, the
+  rate DP-SGD would take here (`client_learning_rate`: `client.learning_rate`
+  after the round-noise cap; the config's rate when not given). Automatic
+  clipping bounds each example's gradient by R = `privacy.clip_norm`, as
+  flat clipping does, so from there HyFreeDP's first steps are DP-SGD's.
+  """
   h = config.hyfree
+  initial = h.initial_learning_rate or (
+      config.client.learning_rate if client_rate is None else client_rate)
   return auto_lr.AutoLRConfig(
       probe_every=h.probe_every, probe_scales=tuple(h.probe_scales),
-      initial_learning_rate=h.initial_learning_rate,
+      initial_learning_rate=initial,
       initial_loss_clip=h.initial_loss_clip, max_change=h.max_change,
       significance=h.significance,
       reporting_clients=config.federated.clients_per_round,
@@ -647,7 +657,9 @@ def build_job(config: ml_collections.ConfigDict,
       client_config=client_config(config, sigmas, federation.sizes),
       client_optimizer=optimizers.make_client_optimizer(
           config.client.optimizer,
-          auto_lr_config(config, sigmas.loss, mechanism.shares_noise),
+          auto_lr_config(config, sigmas.loss, mechanism.shares_noise,
+                         client_learning_rate(config, sigmas,
+                                              federation.sizes)),
           mechanism.noised_sum),
       server_optimizer=server_opt, mesh=mesh,
       hpo=hpo, costs=cost_model(config, space, federation.input_shape),

@@ -72,8 +72,8 @@ def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(
   assert published["client_learning_rate"] == [2.0]
   assert hyfree["final_learning_rate"] == [0.2]
   # The paper's η rule and fedsearch's run apart, each in its own workdir.
-  assert started[1:3] == [f"{tmp_path}/hyfree/mnist_hyfree_s0",
-                          f"{tmp_path}/hyfree/mnist_hyfree_gated_s0"]
+  assert started[1:3] == [f"{tmp_path}/hyfree/mnist_hyfree_paper_s0",
+                          f"{tmp_path}/hyfree/mnist_hyfree_s0"]
   assert paper["method"] != hyfree["method"]
   runs = tuned["tuning_runs"][0]
   assert len(started) == 3 + runs
@@ -106,10 +106,12 @@ def test_the_papers_rule_is_the_papers_constants(ran, hyfree_compare):
   assert (h.initial_learning_rate, h.max_change, h.significance) == (
       1e-4, 10.0, 0.0)
   assert config.client.optimizer == "hyfree"
+  assert config.privacy.clip_norm == 1.0  # The paper's R.
   # Everything else is the recipe fedsearch's HyFreeDP row runs.
   default = hyfree_compare.hyfree_config("mnist", 0)
   h2 = default.hyfree
   h2.initial_learning_rate, h2.max_change, h2.significance = 1e-4, 10.0, 0.0
+  default.privacy.clip_norm = 1.0
   assert config.to_dict() == default.to_dict()
 
 

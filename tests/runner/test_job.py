@@ -182,6 +182,23 @@ def test_aggregate_trust_runs_hyfree_with_probes_along_the_released_update():
   assert job.plan.spent(job.sigmas, 4) == pytest.approx(3.0, rel=1e-3)
 
 
+@pytest.mark.parametrize("initial,cap,want", [
+    (0.0, 0.0, 0.7),  # DP-SGD's rate: client.learning_rate ...
+    (0.0, 1e-4, None),  # ... after the round-noise cap;
+    (0.05, 0.0, 0.05),  # or the one given.
+])
+def test_hyfree_starts_where_dpsgd_would(initial, cap, want):
+  job = job_lib.build_job(small_config(**{
+      "client.optimizer": "hyfree", "client.learning_rate": 0.7,
+      "client.max_round_noise": cap,
+      "hyfree.initial_learning_rate": initial}))
+  eta = float(job.client_optimizer.init().learning_rate.learning_rate)
+  want = job.client_config.learning_rate if want is None else want
+  assert eta == pytest.approx(want, rel=1e-6)
+  if cap:
+    assert want < 0.7  # The cap binds.
+
+
 def test_aggregate_trust_accepts_one_step_training_and_is_recorded():
   config = default.get_config()
   config.privacy.trust, config.model = "aggregate", "tanh_cnn_small"
