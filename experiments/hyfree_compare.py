@@ -24,11 +24,13 @@ workdir, rows written to `experiments/results/hyfree.json` and `.md`:
 `--methods` runs some of them (their rows replace those on record).
 """
 
+import math
+import pathlib
 import sys
 
 from absl import app, flags
 
-from experiments import cli, records
+from experiments import cli, plots, records
 from experiments.configs import dpnas
 from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.runner import job as job_lib
@@ -99,6 +101,9 @@ def grid() -> dict[str, list[str]]:
 
 def _one(config, workdir, label) -> dict:
   summary = cli.run_labelled(config, workdir, label)
+  if config.client.optimizer == "hyfree":
+    summary["learning_rate_per_epoch"] = records.per_round(workdir,
+                                                           "learning_rate")
   # A reused baseline finished before summaries recorded the rate (and
   # before the round-noise cap existed) ran the config's.
   summary.setdefault("client_learning_rate", config.client.learning_rate)
@@ -142,6 +147,8 @@ def _row(dataset: str, method: str, seeds: list[int],
   if method in (HYFREE, HYFREE_PAPER):
     row["final_learning_rate"] = [s["final_learning_rate"]
                                   for s in summaries]
+    row["learning_rate_per_epoch"] = [s["learning_rate_per_epoch"]
+                                      for s in summaries]
   if method == TUNED:
     row.update(
         tuning={"mean_runs": _TUNING_MEAN.value,
@@ -176,6 +183,27 @@ def run_rows(dataset: str, seeds: list[int]):
   for method in (METHODS[name] for name in _METHODS.value):
     summaries = [method_runs(dataset, seed)[method]() for seed in seeds]
     yield _row(dataset, method, seeds, summaries)
+
+
+def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
+  """Monitor accuracy per epoch of every current row of `dataset`, and
+  HyFreeDP's η per epoch (log10), beside the table."""
+  mine = [r for r in rows if r["dataset"] == dataset
+          and not r.get("superseded") and "monitor_accuracy_per_epoch" in r]
+  label = records.DATASET_LABEL[dataset]
+  accuracy = records.RESULTS / f"{NAME}_{dataset}_accuracy.svg"
+  plots.line_plot({r["method"]: r["monitor_accuracy_per_epoch"] for r in mine},
+                  f"{label}, centralised, total ε = 3: monitor accuracy",
+                  "monitor accuracy", accuracy, (0.0, 1.0))
+  paths = [accuracy]
+  etas = {r["method"]: [[math.log10(v) for v in run]
+                        for run in r["learning_rate_per_epoch"]]
+          for r in mine if r.get("learning_rate_per_epoch")}
+  if etas:
+    eta = records.RESULTS / f"{NAME}_{dataset}_eta.svg"
+    plots.line_plot(etas, f"{label}: HyFreeDP's η per epoch", "log10 η", eta)
+    paths.append(eta)
+  return paths
 
 
 def render(rows: list[dict]) -> str:
@@ -217,6 +245,14 @@ def render(rows: list[dict]) -> str:
         f" {', '.join(map(str, r['gradient_steps']))} |"
         f" {r['wall_time_s'] / 60:.1f} min | {r['hardware']} |"
         f" {r['commit']} |")
+  plotted = sorted({r["dataset"] for r in current
+                    if "monitor_accuracy_per_epoch" in r})
+  if plotted:
+    lines += ["", "Plots: " + ", ".join(
+        f"`{NAME}_{d}_accuracy.svg` (monitor accuracy per epoch)"
+        + (f", `{NAME}_{d}_eta.svg` (HyFreeDP's η per epoch)" if any(
+            r.get("learning_rate_per_epoch") for r in current
+            if r["dataset"] == d) else "") for d in plotted) + "."]
   lines += ["", "Commands:", ""]
   lines += [f"- {records.DATASET_LABEL[r['dataset']]}, {r['method']}:"
             f" `{r['command']}`" for r in current]
@@ -244,6 +280,7 @@ def main(argv):
     for dataset in _DATASETS.value:
       for row in run_rows(dataset, seeds):
         rows = records.write(NAME, [row], render)
+        plot(dataset, rows)
       print(render(rows), flush=True)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)

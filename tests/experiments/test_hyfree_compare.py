@@ -36,7 +36,10 @@ def _summary(config, workdir):
   lr = config.client.learning_rate
   # The monitor prefers lr 2; HyFreeDP ends at η 0.2.
   score = 0.9 - 0.01 * abs(lr - 2.0)
-  Workdir(workdir).write_metrics([{"round": 1, "monitor_accuracy": score}])
+  record = {"round": 1, "monitor_accuracy": score}
+  if config.client.optimizer == "hyfree":
+    record["learning_rate"] = 0.2
+  Workdir(workdir).write_metrics([record])
   return {"dataset": config.dataset, "model": config.model,
           "test_accuracy": score, "epsilon": 3.0, "delta": 1e-5,
           "rounds": config.federated.train_rounds,
@@ -88,6 +91,14 @@ def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(
   records.write(hyfree_compare.NAME, rows, hyfree_compare.render)
   table = (tmp_path / "results" / "hyfree.md").read_text()
   assert "**90.00 %** (seeds 0)" in table and "drawn:" in table
+  # HyFreeDP's η per epoch is kept and drawn beside the accuracy.
+  assert hyfree["learning_rate_per_epoch"] == [[0.2]]
+  assert "learning_rate_per_epoch" not in tuned
+  paths = hyfree_compare.plot("mnist", rows)
+  assert [p.name for p in paths] == ["hyfree_mnist_accuracy.svg",
+                                     "hyfree_mnist_eta.svg"]
+  assert all(p.read_text().startswith("<svg") for p in paths)
+  assert "hyfree_mnist_eta.svg" in table
 
 
 def test_each_row_is_yielded_before_the_next_method_trains(
