@@ -104,6 +104,8 @@ def _one(config, workdir, label) -> dict:
   if config.client.optimizer == "hyfree":
     summary["learning_rate_per_epoch"] = records.per_round(workdir,
                                                            "learning_rate")
+    # Automatic clipping bounds each example by R: η·R is the step.
+    summary["clip_norm"] = config.privacy.clip_norm
   # A reused baseline finished before summaries recorded the rate (and
   # before the round-noise cap existed) ran the config's.
   summary.setdefault("client_learning_rate", config.client.learning_rate)
@@ -149,6 +151,7 @@ def _row(dataset: str, method: str, seeds: list[int],
                                   for s in summaries]
     row["learning_rate_per_epoch"] = [s["learning_rate_per_epoch"]
                                       for s in summaries]
+    row["clip_norm"] = summaries[0]["clip_norm"]
   if method == TUNED:
     row.update(
         tuning={"mean_runs": _TUNING_MEAN.value,
@@ -187,7 +190,7 @@ def run_rows(dataset: str, seeds: list[int]):
 
 def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
   """Monitor accuracy per epoch of every current row of `dataset`, and
-  HyFreeDP's η per epoch (log10), beside the table."""
+  HyFreeDP's per-example step η·R per epoch (log10), beside the table."""
   mine = [r for r in rows if r["dataset"] == dataset
           and not r.get("superseded") and "monitor_accuracy_per_epoch" in r]
   label = records.DATASET_LABEL[dataset]
@@ -196,12 +199,13 @@ def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
                   f"{label}, centralised, total ε = 3: monitor accuracy",
                   "monitor accuracy", accuracy, (0.0, 1.0))
   paths = [accuracy]
-  etas = {r["method"]: [[math.log10(v) for v in run]
+  etas = {r["method"]: [[math.log10(v * r["clip_norm"]) for v in run]
                         for run in r["learning_rate_per_epoch"]]
           for r in mine if r.get("learning_rate_per_epoch")}
   if etas:
     eta = records.RESULTS / f"{NAME}_{dataset}_eta.svg"
-    plots.line_plot(etas, f"{label}: HyFreeDP's η per epoch", "log10 η", eta)
+    plots.line_plot(etas, f"{label}: HyFreeDP's step η·R per epoch (DP-SGD's"
+                    " published lr·clip: 0.2)", "log10 η·R", eta)
     paths.append(eta)
   return paths
 
@@ -250,7 +254,7 @@ def render(rows: list[dict]) -> str:
   if plotted:
     lines += ["", "Plots: " + ", ".join(
         f"`{NAME}_{d}_accuracy.svg` (monitor accuracy per epoch)"
-        + (f", `{NAME}_{d}_eta.svg` (HyFreeDP's η per epoch)" if any(
+        + (f", `{NAME}_{d}_eta.svg` (HyFreeDP's step η·R per epoch)" if any(
             r.get("learning_rate_per_epoch") for r in current
             if r["dataset"] == d) else "") for d in plotted) + "."]
   lines += ["", "Commands:", ""]
