@@ -11,6 +11,9 @@ A `ClientOptimizer` is an optax-style pair around the DP step:
   server_update(state, applied)   on the server, after the clients' states
       -> state                    are averaged; `applied`: the weights'
                                   update the server has just released
+  map_weights(state, f) -> state  the state for a model whose weights are
+                                  f(weights) (a search's derived child):
+                                  any weight-shaped part mapped by f too
 `clipping` is the per-example clipping it wants ("flat" or "auto"), and
 `probe_every` / `releases_per_probe` what it releases besides gradients (the
 accountant counts them). Anything computed from data in `update` must be a
@@ -46,5 +49,6 @@ class ClientOptimizer(NamedTuple):
   server_update: Callable[[Any, Any], Any]
   # state -> {name: float} for the per-round metrics line.
   metrics: Callable[[Any], dict]
+  map_weights: Callable[[Any, Callable], Any] = lambda state, f: state
   probe_every: int = 0
   releases_per_probe: int = 0

@@ -89,6 +89,11 @@ def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
     return HyFreeState(lr_state, jax.tree.map(jnp.zeros_like, report),
                        direction)
 
+  def map_weights(state: HyFreeState, f) -> HyFreeState:
+    if state.direction is None:
+      return state
+    return state._replace(direction=f(state.direction))
+
   def metrics(state: HyFreeState) -> dict:
     return {"learning_rate": float(state.learning_rate.learning_rate),
             "loss_clip": float(state.learning_rate.loss_clip)}
@@ -96,5 +101,5 @@ def hyfree(config: auto_lr.AutoLRConfig, noised_sum=None) -> ClientOptimizer:
   return ClientOptimizer(
       name="hyfree", clipping="auto", init=init, transform=transform,
       update=update, server_update=server_update, metrics=metrics,
-      probe_every=config.probe_every,
+      map_weights=map_weights, probe_every=config.probe_every,
       releases_per_probe=config.releases_per_probe)

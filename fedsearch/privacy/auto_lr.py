@@ -27,8 +27,9 @@ Departures from the paper, measured on digits (centralised, batch ~180, ε 3;
   slope b is above (below) ±z times its own, else it stays. ν is public
   (σ_l, R_l and the expected batch). z = 3: on noise alone a probe moves η
   with probability ~0.4 %, about 0.5 false moves over the ~116 probes of
-  DPNAS's 40-epoch MNIST recipe (z = 2: ~7 %, eight moves). A move is at most ×2 (`max_change`; the paper's guard allows
-  any), so one false positive costs a factor 2, not 10.
+  DPNAS's 40-epoch MNIST recipe (z = 2: ~7 %, eight moves). A move is at
+  most ×2 (`max_change`; the paper's guard allows any), so one false
+  positive costs a factor 2, not 10.
 - η0: the paper's 1e-4 (at R = 1) is an Adam-scale rate for fine-tuning.
   The main job starts η where DP-SGD's rate would be (`runner.job.
   auto_lr_config`: `client.learning_rate` after the data-independent

@@ -647,6 +647,7 @@ def build_job(config: ml_collections.ConfigDict,
   mechanism, hpo = build_mechanism(config), build_hpo(config)
   federation = build_federation(config, plan, randomness, canaries)
   space = search_space_from(config, federation.num_classes)
+  clients = client_config(config, sigmas, federation.sizes)
   return Job(
       config=config, randomness=randomness, federation=federation,
       canaries=canaries,
@@ -654,12 +655,11 @@ def build_job(config: ml_collections.ConfigDict,
       nas=nas_lib.make_strategy(config.nas.strategy, space,
                                 config.privacy.unit), plan=plan,
       sigmas=sigmas, mechanism=mechanism,
-      client_config=client_config(config, sigmas, federation.sizes),
+      client_config=clients,
       client_optimizer=optimizers.make_client_optimizer(
           config.client.optimizer,
           auto_lr_config(config, sigmas.loss, mechanism.shares_noise,
-                         client_learning_rate(config, sigmas,
-                                              federation.sizes)),
+                         clients.learning_rate),
           mechanism.noised_sum),
       server_optimizer=server_opt, mesh=mesh,
       hpo=hpo, costs=cost_model(config, space, federation.input_shape),

@@ -61,14 +61,10 @@ def after_search(job: Job, phase: Phase, supernet: fed.ServerState,
     return ss.extract_weights(tree, job.space, genotype,
                               job.federation.input_shape)
 
-  optimizer_state = supernet.client_optimizer
-  if getattr(optimizer_state, "direction", None) is not None:
-    # HyFreeDP under shared noise: the last released update, restricted to
-    # the derived model's weights like the weights themselves.
-    optimizer_state = optimizer_state._replace(
-        direction=derived(optimizer_state.direction))
-  return derived_state(job, phase, derived(supernet.params.weights),
-                       optimizer_state, supernet.aggregator)
+  return derived_state(
+      job, phase, derived(supernet.params.weights),
+      job.client_optimizer.map_weights(supernet.client_optimizer, derived),
+      supernet.aggregator)
 
 
 def derive_genotype(job: Job, arch) -> ss.Genotype:
