@@ -216,7 +216,7 @@ def get_config() -> ml_collections.ConfigDict:
   # feedback_epsilon_fraction of ε; the gradients get the rest).
   config.hpo = ml_collections.ConfigDict()
   config.hpo.strategy = "none"  # none | feathers | fedex | random
-  config.hpo.pool_size = 40
+  config.hpo.pool_size = 40  # 0: every combination of categorical choices
   config.hpo.period = 15  # FEATHERS: rounds between exploration phases
   config.hpo.gamma = 6.0  # FEATHERS: phase length = round(γ·entropy)
   config.hpo.alpha = 0.5  # FEATHERS: reward step

@@ -4,10 +4,13 @@ A space is a tuple of `Hyperparameter`s, each with a range and a scale:
 `log` draws 10^U(log10 low, log10 high), `uniform` draws U(low, high),
 `categorical` draws uniformly from `choices`. FEATHERS searches over a fixed
 pool of configurations drawn once from the space; `draw_pool` makes that pool
-from a seed alone, so it is public (it depends on no data).
+from a seed alone, so it is public (it depends on no data). `make_pool` with
+size 0 takes instead every combination of categorical choices (`grid_pool`):
+a small pool that is sure to hold a given recipe's values.
 """
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -72,3 +75,26 @@ def draw_pool(space: Sequence[Hyperparameter], size: int,
     raise ConfigError(f"hyperparameters pool size must be >= 1, got {size}")
   rng = np.random.default_rng([seed, 0x4850])  # A stream of its own.
   return {h.name: h.draw(rng, size) for h in space}
+
+
+def grid_pool(space: Sequence[Hyperparameter]) -> dict[str, np.ndarray]:
+  """Every combination of the (all categorical) choices, the first name
+  varying slowest: {name: (∏ choices,) values}."""
+  drawn = [h.name for h in space if h.scale != "categorical"]
+  if drawn or not space:
+    raise ConfigError("hpo.pool_size=0 (the grid) needs a non-empty hpo.space"
+                      " whose every entry is categorical; not categorical:"
+                      f" {drawn}")
+  rows = list(itertools.product(*(h.choices for h in space)))
+  return {h.name: np.asarray([row[i] for row in rows], np.float64)
+          for i, h in enumerate(space)}
+
+
+def make_pool(space: Sequence[Hyperparameter], size: int,
+              seed: int) -> dict[str, np.ndarray]:
+  """`draw_pool(space, size, seed)`, or for size 0 the grid of choices."""
+  return grid_pool(space) if size == 0 else draw_pool(space, size, seed)
+
+
+def pool_size(pool: Mapping[str, np.ndarray]) -> int:
+  return len(next(iter(pool.values())))

@@ -189,7 +189,7 @@ _LOWER_BOUNDS = (
     ("federated.server_learning_rate", 0, False),
     ("federated.num_clients", 1, True), ("federated.local_steps", 1, True),
     ("federated.dirichlet_alpha", 0, False),
-    ("federated.shards_per_client", 1, True), ("hpo.pool_size", 1, True),
+    ("federated.shards_per_client", 1, True), ("hpo.pool_size", 0, True),
     ("hpo.feedback_clip", 0, False), ("hyfree.probe_every", 1, True),
     ("hyfree.gamma", 0, False), ("checkpoint_every", 1, True),
 )
@@ -284,7 +284,7 @@ def build_hpo(config) -> Hpo | None:
   if unknown:
     raise ConfigError(f"hpo.space: {sorted(unknown)} cannot be tuned; allowed:"
                       f" {list(allowed)}")
-  pool = hp_lib.draw_pool(space, h.pool_size, config.seed)
+  pool = hp_lib.make_pool(space, h.pool_size, config.seed)
   if "local_steps" in pool:
     steps = pool["local_steps"]
     if np.any(steps < 1) or np.any(steps != np.round(steps)):

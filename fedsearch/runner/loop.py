@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedsearch import federated as fed
+from fedsearch import hyperparameters as hp_lib
 from fedsearch import search_space as ss
 from fedsearch.errors import DivergedError
 from fedsearch.privacy import client_sizes
@@ -52,7 +53,8 @@ def _fresh_progress(job: Job, work: Workdir, rounds_done: int) -> Progress:
   first derived-model checkpoint) resumes from it and derives again, with
   the same result.
   """
-  hpo_state = job.hpo.strategy.init(job.config.hpo.pool_size) if job.hpo else None
+  hpo_state = (job.hpo.strategy.init(hp_lib.pool_size(job.hpo.pool))
+               if job.hpo else None)
   if job.retrained is not None:
     phase = build_phase(job, job.retrained)
     return Progress(states.retrain_state(job, phase, job.retrained),

@@ -195,11 +195,11 @@ def _pool_labels(workdir: pathlib.Path) -> list[str]:
   hpo = config.get("hpo", {})
   if hpo.get("strategy", "none") == "none":
     return []
-  pool = hp_lib.draw_pool(hp_lib.space_from_dict(hpo["space"]),
+  pool = hp_lib.make_pool(hp_lib.space_from_dict(hpo["space"]),
                           hpo["pool_size"], config["seed"])
   return [f"{j}: " + ", ".join(f"{name}={values[j]:.3g}"
                                for name, values in pool.items())
-          for j in range(hpo["pool_size"])]
+          for j in range(hp_lib.pool_size(pool))]
 
 
 def _op_set(workdir: pathlib.Path) -> str | None:

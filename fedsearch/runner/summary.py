@@ -9,6 +9,7 @@ import time
 import jax
 
 from fedsearch import data as data_lib
+from fedsearch import hyperparameters as hp_lib
 from fedsearch import nas as nas_lib
 from fedsearch.privacy import audit
 from fedsearch.runner.evaluation import accuracy_and_loss
@@ -24,7 +25,7 @@ def _hyperparameters(job: Job, progress: Progress) -> dict:
   chosen = int(job.hpo.strategy.best(progress.hpo_state))
   return {"hyperparameters": {
       "strategy": job.config.hpo.strategy,
-      "pool_size": job.config.hpo.pool_size,
+      "pool_size": hp_lib.pool_size(job.hpo.pool),
       "chosen_index": chosen,
       "chosen": {name: float(values[chosen])
                  for name, values in job.hpo.pool.items()},

@@ -48,3 +48,24 @@ def test_an_empty_pool_is_refused():
   with pytest.raises(ConfigError, match="pool size"):
     hp.draw_pool(hp.space_from_dict({"lr": {"scale": "uniform", "low": 0.0,
                                             "high": 1.0}}), 0, seed=0)
+
+
+def test_grid_pool_holds_every_combination_once():
+  space = hp.space_from_dict({
+      "learning_rate": {"scale": "categorical", "choices": [0.5, 2.0, 8.0]},
+      "local_steps": {"scale": "categorical", "choices": [1, 2]}})
+  pool = hp.make_pool(space, 0, seed=123)
+  assert hp.pool_size(pool) == 6
+  pairs = list(zip(pool["learning_rate"], pool["local_steps"]))
+  assert pairs == [(0.5, 1), (0.5, 2), (2.0, 1), (2.0, 2), (8.0, 1), (8.0, 2)]
+  # A positive size still draws from the seed.
+  chex.assert_trees_all_equal(hp.make_pool(space, 4, 7),
+                              hp.draw_pool(space, 4, 7))
+
+
+def test_grid_pool_needs_categorical_choices():
+  space = hp.space_from_dict({
+      "learning_rate": {"scale": "log", "low": 0.1, "high": 1.0},
+      "momentum": {"scale": "categorical", "choices": [0.0, 0.9]}})
+  with pytest.raises(ConfigError, match=r"hpo\.pool_size=0.*learning_rate"):
+    hp.make_pool(space, 0, seed=0)

@@ -1,0 +1,117 @@
+"""The hyperparameter-search comparison: presets and rows (runs faked)."""
+
+import importlib
+import pathlib
+
+import pytest
+from absl import flags
+
+from experiments import cli, records
+from experiments.configs import hpo
+from fedsearch import hyperparameters as hp_lib
+from fedsearch.runner import job as job_lib
+from fedsearch.runner import tensorboard
+from fedsearch.runner.workdir import Workdir
+
+_SHARED_FLAGS = ("datasets", "seeds", "data_dir", "workdir", "strategies")
+
+
+@pytest.fixture(scope="module")
+def hpo_compare():
+  saved = {n: flags.FLAGS[n] for n in _SHARED_FLAGS if n in flags.FLAGS}
+  for name in saved:
+    delattr(flags.FLAGS, name)
+  module = importlib.import_module("experiments.hpo_compare")
+  yield module
+  for name in _SHARED_FLAGS:
+    if name in flags.FLAGS:
+      delattr(flags.FLAGS, name)
+  for name, flag in saved.items():
+    flags.FLAGS[name] = flag
+
+
+@pytest.mark.parametrize("dataset", hpo.DATASETS)
+def test_every_row_runs_the_recipe_schedule_and_the_grid_holds_the_recipe(
+    dataset):
+  plans = {}
+  for strategy in hpo.STRATEGIES:
+    config = hpo.get_config(f"{dataset},{strategy}")
+    f = config.federated
+    plans[strategy] = (f.search_rounds, f.train_rounds, f.local_steps,
+                       f.sampling_rate, config.privacy.epsilon,
+                       config.privacy.delta, config.privacy.clip_norm)
+    assert config.privacy.trust == "local"
+    if strategy != "none":
+      pool = hp_lib.make_pool(
+          hp_lib.space_from_dict(config.hpo.space.to_dict()),
+          config.hpo.pool_size, config.seed)
+      recipe = (config.client.learning_rate, config.client.momentum)
+      assert recipe in set(zip(pool["learning_rate"], pool["momentum"]))
+      assert hp_lib.pool_size(pool) == 10
+  assert len(set(plans.values())) == 1  # Equal compute, equal (ε, δ).
+  config = hpo.get_config(f"{dataset},none")
+  assert (config.client.learning_rate, config.client.momentum,
+          config.privacy.clip_norm, config.client.max_round_noise) == (
+              2.0, 0.9, 0.1, 0.0)
+
+
+def test_a_searching_preset_plans_its_feedback_inside_the_same_epsilon():
+  fixed = job_lib.privacy_plan(hpo.get_config("digits,none"))
+  searching = job_lib.privacy_plan(hpo.get_config("digits,feathers"))
+  assert searching.noise_multipliers(0.0).gradient > fixed.noise_multipliers(
+      0.0).gradient
+  assert fixed.epsilon == searching.epsilon == 3.0
+
+
+def _summary(config, workdir):
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  searching = config.hpo.strategy != "none"
+  records_ = [{"round": r + 1, "monitor_accuracy": 0.1 * r,
+               **({tensorboard.HYPERPARAMETERS: [0.1] * 10}
+                  if searching and r < config.federated.search_rounds else {})}
+              for r in range(3)]
+  Workdir(workdir).write_metrics(records_)
+  summary = {"dataset": config.dataset, "model": "", "genotype": None,
+             "test_accuracy": 0.5, "epsilon": 3.0, "delta": 1e-5,
+             "rounds": 3, "noise_multiplier": 2.0, "accountant": "pld",
+             "randomness": "secret", "clients": 10, "model_parameters": 10,
+             "deployed_cost": {"flops": 100, "hardware": "test cpu"},
+             "wall_time_s": 60.0, "commit": "abc", "trust": "local",
+             "unit": "example", "epsilon_breakdown": {}}
+  if searching:
+    summary["epsilon_breakdown"]["hp_feedback_only"] = 1.1
+    summary["hyperparameters"] = {"chosen": {"learning_rate": 1.0,
+                                             "momentum": 0.9}}
+  return summary
+
+
+def test_rows_carry_the_choice_the_feedback_and_the_probabilities(
+    tmp_path, monkeypatch, hpo_compare):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["hpo_compare", f"--workdir={tmp_path}/hpo"])
+  started = []
+  monkeypatch.setattr(cli, "run_labelled", lambda config, workdir, label: (
+      started.append(str(workdir)), _summary(config, workdir))[1])
+  monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
+  try:
+    fixed = hpo_compare.run_row("digits", "none", [0])
+    feathers = hpo_compare.run_row("digits", "feathers", [0])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert started == [f"{tmp_path}/hpo/digits_none_s0",
+                     f"{tmp_path}/hpo/digits_feathers_s0"]
+  assert fixed["chosen"] == [{"learning_rate": 2.0, "momentum": 0.9}]
+  assert fixed["epsilon_feedback_only"] == [None]
+  assert feathers["epsilon_feedback_only"] == [1.1]
+  assert feathers["hp_probabilities_per_round"] == [[[0.1] * 10] * 3]
+  assert len(feathers["pool"]) == 10
+  assert fixed["gradient_steps"] == feathers["gradient_steps"]
+  for row in (fixed, feathers):
+    assert set(records.REQUIRED) <= set(row)
+  rows = records.write(hpo_compare.NAME, [fixed, feathers], hpo_compare.render)
+  names = [p.name for p in hpo_compare.plot("digits", rows)]
+  assert names == ["hpo_digits_accuracy.svg",
+                   "hpo_digits_feathers_probabilities.svg"]
+  table = (tmp_path / "results" / "hpo.md").read_text()
+  assert "learning_rate 1, momentum 0.9" in table and "| 1.10 |" in table
