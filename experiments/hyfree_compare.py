@@ -1,13 +1,19 @@
 r"""HyFreeDP against DP-SGD's published learning rate and a charged lr grid.
 
-Centralised, DPNAS's retraining recipe on Tramer & Boneh's CNN (Poisson
-batch 2048, momentum 0.9, 40 epochs; 30 on CIFAR-10), every row at the same
-total (ε, δ) = (3, 1e-5), each a whole run of the main job in a resumable
-workdir, rows written to `experiments/results/hyfree.json` and `.md`:
+`--setting=centralised` (the default): DPNAS's retraining recipe on Tramer &
+Boneh's CNN (Poisson batch 2048, momentum 0.9, 40 epochs; 30 on CIFAR-10).
+`--setting=federated`: the same network and recipe in the example-level
+federation of `experiments/configs/federated.py:DATASET,aggregate` (100
+Dirichlet clients, 10 a round, one local step, the noise added once to the
+round's sum); HyFreeDP's probes then follow the update the server released
+last round, from the round-start weights (`fedsearch/optimizers/hyfree.py`).
+Every row at the same total (ε, δ) = (3, 1e-5), each a whole run of the
+main job in a resumable workdir, rows written to
+`experiments/results/hyfree.json` and `.md`:
 
-- DP-SGD at the published learning rate (2, clip 0.1): the baseline stage
-  itself (its workdirs are `baseline_table`'s, so a finished baseline is
-  not trained again);
+- DP-SGD at the published learning rate (2, clip 0.1): centralised, the
+  baseline stage itself (its workdirs are `baseline_table`'s, so a finished
+  baseline is not trained again); federated, the preset as it is;
 - HyFreeDP: automatic per-example clipping and the learning rate fitted from
   privatised loss probes, inside the same ε, twice: with the paper's η rule
   (R = 1, η0 1e-4, η refitted on every probe, ×10 at most) and with
@@ -20,6 +26,7 @@ workdir, rows written to `experiments/results/hyfree.json` and `.md`:
   kept, the selected run spending the whole ε. Its compute is K runs'.
 
   python -m experiments.hyfree_compare --datasets=mnist --seeds=0
+  python -m experiments.hyfree_compare --setting=federated --datasets=mnist
 
 `--methods` runs some of them (their rows replace those on record).
 """
@@ -31,13 +38,19 @@ import sys
 from absl import app, flags
 
 from experiments import cli, plots, records
-from experiments.configs import dpnas
+from experiments.configs import dpnas, federated
 from fedsearch.errors import USER_ERRORS, ConfigError
 from fedsearch.runner import job as job_lib
 from fedsearch.runner import tuning
 
+_SETTING = flags.DEFINE_enum("setting", "centralised",
+                             ["centralised", "federated"],
+                             "centralised: DPNAS's recipe on one client;"
+                             " federated: federated.py's example-level"
+                             " aggregate preset")
 _DATASETS = flags.DEFINE_list("datasets", ["mnist"],
-                              f"any of {list(dpnas.DATASETS)}")
+                              f"centralised: any of {list(dpnas.DATASETS)};"
+                              f" federated: any of {list(federated.DATASETS)}")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "one run (or tuning) per seed")
 _GRID = flags.DEFINE_list("grid", ["0.5", "1", "2", "4", "8"],
                           "the tuning's DP-SGD learning rates")
@@ -64,8 +77,15 @@ METHODS = {"published": PUBLISHED, "hyfree_paper": HYFREE_PAPER,
            "hyfree": HYFREE, "tuned": TUNED}
 
 
+def datasets() -> tuple[str, ...]:
+  return (dpnas.DATASETS if _SETTING.value == "centralised"
+          else federated.DATASETS)
+
+
 def base_config(dataset: str, seed: int):
-  config = dpnas.get_config(f"{dataset},centralised,baseline")
+  config = (dpnas.get_config(f"{dataset},centralised,baseline")
+            if _SETTING.value == "centralised"
+            else federated.get_config(f"{dataset},aggregate"))
   config.data_dir = _DATA_DIR.value
   config.seed = seed
   return config
@@ -95,6 +115,13 @@ def tuned_config(dataset: str, seed: int):
   return config
 
 
+def run_dir(dataset: str, name: str, seed: int) -> str:
+  """A run's (or a tuning's) folder; federated ones apart from the
+  centralised ones of the same dataset."""
+  setting = "" if _SETTING.value == "centralised" else "federated_"
+  return f"{_WORKDIR.value}/{dataset}_{setting}{name}_s{seed}"
+
+
 def grid() -> dict[str, list[str]]:
   return {"client.learning_rate": list(_GRID.value)}
 
@@ -116,7 +143,7 @@ def _one(config, workdir, label) -> dict:
 def _tuned(dataset: str, seed: int) -> dict:
   config = tuned_config(dataset, seed)
   result = tuning.tune(
-      config, grid(), f"{_WORKDIR.value}/{dataset}_tuned_s{seed}",
+      config, grid(), run_dir(dataset, "tuned", seed),
       lambda run_config, workdir: cli.run_labelled(
           run_config, workdir, f"{dataset}, tuning seed {seed}, {workdir.name}"))
   if result.selected is None:
@@ -129,8 +156,7 @@ def _tuned(dataset: str, seed: int) -> dict:
   return {**kept,
           "wall_time_s": result.wall_time_s,
           "monitor_curve": records.monitor_curve(
-              f"{_WORKDIR.value}/{dataset}_tuned_s{seed}"
-              f"/run_{result.selected}"),
+              f"{run_dir(dataset, 'tuned', seed)}/run_{result.selected}"),
           "steps": runs * kept["rounds"] * config.federated.local_steps,
           "tuning_runs": runs,
           "tuning_choices": [c["client.learning_rate"]
@@ -140,7 +166,7 @@ def _tuned(dataset: str, seed: int) -> dict:
 
 def _row(dataset: str, method: str, seeds: list[int],
          summaries: list[dict]) -> dict:
-  row = {"dataset": dataset, "setting": "centralised", "method": method,
+  row = {"dataset": dataset, "setting": _SETTING.value, "method": method,
          **records.seeds_row(summaries, seeds,
                              [s["monitor_curve"] for s in summaries]),
          "gradient_steps": [s["steps"] for s in summaries],
@@ -167,14 +193,16 @@ def method_runs(dataset: str, seed: int):
   return {
       PUBLISHED: lambda: _one(
           base_config(dataset, seed),
-          f"{_BASELINE_WORKDIR.value}/{dataset}_centralised_s{seed}",
+          (f"{_BASELINE_WORKDIR.value}/{dataset}_centralised_s{seed}"
+           if _SETTING.value == "centralised"
+           else run_dir(dataset, "published", seed)),
           f"{dataset}, published lr, seed {seed}"),
       HYFREE_PAPER: lambda: _one(
           hyfree_paper_config(dataset, seed),
-          f"{_WORKDIR.value}/{dataset}_hyfree_paper_s{seed}",
+          run_dir(dataset, "hyfree_paper", seed),
           f"{dataset}, HyFreeDP (paper's η rule), seed {seed}"),
       HYFREE: lambda: _one(hyfree_config(dataset, seed),
-                           f"{_WORKDIR.value}/{dataset}_hyfree_s{seed}",
+                           run_dir(dataset, "hyfree", seed),
                            f"{dataset}, HyFreeDP, seed {seed}"),
       TUNED: lambda: _tuned(dataset, seed),
   }
@@ -188,22 +216,30 @@ def run_rows(dataset: str, seeds: list[int]):
     yield _row(dataset, method, seeds, summaries)
 
 
+def plot_stem(dataset: str, setting: str) -> str:
+  return f"{NAME}_{dataset}" + ("" if setting == "centralised"
+                                else f"_{setting}")
+
+
 def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
-  """Monitor accuracy per epoch of every current row of `dataset`, and
-  HyFreeDP's per-example step η·R per epoch (log10), beside the table."""
+  """Monitor accuracy per epoch (round) of every current row of `dataset`
+  in this setting, and HyFreeDP's per-example step η·R (log10)."""
+  setting = _SETTING.value
   mine = [r for r in rows if r["dataset"] == dataset
+          and r["setting"] == setting
           and not r.get("superseded") and "monitor_accuracy_per_epoch" in r]
   label = records.DATASET_LABEL[dataset]
-  accuracy = records.RESULTS / f"{NAME}_{dataset}_accuracy.svg"
+  stem = plot_stem(dataset, setting)
+  accuracy = records.RESULTS / f"{stem}_accuracy.svg"
   plots.line_plot({r["method"]: r["monitor_accuracy_per_epoch"] for r in mine},
-                  f"{label}, centralised, total ε = 3: monitor accuracy",
+                  f"{label}, {setting}, total ε = 3: monitor accuracy",
                   "monitor accuracy", accuracy, (0.0, 1.0))
   paths = [accuracy]
   etas = {r["method"]: [[math.log10(v * r["clip_norm"]) for v in run]
                         for run in r["learning_rate_per_epoch"]]
           for r in mine if r.get("learning_rate_per_epoch")}
   if etas:
-    eta = records.RESULTS / f"{NAME}_{dataset}_eta.svg"
+    eta = records.RESULTS / f"{stem}_eta.svg"
     plots.line_plot(etas, f"{label}: HyFreeDP's step η·R per epoch (DP-SGD's"
                     " published lr·clip: 0.2)", "log10 η·R", eta)
     paths.append(eta)
@@ -216,9 +252,13 @@ def render(rows: list[dict]) -> str:
       " grid",
       "",
       "Written by `experiments/hyfree_compare.py` from `hyfree.json` (each"
-      " row's command is its own). Centralised, DPNAS's retraining recipe on"
-      " Tramer & Boneh's CNN (Poisson batch 2048, momentum 0.9, 40 epochs),"
-      " every row at the same **total** (ε, δ). The tuned row's learning"
+      " row's command is its own). Centralised: DPNAS's retraining recipe on"
+      " Tramer & Boneh's CNN (Poisson batch 2048, momentum 0.9, 40 epochs)."
+      " Federated: the same network and recipe over 100 Dirichlet(0.5)"
+      " clients, 10 a round, one local step on each one's data, the noise"
+      " added once to the round's sum (`federated.py:DATASET,aggregate`;"
+      " HyFreeDP probes along the update released last round). Every row"
+      " at the same **total** (ε, δ). The tuned row's learning"
       " rate was chosen by a private random search (Papernot & Steinke, ICLR"
       " 2022): K runs (K random), each at a grid point drawn uniformly, the"
       " best final monitor accuracy kept, each run's σ calibrated so that"
@@ -226,9 +266,10 @@ def render(rows: list[dict]) -> str:
       " are all K runs'. Test accuracy is read once per run, at its end;"
       " no decision reads it.",
       "",
-      "| dataset | method | test accuracy | ε total (δ) | accountant | σ |"
-      " learning rate | gradient steps | wall time | hardware | commit |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| dataset | setting | method | test accuracy | ε total (δ) |"
+      " accountant | σ | learning rate | gradient steps | wall time |"
+      " hardware | commit |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   current = [r for r in rows if not r.get("superseded")]
   for r in current:
@@ -241,25 +282,26 @@ def render(rows: list[dict]) -> str:
       lr += " (drawn: " + "; ".join(
           ", ".join(map(str, c)) for c in r["tuning_choices"]) + ")"
     lines.append(
-        f"| {records.DATASET_LABEL[r['dataset']]} | {r['method']} |"
-        f" **{100 * r['test_accuracy']:.2f}{sd} %** (seeds"
+        f"| {records.DATASET_LABEL[r['dataset']]} | {r['setting']} |"
+        f" {r['method']} | **{100 * r['test_accuracy']:.2f}{sd} %** (seeds"
         f" {', '.join(map(str, r['seeds']))}) |"
         f" {r['epsilon_total']:.3f} ({r['delta']:.0e}) | {r['accountant']} |"
         f" {r['noise_multiplier']:.3f} | {lr} |"
         f" {', '.join(map(str, r['gradient_steps']))} |"
         f" {r['wall_time_s'] / 60:.1f} min | {r['hardware']} |"
         f" {r['commit']} |")
-  plotted = sorted({r["dataset"] for r in current
+  plotted = sorted({(r["dataset"], r["setting"]) for r in current
                     if "monitor_accuracy_per_epoch" in r})
   if plotted:
     lines += ["", "Plots: " + ", ".join(
-        f"`{NAME}_{d}_accuracy.svg` (monitor accuracy per epoch)"
-        + (f", `{NAME}_{d}_eta.svg` (HyFreeDP's step η·R per epoch)" if any(
-            r.get("learning_rate_per_epoch") for r in current
-            if r["dataset"] == d) else "") for d in plotted) + "."]
+        f"`{plot_stem(d, s)}_accuracy.svg` (monitor accuracy per epoch)"
+        + (f", `{plot_stem(d, s)}_eta.svg` (HyFreeDP's step η·R per epoch)"
+           if any(r.get("learning_rate_per_epoch") for r in current
+                  if (r["dataset"], r["setting"]) == (d, s)) else "")
+        for d, s in plotted) + "."]
   lines += ["", "Commands:", ""]
-  lines += [f"- {records.DATASET_LABEL[r['dataset']]}, {r['method']}:"
-            f" `{r['command']}`" for r in current]
+  lines += [f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
+            f" {r['method']}: `{r['command']}`" for r in current]
   lines += records.superseded_section(NAME, rows)
   return "\n".join(lines) + "\n"
 
@@ -273,9 +315,10 @@ def main(argv):
       raise ConfigError(f"--methods must name some of {list(METHODS)}; got"
                         f" {unknown}")
     for dataset in _DATASETS.value:  # All checked before any work.
-      if dataset not in dpnas.DATASETS:
-        raise ConfigError(f"--datasets must name {list(dpnas.DATASETS)};"
-                          f" got {dataset!r}")
+      if dataset not in datasets():
+        raise ConfigError(f"--datasets must name any of {list(datasets())}"
+                          f" with --setting={_SETTING.value}; got"
+                          f" {dataset!r}")
       for seed in seeds:
         job_lib.privacy_plan(base_config(dataset, seed))
         job_lib.privacy_plan(hyfree_config(dataset, seed))

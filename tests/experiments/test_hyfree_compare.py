@@ -132,3 +132,28 @@ def test_methods_flag_runs_only_the_named_rows(ran, hyfree_compare):
   rows = list(hyfree_compare.run_rows("mnist", [0]))
   assert [r["method"] for r in rows] == [hyfree_compare.HYFREE]
   assert len(started) == 1
+
+
+def test_federated_setting_runs_the_aggregate_preset_in_its_own_folders(
+    ran, hyfree_compare):
+  tmp_path, started = ran
+  flags.FLAGS["setting"].value = "federated"
+  flags.FLAGS["methods"].value = ["published", "hyfree"]
+  config = hyfree_compare.hyfree_config("mnist", 0)
+  assert (config.privacy.trust, config.privacy.unit) == ("aggregate",
+                                                         "example")
+  assert config.federated.num_clients == 100
+  rows = list(hyfree_compare.run_rows("mnist", [0]))
+  assert started == [f"{tmp_path}/hyfree/mnist_federated_published_s0",
+                     f"{tmp_path}/hyfree/mnist_federated_hyfree_s0"]
+  assert {r["setting"] for r in rows} == {"federated"}
+  # Written beside centralised rows of the same methods, not over them.
+  centralised = dict(rows[0], setting="centralised")
+  on_record = records.write(hyfree_compare.NAME, [centralised, *rows],
+                            hyfree_compare.render)
+  assert len(on_record) == 3
+  paths = hyfree_compare.plot("mnist", on_record)
+  assert [p.name for p in paths] == ["hyfree_mnist_federated_accuracy.svg",
+                                     "hyfree_mnist_federated_eta.svg"]
+  table = (tmp_path / "results" / "hyfree.md").read_text()
+  assert "| MNIST | federated |" in table
