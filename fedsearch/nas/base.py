@@ -185,8 +185,29 @@ def child_weights_mask(weights: dict, choices, space: SearchSpace) -> dict:
 
 def most_likely_child(arch_params: dict, space: SearchSpace
                       ) -> genotype_lib.Genotype:
-  return choices_genotype(np.argmax(np.asarray(arch_params["normal"]), -1),
-                          space)
+  """The per-edge most likely ops, connected (`connected_choices`)."""
+  probs = np.asarray(jax.nn.softmax(arch_params["normal"], axis=-1))
+  return choices_genotype(connected_choices(np.argmax(probs, -1), probs,
+                                            space), space)
+
+
+def connected_choices(choices, probs, space: SearchSpace) -> np.ndarray:
+  """`choices`, or where `none` on every edge out of the input leaves no node
+  reached (a cell that outputs zeros: a constant network), the input's edge
+  whose best other op is most likely set to that op (probs: (edges, ops))."""
+  none = space.op_names.index("none")
+  choices = np.array(choices)
+  reached = {0}
+  for to in range(1, space.nodes + 1):
+    if any(src in reached and choices[space.edge_index(to, src)] != none
+           for src in range(to)):
+      reached.add(to)
+  if len(reached) == 1:
+    edge = max((space.edge_index(to, 0) for to in range(1, space.nodes + 1)),
+               key=lambda e: np.max(np.delete(probs[e], none)))
+    others = [op for op in range(probs.shape[1]) if op != none]
+    choices[edge] = max(others, key=lambda op: probs[edge, op])
+  return choices
 
 
 def sampled_children(space: SearchSpace, name: str, traits: Traits,

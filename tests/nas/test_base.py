@@ -140,3 +140,22 @@ def test_child_mask_marks_exactly_the_parameters_the_child_uses(name):
   used = [bool(np.any(np.asarray(g))) for g in jax.tree.leaves(grads)]
   assert all(m for m, u in zip(jax.tree.leaves(mask), used) if u)
   assert 0 < sum(map(bool, jax.tree.leaves(mask))) < len(used)
+
+
+@pytest.mark.parametrize("name", _SAMPLED)
+def test_a_child_cut_off_from_its_input_is_reconnected_by_its_likeliest_op(
+    name):
+  # `none` wins both edges out of the input: the per-edge argmax child
+  # would output zeros whatever the image. The input's edge whose best other
+  # op is likelier, (2, 0) here, takes that op; the rest stays.
+  space = _space()
+  names = space.op_names
+  logits = np.zeros((space.num_edges, len(names)), np.float32)
+  for to, src, op, value in [(1, 0, "none", 3.0), (1, 0, "skip_connect", 1.0),
+                             (2, 0, "none", 3.0), (2, 0, "max_pool_3x3", 2.0),
+                             (2, 1, "sep_conv_3x3_relu", 3.0)]:
+    logits[space.edge_index(to, src), names.index(op)] = value
+  genotype = nas.make_strategy(name, space).derive(
+      {"normal": jnp.asarray(logits)})
+  assert genotype.edges == ((2, 0, "max_pool_3x3"),
+                            (2, 1, "sep_conv_3x3_relu"))
