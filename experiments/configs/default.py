@@ -220,6 +220,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.hpo.period = 15  # FEATHERS: rounds between exploration phases
   config.hpo.gamma = 6.0  # FEATHERS: phase length = round(γ·entropy)
   config.hpo.alpha = 0.5  # FEATHERS: reward step
+  # FEATHERS: the server aggregates exploration rounds too (under DP their
+  # gradients cost ε either way); False restarts them from the stored
+  # weights, as the paper does (fedsearch/hyperparameters/feathers.py).
+  config.hpo.explore_aggregates = True
   config.hpo.fedex_step = 1.0  # FedEx: exponentiated-gradient step size
   config.hpo.feedback_clip = 0.5
   config.hpo.feedback_epsilon_fraction = 0.1

@@ -10,7 +10,8 @@ from fedsearch.hyperparameters.base import Strategy
 # name -> builder(hpo config) ; "none" searches nothing.
 STRATEGIES = {
     "none": lambda h: None,
-    "feathers": lambda h: feathers.strategy(h.period, h.gamma, h.alpha),
+    "feathers": lambda h: feathers.strategy(h.period, h.gamma, h.alpha,
+                                            h.explore_aggregates),
     "fedex": lambda h: fedex.strategy(h.fedex_step),
     "random": lambda h: random_search.strategy(),
 }

@@ -24,7 +24,7 @@ def test_feathers_probabilities_and_exploration_length_on_hand_numbers():
 
 def test_feathers_reward_update_on_hand_numbers():
   state = feathers.FeathersState(jnp.array([0.4, 0.2, 0.6, -0.2]),
-                                 jnp.int32(0), jnp.int32(3))
+                                 jnp.int32(0), jnp.int32(3), jnp.bool_(True))
   new = feathers.update(state, jnp.array([0, 0, 2]),
                         gains=jnp.array([1.0, 3.0, -1.0]),
                         weights=jnp.array([1.0, 1.0, 2.0]), alpha=0.5)
@@ -52,26 +52,35 @@ def test_feathers_phases_explore_then_exploit():
   assert flags == expected
 
 
-def test_the_strategy_moves_rewards_only_after_exploration_rounds():
-  # Exploration rounds measure (aggregate False) and update the rewards;
-  # exploitation rounds (aggregate True) leave them as they are.
-  strategy = feathers.strategy(period=5, gamma=6.0, alpha=0.5)
+@pytest.mark.parametrize("explore_aggregates", [False, True])
+def test_the_strategy_moves_rewards_only_after_exploration_rounds(
+    explore_aggregates):
+  # Exploration rounds update the rewards; exploitation rounds (argmax r)
+  # leave them. The paper's exploration rounds only measure (no
+  # aggregation); with `explore_aggregates` the server keeps them too.
+  strategy = feathers.strategy(period=5, gamma=6.0, alpha=0.5,
+                               explore_aggregates=explore_aggregates)
   state = strategy.init(4)
   state, ids, aggregate = strategy.choose(state, jax.random.key(0), 4)
-  assert not bool(aggregate)
+  assert bool(state.exploring)
+  assert bool(aggregate) == explore_aggregates
   gains = jnp.ones(4)
   explored = strategy.update(state, ids, gains, jnp.ones(4), aggregate)
   chex.assert_trees_all_close(explored.rewards, feathers.update(
       state, ids, gains, jnp.ones(4), alpha=0.5).rewards)
   assert float(jnp.abs(explored.rewards).sum()) > 0
-  exploited = strategy.update(state, ids, gains, jnp.ones(4), jnp.bool_(True))
+  # Past the phase (8 rounds for 4 uniform configurations): exploitation.
+  for r in range(8):
+    state, ids, aggregate = strategy.choose(state, jax.random.key(r), 4)
+  assert not bool(state.exploring) and bool(aggregate)
+  exploited = strategy.update(state, ids, gains, jnp.ones(4), aggregate)
   chex.assert_trees_all_equal(exploited, state)
 
 
 @pytest.mark.parametrize("round_", [0, 3])
 def test_choose_jit_equals_eager(round_):
   state = feathers.FeathersState(jnp.array([0.3, -0.1, 0.5]), jnp.int32(0),
-                                 jnp.int32(round_))
+                                 jnp.int32(round_), jnp.bool_(False))
   choose = lambda s, k: feathers.choose(s, k, 5, period=3, gamma=6.0)
   with jax.disable_jit():
     eager = choose(state, jax.random.key(1))

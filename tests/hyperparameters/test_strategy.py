@@ -34,8 +34,12 @@ def test_strategies_share_one_interface_and_find_the_best(name):
     state, ids, aggregate = strategy.choose(state, jax.random.key(r), 4)
     assert ids.shape == (4,) and aggregate.dtype == jnp.bool_
     assert np.all((np.asarray(ids) >= 0) & (np.asarray(ids) < 5))
-    flags.append(bool(aggregate))
-    if name == "feathers" and aggregate:
+    # FEATHERS aggregates every round by default; it exploits when not
+    # exploring.
+    exploits = bool(aggregate) and not bool(getattr(state, "exploring",
+                                                    False))
+    flags.append(exploits)
+    if name == "feathers" and exploits:
       assert list(ids) == [3] * 4  # Exploitation runs the best.
     state = strategy.update(state, ids, _gains(ids), jnp.ones(4), aggregate)
     # With these keys configuration 3 is drawn in round 0 by every
@@ -51,14 +55,20 @@ def test_strategies_share_one_interface_and_find_the_best(name):
 
 def test_hpo_fields_reach_the_strategy():
   # FEATHERS: γ = 0 leaves no exploration round; α = 1 sets the rewards to
-  # the round's gains.
+  # the round's gains; explore_aggregates=False (the paper's) keeps the
+  # exploration rounds' updates off the model.
   never = hp.make_strategy(_hpo("feathers", gamma=0.0))
   state, _, aggregate = never.choose(never.init(3), jax.random.key(0), 2)
-  assert bool(aggregate)
+  assert bool(aggregate) and not bool(state.exploring)
   greedy = hp.make_strategy(_hpo("feathers", alpha=1.0))
-  state = greedy.update(greedy.init(3), jnp.array([1, 1]),
-                        jnp.array([0.4, 0.2]), jnp.ones(2), jnp.bool_(False))
+  state, _, aggregate = greedy.choose(greedy.init(3), jax.random.key(0), 2)
+  assert bool(state.exploring) and bool(aggregate)
+  state = greedy.update(state, jnp.array([1, 1]), jnp.array([0.4, 0.2]),
+                        jnp.ones(2), aggregate)
   chex.assert_trees_all_close(state.rewards, jnp.array([0.0, 0.3, 0.0]))
+  paper = hp.make_strategy(_hpo("feathers", explore_aggregates=False))
+  state, _, aggregate = paper.choose(paper.init(3), jax.random.key(0), 2)
+  assert bool(state.exploring) and not bool(aggregate)
   # FedEx: a zero step keeps θ uniform; its default step moves it.
   frozen = hp.make_strategy(_hpo("fedex", fedex_step=0.0))
   moved = hp.make_strategy(_hpo("fedex"))
