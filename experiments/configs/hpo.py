@@ -24,9 +24,14 @@ over `dpnas.py`'s `cpu_plain` space on the 28x28 datasets) for the first
 chosen configuration; hyperparameters are searched only while the
 architecture is. Trust `local`: a client's feedback measures its own
 update, which aggregate noise would leave share-noised (refused there).
+The feedback gets 2 % of ε (`hpo.feedback_epsilon_fraction`, the default
+since digits dev runs: 10 % raised the gradients' σ 9.5 % and cost
+FEATHERS 11 points there; at 2 % the gradients' σ rises 1.6 % on
+Fashion-MNIST, 2.04 -> 2.07). Frozen on 2026-11-30 after the digits runs
+in `experiments/README.md`, before any Fashion-MNIST or MNIST run.
 Equal compute: every row trains the same rounds of the same local steps;
-FEATHERS's exploration rounds restart from the stored weights, as in the
-paper, so the rounds it explores train nothing (their cost is the method's).
+FEATHERS keeps its exploration rounds' updates (`hpo.explore_aggregates`,
+fedsearch's default; the paper restarts them from the stored weights).
 """
 
 import ml_collections
