@@ -36,7 +36,8 @@ participations. Client sampling amplifies client-level DP (above), where the
 client is the unit.
 
 Client-level search (SETTING search50 | search100 | search200 |
-search_ceiling; frozen before any run, none run yet). The client-level
+search_ceiling; frozen before any of them ran; rows in
+`experiments/results/federated.md`). The client-level
 preset below, with Tramer & Boneh's network replaced by a one-stage search
 (Direct Federated NAS) over DPNAS's `cpu_plain` space (their layout with a
 searched op per cell; its skip cell is their CNN) for 100 of the 300
