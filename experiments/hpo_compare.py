@@ -9,7 +9,7 @@ Rows go to `experiments/results/hpo.json` and `.md`, beside plots of the
 monitor accuracy and of each strategy's probabilities over the pool per
 round.
 
-  python -m experiments.hpo_compare --datasets=fashion_mnist --seeds=0
+  python -m experiments.hpo_compare --datasets=digits --seeds=0,1
 
 `--strategies` runs some rows (they replace those on record).
 """
@@ -27,7 +27,7 @@ from fedsearch.runner import job as job_lib
 from fedsearch.runner import tensorboard
 from fedsearch.runner.workdir import Workdir
 
-_DATASETS = flags.DEFINE_list("datasets", ["fashion_mnist"],
+_DATASETS = flags.DEFINE_list("datasets", ["digits"],
                               f"any of {list(hpo.DATASETS)}")
 _STRATEGIES = flags.DEFINE_list("strategies", list(hpo.STRATEGIES),
                                 f"rows to run: any of {list(hpo.STRATEGIES)}")
@@ -36,7 +36,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/hpo", "run folders")
 
 NAME = "hpo"
-METHOD = {"none": "fixed recipe (DPNAS retraining, no search)",
+METHOD = {"none": "fixed recipe (DPNAS retraining, no hyperparameter search)",
           "feathers": "joint search, FEATHERS",
           "fedex": "joint search, FedEx",
           "random": "joint search, random"}

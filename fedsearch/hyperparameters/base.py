@@ -8,7 +8,8 @@ A strategy is four pure functions over its own state pytree:
   probabilities(state) -> (pool,) the strategy's current distribution over
     the configurations (uniform for random search), for pictures and logs
 `aggregate` is False for rounds that only measure (FEATHERS's exploration
-rounds restart from the stored weights); gains are the clients' privatised
+rounds, as the paper runs them, restart from the stored weights; with
+`hpo.explore_aggregates` they aggregate too); gains are the clients' privatised
 validation-loss decreases and weights their FedAvg weights (0 for padding).
 Everything it reads is privatised (the gains) or public (the pool, the
 weights), so its decisions are post-processing.

@@ -126,8 +126,12 @@ def test_end_to_end_learns_at_epsilon_3(tmp_path):
 @pytest.mark.parametrize("strategy", ["feathers", "fedex"])
 def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
     tmp_path, strategy):
+  # The paper's FEATHERS (exploration rounds only measure) and a 10 %
+  # feedback share, so that both show in the records.
   config = small_config(**{"hpo.strategy": strategy, "hpo.pool_size": 4,
                            "hpo.period": 2, "hpo.gamma": 1.0,
+                           "hpo.explore_aggregates": False,
+                           "hpo.feedback_epsilon_fraction": 0.1,
                            "federated.search_rounds": 3})
   straight = runner.run(config, tmp_path / "a", report=_quiet)
   assert straight["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
