@@ -20,6 +20,8 @@ import tqdm
 from absl import flags
 from ml_collections import config_flags
 
+from fedsearch.errors import ConfigError
+
 DEFAULT_CONFIG = "experiments/configs/default.py"
 
 
@@ -185,3 +187,14 @@ def run_labelled(config, workdir, label: str, **kwargs) -> dict:
                       on_round=console.on_round, **kwargs)
   finally:
     console.close()
+
+
+def check_listed(*lists: tuple[str, list[str], tuple[str, ...]]) -> None:
+  """Raises ConfigError at the first (flag, values, allowed) whose values
+  name one outside `allowed`: a table script checks them all before any
+  work."""
+  for name, values, allowed in lists:
+    for value in values:
+      if value not in allowed:
+        raise ConfigError(f"{name} must name any of {list(allowed)}; got"
+                          f" {value!r}")

@@ -245,12 +245,9 @@ def render(rows: list[dict]) -> str:
     search = (f"{r['epsilon_search_alone']:.2f} / {r['search_share']:.2f}"
               if "epsilon_search_alone" in r else "—")
     lines.append(_line(r, search))
-  lines += ["", "Commands:", ""]
-  for r in rows:
-    if not r.get("superseded"):
-      lines.append(f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
-                   f" {r['method']} ({r['design']}): `{r['command']}`")
-  lines += records.superseded_section(NAME, rows)
+  lines += records.commands_section(
+      NAME, rows, lambda r: f"{records.DATASET_LABEL[r['dataset']]},"
+      f" {r['setting']}, {r['method']} ({r['design']})")
   return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from absl import app, flags
 
 from experiments import cli, plots, records
 from experiments.configs import federated
-from fedsearch.errors import USER_ERRORS, ConfigError
+from fedsearch.errors import USER_ERRORS
 from fedsearch.runner import job as job_lib
 
 _DATASETS = flags.DEFINE_list("datasets", ["mnist", "fashion_mnist"],
@@ -230,28 +230,24 @@ def render(rows: list[dict]) -> str:
   client = [r for r in rows if r["unit"] == "client"]
   example = [r for r in rows if r["unit"] == "example"]
   if client:
-    lines += _client_level_lines(client) + [""]
+    lines += _client_level_lines(client)
+  if client and example:
+    lines.append("")
   if example:
-    lines += _example_level_lines(example) + [""]
-  lines += ["Commands:", ""]
-  for r in rows:
-    lines.append(f"- {records.DATASET_LABEL[r['dataset']]}, {r['method']}:"
-                 f" `{r['command']}`")
+    lines += _example_level_lines(example)
+  lines += records.commands_section(
+      NAME, rows,
+      lambda r: f"{records.DATASET_LABEL[r['dataset']]}, {r['method']}")
   return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
   try:
-    for values, allowed, name in (
-        (_DATASETS.value, federated.DATASETS, "--datasets"),
-        (_CLIPPINGS.value, federated.CLIPPINGS, "--clippings"),
-        (_TRUSTS.value, federated.TRUSTS, "--trusts"),
-        (_SEARCHES.value, federated.SEARCHES, "--searches")):
-      for value in values:  # All checked before any work.
-        if value not in allowed:
-          raise ConfigError(f"{name} must name any of {list(allowed)};"
-                            f" got {value!r}")
+    cli.check_listed(("--datasets", _DATASETS.value, federated.DATASETS),
+                     ("--clippings", _CLIPPINGS.value, federated.CLIPPINGS),
+                     ("--trusts", _TRUSTS.value, federated.TRUSTS),
+                     ("--searches", _SEARCHES.value, federated.SEARCHES))
     pairs = [(d, s) for d in _DATASETS.value
              for s in _CLIPPINGS.value + _TRUSTS.value + _SEARCHES.value]
     for dataset, setting in pairs:

@@ -22,7 +22,7 @@ from absl import app, flags
 from experiments import cli, plots, records
 from experiments.configs import hpo
 from fedsearch import hyperparameters as hp_lib
-from fedsearch.errors import USER_ERRORS, ConfigError
+from fedsearch.errors import USER_ERRORS
 from fedsearch.runner import job as job_lib
 from fedsearch.runner import tensorboard
 from fedsearch.runner.workdir import Workdir
@@ -53,13 +53,6 @@ def _workdir(dataset: str, strategy: str, seed: int) -> str:
   return f"{_WORKDIR.value}/{dataset}_{strategy}_s{seed}"
 
 
-def pool_labels(config) -> list[str]:
-  pool = hp_lib.make_pool(hp_lib.space_from_dict(config.hpo.space.to_dict()),
-                          config.hpo.pool_size, config.seed)
-  return [", ".join(f"{name} {values[j]:g}" for name, values in pool.items())
-          for j in range(hp_lib.pool_size(pool))]
-
-
 def run_row(dataset: str, strategy: str, seeds: list[int]) -> dict:
   summaries, workdirs = [], []
   for seed in seeds:
@@ -82,7 +75,8 @@ def run_row(dataset: str, strategy: str, seeds: list[int]) -> dict:
       "gradient_steps": (f.search_rounds + f.train_rounds) * f.local_steps,
       "recipe": {"learning_rate": c.learning_rate, "momentum": c.momentum,
                  "clip_norm": config.privacy.clip_norm},
-      "pool": pool_labels(config) if searching else [],
+      "pool": (hp_lib.pool_labels(hp_lib.configured_pool(
+          config.hpo.to_dict(), config.seed)) if searching else []),
       "chosen": [s["hyperparameters"]["chosen"] if searching else
                  {"learning_rate": c.learning_rate, "momentum": c.momentum}
                  for s in summaries],
@@ -170,10 +164,9 @@ def render(rows: list[dict]) -> str:
         f"`{NAME}_{d}_accuracy.svg`" for d in plotted) + " (monitor accuracy"
         " per round); `hpo_<dataset>_<strategy>_probabilities.svg` (each"
         " configuration's probability per search round)."]
-  lines += ["", "Commands:", ""]
-  lines += [f"- {records.DATASET_LABEL[r['dataset']]}, {r['method']}:"
-            f" `{r['command']}`" for r in current]
-  lines += records.superseded_section(NAME, rows)
+  lines += records.commands_section(
+      NAME, rows,
+      lambda r: f"{records.DATASET_LABEL[r['dataset']]}, {r['method']}")
   return "\n".join(lines) + "\n"
 
 
@@ -181,13 +174,8 @@ def main(argv):
   del argv
   try:
     seeds = [int(s) for s in _SEEDS.value]
-    for values, allowed, name in ((_DATASETS.value, hpo.DATASETS, "--datasets"),
-                                  (_STRATEGIES.value, hpo.STRATEGIES,
-                                   "--strategies")):
-      for value in values:  # All checked before any work.
-        if value not in allowed:
-          raise ConfigError(f"{name} must name any of {list(allowed)}; got"
-                            f" {value!r}")
+    cli.check_listed(("--datasets", _DATASETS.value, hpo.DATASETS),
+                     ("--strategies", _STRATEGIES.value, hpo.STRATEGIES))
     for dataset in _DATASETS.value:
       for strategy in _STRATEGIES.value:
         for seed in seeds:

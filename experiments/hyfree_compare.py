@@ -299,10 +299,9 @@ def render(rows: list[dict]) -> str:
            if any(r.get("learning_rate_per_epoch") for r in current
                   if (r["dataset"], r["setting"]) == (d, s)) else "")
         for d, s in plotted) + "."]
-  lines += ["", "Commands:", ""]
-  lines += [f"- {records.DATASET_LABEL[r['dataset']]}, {r['setting']},"
-            f" {r['method']}: `{r['command']}`" for r in current]
-  lines += records.superseded_section(NAME, rows)
+  lines += records.commands_section(
+      NAME, rows, lambda r: f"{records.DATASET_LABEL[r['dataset']]},"
+      f" {r['setting']}, {r['method']}")
   return "\n".join(lines) + "\n"
 
 
@@ -310,15 +309,10 @@ def main(argv):
   del argv
   try:
     seeds = [int(s) for s in _SEEDS.value]
-    unknown = sorted(set(_METHODS.value) - set(METHODS))
-    if unknown:
-      raise ConfigError(f"--methods must name some of {list(METHODS)}; got"
-                        f" {unknown}")
+    cli.check_listed(("--methods", _METHODS.value, tuple(METHODS)),
+                     (f"--datasets (with --setting={_SETTING.value})",
+                      _DATASETS.value, datasets()))
     for dataset in _DATASETS.value:  # All checked before any work.
-      if dataset not in datasets():
-        raise ConfigError(f"--datasets must name any of {list(datasets())}"
-                          f" with --setting={_SETTING.value}; got"
-                          f" {dataset!r}")
       for seed in seeds:
         job_lib.privacy_plan(base_config(dataset, seed))
         job_lib.privacy_plan(hyfree_config(dataset, seed))

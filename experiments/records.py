@@ -132,6 +132,15 @@ def superseded_section(name: str, rows: list[dict]) -> list[str]:
             f" {r['superseded_why']}" for r in old]]
 
 
+def commands_section(name: str, rows: list[dict], label) -> list[str]:
+  """A table's closing lines: the command of each current row, introduced
+  by `label(row)`, then its superseded rows."""
+  return ["", "Commands:", "",
+          *[f"- {label(r)}: `{r['command']}`" for r in rows
+            if not r.get("superseded")],
+          *superseded_section(name, rows)]
+
+
 def read(name: str) -> list[dict]:
   path = RESULTS / f"{name}.json"
   return json.loads(path.read_text()) if path.exists() else []

@@ -98,3 +98,14 @@ def make_pool(space: Sequence[Hyperparameter], size: int,
 
 def pool_size(pool: Mapping[str, np.ndarray]) -> int:
   return len(next(iter(pool.values())))
+
+
+def configured_pool(hpo: Mapping, seed: int) -> dict[str, np.ndarray]:
+  """The pool a run's `hpo` config section (a dict) and seed make."""
+  return make_pool(space_from_dict(hpo["space"]), hpo["pool_size"], seed)
+
+
+def pool_labels(pool: Mapping[str, np.ndarray]) -> list[str]:
+  """'name value, ...' for each configuration of `pool`."""
+  return [", ".join(f"{name} {values[j]:.3g}" for name, values in pool.items())
+          for j in range(pool_size(pool))]

@@ -186,7 +186,7 @@ def _genotype(workdir: pathlib.Path) -> Genotype | None:
 
 
 def _pool_labels(workdir: pathlib.Path) -> list[str]:
-  """'j: name=value, ...' per configuration of the run's pool (redrawn
+  """'j: name value, ...' per configuration of the run's pool (redrawn
   from its config: the pool is a function of the space, size and seed)."""
   config_file = workdir / "config.json"
   if not config_file.exists():
@@ -195,11 +195,8 @@ def _pool_labels(workdir: pathlib.Path) -> list[str]:
   hpo = config.get("hpo", {})
   if hpo.get("strategy", "none") == "none":
     return []
-  pool = hp_lib.make_pool(hp_lib.space_from_dict(hpo["space"]),
-                          hpo["pool_size"], config["seed"])
-  return [f"{j}: " + ", ".join(f"{name}={values[j]:.3g}"
-                               for name, values in pool.items())
-          for j in range(hp_lib.pool_size(pool))]
+  return [f"{j}: {label}" for j, label in enumerate(
+      hp_lib.pool_labels(hp_lib.configured_pool(hpo, config["seed"])))]
 
 
 def _op_set(workdir: pathlib.Path) -> str | None:

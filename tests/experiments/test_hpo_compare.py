@@ -1,6 +1,5 @@
 """The hyperparameter-search comparison: presets and rows (runs faked)."""
 
-import importlib
 import pathlib
 
 import pytest
@@ -12,22 +11,14 @@ from fedsearch import hyperparameters as hp_lib
 from fedsearch.runner import job as job_lib
 from fedsearch.runner import tensorboard
 from fedsearch.runner.workdir import Workdir
+from tests.experiments.scripts import import_script
 
 _SHARED_FLAGS = ("datasets", "seeds", "data_dir", "workdir", "strategies")
 
 
 @pytest.fixture(scope="module")
 def hpo_compare():
-  saved = {n: flags.FLAGS[n] for n in _SHARED_FLAGS if n in flags.FLAGS}
-  for name in saved:
-    delattr(flags.FLAGS, name)
-  module = importlib.import_module("experiments.hpo_compare")
-  yield module
-  for name in _SHARED_FLAGS:
-    if name in flags.FLAGS:
-      delattr(flags.FLAGS, name)
-  for name, flag in saved.items():
-    flags.FLAGS[name] = flag
+  yield from import_script("experiments.hpo_compare", _SHARED_FLAGS)
 
 
 @pytest.mark.parametrize("dataset", hpo.DATASETS)

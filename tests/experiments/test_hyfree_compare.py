@@ -1,6 +1,5 @@
 """The HyFreeDP comparison's rows: which runs, which fields (runs faked)."""
 
-import importlib
 import pathlib
 
 import pytest
@@ -8,6 +7,7 @@ from absl import flags
 
 from experiments import cli, records
 from fedsearch.runner.workdir import Workdir
+from tests.experiments.scripts import import_script
 
 # Flags every table script defines; the scripts run alone, but one pytest
 # process imports several of them.
@@ -16,18 +16,7 @@ _SHARED_FLAGS = ("datasets", "seeds", "data_dir", "workdir")
 
 @pytest.fixture(scope="module")
 def hyfree_compare():
-  """The script, imported with its own definitions of the shared flags and
-  the other scripts' definitions restored afterwards."""
-  saved = {n: flags.FLAGS[n] for n in _SHARED_FLAGS if n in flags.FLAGS}
-  for name in saved:
-    delattr(flags.FLAGS, name)
-  module = importlib.import_module("experiments.hyfree_compare")
-  yield module
-  for name in _SHARED_FLAGS:
-    if name in flags.FLAGS:
-      delattr(flags.FLAGS, name)
-  for name, flag in saved.items():
-    flags.FLAGS[name] = flag
+  yield from import_script("experiments.hyfree_compare", _SHARED_FLAGS)
 
 
 def _summary(config, workdir):

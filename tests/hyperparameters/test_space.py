@@ -63,6 +63,14 @@ def test_grid_pool_holds_every_combination_once():
                               hp.draw_pool(space, 4, 7))
 
 
+def test_configured_pool_labels_each_configuration():
+  hpo = {"pool_size": 0, "space": {
+      "learning_rate": {"scale": "categorical", "choices": [0.5, 2.0]},
+      "momentum": {"scale": "categorical", "choices": [0.9]}}}
+  assert hp.pool_labels(hp.configured_pool(hpo, seed=0)) == [
+      "learning_rate 0.5, momentum 0.9", "learning_rate 2, momentum 0.9"]
+
+
 def test_grid_pool_needs_categorical_choices():
   space = hp.space_from_dict({
       "learning_rate": {"scale": "log", "low": 0.1, "high": 1.0},
