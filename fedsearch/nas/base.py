@@ -195,14 +195,9 @@ def connected_choices(choices, probs, space: SearchSpace) -> np.ndarray:
   """`choices`, or where `none` on every edge out of the input leaves no node
   reached (a cell that outputs zeros: a constant network), the input's edge
   whose best other op is most likely set to that op (probs: (edges, ops))."""
-  none = space.op_names.index("none")
   choices = np.array(choices)
-  reached = {0}
-  for to in range(1, space.nodes + 1):
-    if any(src in reached and choices[space.edge_index(to, src)] != none
-           for src in range(to)):
-      reached.add(to)
-  if len(reached) == 1:
+  if not space.reaches_a_node(choices):
+    none = space.op_names.index("none")
     edge = max((space.edge_index(to, 0) for to in range(1, space.nodes + 1)),
                key=lambda e: np.max(np.delete(probs[e], none)))
     others = [op for op in range(probs.shape[1]) if op != none]

@@ -74,5 +74,5 @@ def derive_genotype(job: Job, arch) -> ss.Genotype:
     n = job.config.nas
     genotype = nas_lib.choices_genotype(cost_lib.fit_budget(
         nas_lib.genotype_choices(genotype, job.space), arch, job.costs.table,
-        n.cost_metric, n.cost_budget), job.space)
+        n.cost_metric, n.cost_budget, job.space), job.space)
   return genotype

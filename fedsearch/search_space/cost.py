@@ -165,12 +165,14 @@ def cost_penalty(table: CostTable, metric: str, num_edges: int,
 
 
 def fit_budget(choices, arch_params, table: CostTable, metric: str,
-               budget: float) -> np.ndarray:
+               budget: float, space: SearchSpace) -> np.ndarray:
   """The child `choices`, made to cost at most `budget` (hard constraint).
 
   Greedily swaps one edge's op for a cheaper one, each time the swap that
   gives up the least log-probability per unit of cost saved, until the
-  child fits. Reads only the (privatised) logits and the public table.
+  child fits; never a swap that cuts every node off from the cell's input
+  (`none` is the cheapest op, and a constant network fits any budget).
+  Reads only the (privatised) logits and the public table.
   """
   choices = np.array(choices)
   cost = np.asarray(table.per_op[metric])
@@ -180,11 +182,13 @@ def fit_budget(choices, arch_params, table: CostTable, metric: str,
     for e, k in enumerate(choices):
       for o in np.flatnonzero(cost < cost[k]):
         price = (log_p[e, k] - log_p[e, o]) / (cost[k] - cost[o])
-        if best is None or price < best[0]:
+        if ((best is None or price < best[0])
+            and space.reaches_a_node(np.where(np.arange(len(choices)) == e,
+                                              o, choices))):
           best = (price, e, o)
     if best is None:
       raise ConfigError(
-          f"nas.cost_budget={budget} is below the cheapest child's {metric}"
-          f" ({table.child_cost(choices, metric):.4g}); raise it")
+          f"nas.cost_budget={budget} is below the cheapest connected child's"
+          f" {metric} ({table.child_cost(choices, metric):.4g}); raise it")
     choices[best[1]] = best[2]
   return choices

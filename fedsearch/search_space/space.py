@@ -176,6 +176,17 @@ class SearchSpace:
   def edge_index(self, to_node: int, from_node: int) -> int:
     return to_node * (to_node - 1) // 2 + from_node
 
+  def reaches_a_node(self, choices) -> bool:
+    """Whether a path of ops other than `none` leads from the cell's input
+    to some node under per-edge op `choices`; if not, the cell outputs
+    zeros and the network is a constant."""
+    none = self.op_names.index("none") if "none" in self.op_names else -1
+    reached = {0}
+    for to, src in self.edges:
+      if src in reached and choices[self.edge_index(to, src)] != none:
+        reached.add(to)
+    return len(reached) > 1
+
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 

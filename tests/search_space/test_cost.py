@@ -65,14 +65,33 @@ def test_budget_is_a_hard_constraint_on_the_deployed_child():
   most_likely = nas_base.genotype_choices(
       nas_base.most_likely_child(arch, space), space)
   budget = table.fixed["params"] + 60.0  # Room for one small conv at most.
-  fitted = cost.fit_budget(most_likely, arch, table, "params", budget)
+  fitted = cost.fit_budget(most_likely, arch, table, "params", budget, space)
   assert table.child_cost(fitted, "params") <= budget
   # A child within budget is left as it is.
   np.testing.assert_array_equal(
-      cost.fit_budget(fitted, arch, table, "params", budget), fitted)
+      cost.fit_budget(fitted, arch, table, "params", budget, space), fitted)
   with pytest.raises(ConfigError, match="nas.cost_budget"):
     cost.fit_budget(most_likely, arch, table, "params",
-                    table.fixed["params"] - 1)
+                    table.fixed["params"] - 1, space)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_tightest_budget_keeps_the_child_connected_to_its_input(seed):
+  space, table = _table()
+  names = space.op_names
+  # Logits favouring `none` everywhere but where it is cheapest to keep an
+  # op: the greedy swaps would otherwise end at an all-`none` (constant)
+  # child, which has the fewest parameters.
+  logits = jax.random.normal(jax.random.key(seed),
+                             (space.num_edges, len(names)))
+  logits = logits.at[:, names.index("none")].add(3.0)
+  arch = {"normal": logits}
+  start = np.full(space.num_edges, names.index("conv_3x3")
+                  if "conv_3x3" in names else len(names) - 1)
+  fitted = cost.fit_budget(start, arch, table, "params",
+                           table.fixed["params"], space)
+  assert table.child_cost(fitted, "params") <= table.fixed["params"]
+  assert space.reaches_a_node(fitted)
 
 
 def test_table_round_trips_through_json_and_metric_is_checked():

@@ -35,3 +35,19 @@ def test_bad_layout_values_name_the_field(field, value):
 def test_cell_resolutions_follow_the_layout(layout, image, expected):
   space = ss.SearchSpace(cells=2, **layout)
   assert space.cell_resolutions(image, image) == expected
+
+
+@pytest.mark.parametrize("ops_by_edge, connected", [
+    (("none", "none", "none"), False),
+    # Node 2's only live edge leaves node 1, which nothing reaches.
+    (("none", "none", "skip_connect"), False),
+    (("none", "max_pool_3x3", "none"), True),
+    (("skip_connect", "none", "none"), True),
+    (("skip_connect", "none", "sep_conv_3x3_relu"), True),
+])
+def test_reaches_a_node_follows_live_edges_from_the_input(ops_by_edge,
+                                                          connected):
+  space = ss.SearchSpace(channels=4, nodes=2, cells=2, head="flatten")
+  assert space.edges == ((1, 0), (2, 0), (2, 1))
+  choices = [space.op_names.index(op) for op in ops_by_edge]
+  assert space.reaches_a_node(choices) is connected
