@@ -290,3 +290,70 @@ def test_a_tuned_search_is_no_earlier_stage_of_a_retraining():
     make_plan(np.zeros((4, 1), np.int32), search_rounds=0, local_steps=2,
               sampling_rate=0.1, num_clients=1, epsilon=3.0, delta=1e-5,
               truncation_delta_fraction=0.1, accountant="rdp", prior=prior)
+
+
+def _per_client(rows):
+  """(clients, kinds) counts from {kind: count} rows."""
+  return np.array([[row.get(kind, 0) for kind in plan_lib._KINDS]
+                   for row in rows])
+
+
+@pytest.mark.parametrize("rows, expected", [
+    # HyFreeDP, 10 of 100 clients a round: every client takes 20 steps, one
+    # of them 9 probe rounds, another none. The component-wise maximum
+    # would charge 20 + 9.
+    ([{"weight_steps_train": 20}, {"weight_steps_train": 11,
+                                    "probe_steps_train": 9}],
+     {"weight_steps_train": 11, "probe_steps_train": 9}),
+    # No client dominates: the most probes (3) with the most steps (14).
+    ([{"weight_steps_train": 7, "probe_steps_train": 3},
+      {"weight_steps_train": 13, "probe_steps_train": 1}],
+     {"weight_steps_train": 11, "probe_steps_train": 3}),
+    # The gradient kinds are one mechanism: the client with the most steps
+    # (12), with the most feedback of any (2).
+    ([{"weight_steps_search": 4, "arch_steps_search": 4, "hp_feedback": 2,
+       "weight_steps_train": 2},
+      {"weight_steps_search": 2, "arch_steps_search": 2, "hp_feedback": 1,
+       "weight_steps_train": 8}],
+     {"weight_steps_search": 2, "arch_steps_search": 2, "hp_feedback": 2,
+      "weight_steps_train": 8}),
+])
+def test_most_exposed_counts_on_hand_numbers(rows, expected):
+  counts = plan_lib.most_exposed(_per_client(rows))
+  assert counts == {kind: expected.get(kind, 0) for kind in plan_lib._KINDS}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_most_exposed_dominates_every_client_and_the_old_bound(seed):
+  rng = np.random.default_rng(seed)
+  per_client = rng.integers(0, 6, (7, len(plan_lib._KINDS)))
+  counts = plan_lib.most_exposed(per_client)
+  kinds = plan_lib._KINDS
+  probes = lambda c: sum(c[kinds.index(k)] for k in plan_lib._PROBE_KINDS)
+  steps = lambda c: probes(c) + sum(c[kinds.index(k)]
+                                    for k in plan_lib._GRADIENT_KINDS)
+  bound = [counts[k] for k in kinds]
+  assert probes(bound) == max(probes(c) for c in per_client)
+  assert steps(bound) == max(steps(c) for c in per_client)
+  assert counts["hp_feedback"] == per_client[:, -1].max()
+  assert all(counts[k] <= per_client[:, i].max() for i, k in enumerate(kinds))
+
+
+def test_partial_participation_epsilon_is_the_most_exposed_clients():
+  # 4 clients, 2 a round, one local step, a probe every 2 global steps
+  # (rounds 0, 2, 4, ...): clients 0-1 take the even rounds (all probes),
+  # clients 2-3 the odd ones (none).
+  schedule = np.array([[0, 1], [2, 3]] * 4)
+  plan = make_plan(schedule, search_rounds=0, local_steps=1,
+                   sampling_rate=0.2, num_clients=4, epsilon=3.0, delta=1e-5,
+                   truncation_delta_fraction=0.1, accountant="rdp",
+                   probe_every=2, releases_per_probe=3, kappa=0.01)
+  sigmas = NoiseMultipliers(gradient=1.3, loss=5.0)
+  joint = (1.3**-2 + 3 * 5.0**-2) ** -0.5
+  assert plan.counts(8)["probe_steps_train"] == 4
+  assert plan.counts(8)["weight_steps_train"] == 0
+  acc = _rdp()
+  acc.compose(_sizes())
+  acc.compose(_subsampled(0.2, joint), 4)  # Client 0: four probe steps.
+  assert plan.spent(sigmas, 8) == pytest.approx(
+      acc.get_epsilon(plan.accounting_delta), rel=1e-9)
