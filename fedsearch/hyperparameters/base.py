@@ -7,6 +7,7 @@ A strategy is four pure functions over its own state pytree:
   best(state) -> config id
   probabilities(state) -> (pool,) the strategy's current distribution over
     the configurations (uniform for random search), for pictures and logs
+  metrics(state) -> {name: value} for the round's log (optional)
 `aggregate` is False for rounds that only measure (FEATHERS's exploration
 rounds, as the paper runs them, restart from the stored weights; with
 `hpo.explore_aggregates` they aggregate too); gains are the clients' privatised
@@ -27,6 +28,7 @@ class Strategy(NamedTuple):
   update: Callable
   best: Callable
   probabilities: Callable
+  metrics: Callable[..., dict] = lambda state: {}
 
 
 def per_config_sums(config_ids: jax.Array, values: jax.Array,

@@ -105,4 +105,7 @@ def strategy(period: int = 15, gamma: float = 6.0, alpha: float = 0.5,
 
   return Strategy(init, choose_, update_,
                   lambda state: jnp.argmax(state.rewards),
-                  lambda state: probabilities(state.rewards))
+                  lambda state: probabilities(state.rewards),
+                  # Under explore_aggregates every round aggregates, so the
+                  # log says which rounds explored.
+                  lambda state: {"hp_exploring": bool(state.exploring)})

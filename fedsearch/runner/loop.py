@@ -166,6 +166,7 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
     record["hp_mean_gain"] = float(
         np.sum(weights * np.asarray(gains)) / np.sum(weights))
     record["hp_best_index"] = int(job.hpo.strategy.best(progress.hpo_state))
+    record.update(job.hpo.strategy.metrics(progress.hpo_state))
     record[tensorboard.HYPERPARAMETERS] = np.asarray(
         job.hpo.strategy.probabilities(progress.hpo_state)).round(5).tolist()
   if params.arch:  # While searching: the distribution over ops per edge.

@@ -63,6 +63,7 @@ def test_the_strategy_moves_rewards_only_after_exploration_rounds(
   state = strategy.init(4)
   state, ids, aggregate = strategy.choose(state, jax.random.key(0), 4)
   assert bool(state.exploring)
+  assert strategy.metrics(state) == {"hp_exploring": True}
   assert bool(aggregate) == explore_aggregates
   gains = jnp.ones(4)
   explored = strategy.update(state, ids, gains, jnp.ones(4), aggregate)
@@ -73,6 +74,7 @@ def test_the_strategy_moves_rewards_only_after_exploration_rounds(
   for r in range(8):
     state, ids, aggregate = strategy.choose(state, jax.random.key(r), 4)
   assert not bool(state.exploring) and bool(aggregate)
+  assert strategy.metrics(state) == {"hp_exploring": False}
   exploited = strategy.update(state, ids, gains, jnp.ones(4), aggregate)
   chex.assert_trees_all_equal(exploited, state)
 

@@ -147,6 +147,7 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   assert all("hp_mean_gain" in l for l in lines[:3])
   if strategy == "feathers":  # Exploration rounds only measure.
     assert [l["hp_measure_only"] for l in lines[:3]] == [True, False, True]
+    assert [l["hp_exploring"] for l in lines[:3]] == [True, False, True]
   runner.run(config, tmp_path / "b", report=_quiet, stop_after_round=2)
   resumed = runner.run(config, tmp_path / "b", report=_quiet)
   assert resumed["hyperparameters"] == straight["hyperparameters"]
