@@ -63,14 +63,13 @@ def run_schedule(config) -> audit.AuditSchedule:
   (client-level DP: the rounds' updates, at the client sampling rate)."""
   plan = job_lib.privacy_plan(config)
   sigmas = plan.noise_multipliers(config.privacy.noise_multiplier)
-  counts = plan.counts(len(plan.schedule))
+  steps = plan.weight_releases(len(plan.schedule))
   if plan.unit == "client":
     return audit.AuditSchedule(
-        steps=counts["client_updates"],
-        sampling_rate=plan.client_sampling_rate,
+        steps=steps, sampling_rate=plan.client_sampling_rate,
         noise_multiplier=sigmas.gradient, clip_norm=config.privacy.clip_norm)
   return audit.AuditSchedule(
-      steps=counts["weight_steps_search"] + counts["weight_steps_train"],
+      steps=steps,
       sampling_rate=plan.sampling_rate, noise_multiplier=sigmas.gradient,
       clip_norm=config.privacy.clip_norm,
       clients=config.federated.clients_per_round)

@@ -213,6 +213,21 @@ class PrivacyPlan:
     (`most_exposed`)."""
     if self.unit == "client":
       return {"client_updates": min(rounds_done, len(self.schedule))}
+    return most_exposed(self.per_client_counts(rounds_done))
+
+  def weight_releases(self, rounds_done: int) -> int:
+    """The most weight-gradient releases of any client (its plain and its
+    probe steps, search and training): what an audit of the weights sees."""
+    if self.unit == "client":
+      return self.counts(rounds_done)["client_updates"]
+    per_client = self.per_client_counts(rounds_done)
+    weights = [_KINDS.index(k) for k in (
+        "weight_steps_search", "probe_steps_search", "weight_steps_train",
+        "probe_steps_train")]
+    return int(per_client[:, weights].sum(axis=1).max())
+
+  def per_client_counts(self, rounds_done: int) -> np.ndarray:
+    """(clients, kinds) example-level releases of each client (`_KINDS`)."""
     per_client = np.zeros((self.num_clients, len(_KINDS)), np.int64)
     for round_ in range(min(rounds_done, len(self.schedule))):
       first = round_ * self.local_steps
@@ -224,7 +239,7 @@ class PrivacyPlan:
               self.local_steps * arch, 0, 0, int(self.feedback)]
              if search else [0, 0, 0, self.local_steps - probes, probes, 0])
       per_client[self.schedule[round_]] += row
-    return most_exposed(per_client)
+    return per_client
 
   def streams(self, sigmas: NoiseMultipliers, rounds_done: int
               ) -> list[accounting.ReleaseStream]:

@@ -99,7 +99,9 @@ def _privacy(job: Job, progress: Progress, total_rounds: int) -> dict:
         "client_sizes_released": [
             round(float(n), 2) for n in job.federation.sizes.released]})
   out.update({
-      "releases_of_most_exposed_client": {
+      # A count that dominates every client's (`plan.most_exposed`): with
+      # partial participation, not necessarily one client's own.
+      "releases_accounted": {
           s.name: s.count for s in plan.own_streams(sigmas, total_rounds)},
   })
   return out

@@ -357,3 +357,16 @@ def test_partial_participation_epsilon_is_the_most_exposed_clients():
   acc.compose(_subsampled(0.2, joint), 4)  # Client 0: four probe steps.
   assert plan.spent(sigmas, 8) == pytest.approx(
       acc.get_epsilon(plan.accounting_delta), rel=1e-9)
+
+
+def test_weight_releases_are_the_most_of_any_client():
+  # Client 0 searches twice (weights and architecture), client 1 trains
+  # three times: the dominating count splits as client 1's plain steps, but
+  # an audit of the weights must see client 1's three releases (and client
+  # 0's two, fewer).
+  schedule = np.array([[0], [0], [1], [1], [1]])
+  plan = make_plan(schedule, search_rounds=2, local_steps=1,
+                   sampling_rate=0.2, num_clients=2, epsilon=3.0, delta=1e-5,
+                   truncation_delta_fraction=0.1, accountant="rdp")
+  assert plan.weight_releases(5) == 3
+  assert plan.weight_releases(2) == 2

@@ -52,7 +52,7 @@ def test_run_spends_epsilon_resumes_and_exports(tmp_path):
   (tmp_path / "b" / "secret_key").write_text(secret)
   assert straight["epsilon"] <= config.privacy.epsilon + 1e-9
   assert straight["epsilon"] > 0.99 * config.privacy.epsilon  # Calibrated.
-  assert straight["releases_of_most_exposed_client"] == {
+  assert straight["releases_accounted"] == {
       "client_sizes": 1, "weight_steps_search": 4, "arch_steps_search": 4,
       "weight_steps_train": 4}
   assert straight["trust"] == "local" and straight["optimizer"] == "dpsgd"
@@ -140,7 +140,7 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   assert (0.8 * config.privacy.epsilon < breakdown["gradients_only"]
           < 0.9 * config.privacy.epsilon)
   assert 0 < breakdown["hp_feedback_only"] < breakdown["total"]
-  assert straight["releases_of_most_exposed_client"]["hp_feedback"] == 3
+  assert straight["releases_accounted"]["hp_feedback"] == 3
   chosen = straight["hyperparameters"]["chosen"]
   assert 1e-3 <= chosen["learning_rate"] <= 1e-1  # From the pool's range.
   lines = _metrics(tmp_path / "a")
@@ -167,7 +167,7 @@ def test_search_over_local_steps_and_sampling_rate_charges_the_maxima(
   }
   summary = runner.run(config, tmp_path, report=_quiet)
   max_steps = int(max(runner.build_job(config).hpo.pool["local_steps"]))
-  releases = summary["releases_of_most_exposed_client"]
+  releases = summary["releases_accounted"]
   # Every client is charged the pool's largest step count (and rate).
   assert releases["weight_steps_search"] == 2 * max_steps
   assert releases["weight_steps_train"] == max_steps
@@ -192,7 +192,7 @@ def test_one_stage_search_deploys_its_child_without_retraining(tmp_path):
   assert summary["cost_table"]["deployed"] <= fixed + 1
   assert summary["deployed_cost"]["params"] == summary["model_parameters"]
   # One joint release per local step: no separate architecture steps.
-  assert summary["releases_of_most_exposed_client"] == {
+  assert summary["releases_accounted"] == {
       "client_sizes": 1, "weight_steps_search": 6, "arch_steps_search": 0,
       "weight_steps_train": 0}
   assert summary["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
@@ -214,7 +214,7 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
                            "privacy.stage_share": 0.5})
   search = runner.run(config, tmp_path / "search", report=_quiet)
   # The warm-up round releases no reward.
-  assert search["releases_of_most_exposed_client"] == {
+  assert search["releases_accounted"] == {
       "client_sizes": 1, "weight_steps_search": 6, "arch_steps_search": 4,
       "weight_steps_train": 0}
   # Half of the total budget (the retraining spends the rest).
@@ -236,7 +236,7 @@ def test_reinforce_search_then_centralised_retraining(tmp_path):
   assert retrain["retrained_from"] == str(tmp_path / "search")
   assert json.dumps(retrain["genotype"]) == json.dumps(json.loads(genotype))
   assert retrain["clients"] == 1
-  assert retrain["releases_of_most_exposed_client"]["weight_steps_train"] == 20
+  assert retrain["releases_accounted"]["weight_steps_train"] == 20
   # One accountant over both stages: the total is ε = 3, the search's
   # releases (read from its workdir) included.
   assert retrain["epsilon"] == pytest.approx(config.privacy.epsilon, rel=1e-3)
@@ -372,7 +372,7 @@ def test_client_level_run_resumes_to_the_same_secret_draws(tmp_path,
   assert resumed["test_accuracy"] == straight["test_accuracy"]
   assert straight["unit"] == "client" and straight["trust"] == "aggregate"
   assert "client_sizes_released" not in straight
-  assert straight["releases_of_most_exposed_client"] == {"client_updates": 4}
+  assert straight["releases_accounted"] == {"client_updates": 4}
   assert straight["client_sampling_rate"] == pytest.approx(1 / 3)
   assert 0.99 * 3.0 < straight["epsilon"] <= 3.0 + 1e-9
   # Adaptive clipping moved the bounds (carried across the phase change and
