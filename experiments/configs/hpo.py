@@ -27,9 +27,9 @@ update, which aggregate noise would leave share-noised (refused there).
 The feedback gets 2 % of ε (`hpo.feedback_epsilon_fraction`, the default
 since digits dev runs: 10 % raised the gradients' σ 9.5 % and cost
 FEATHERS 11 points there; at 2 % the gradients' σ rises 1.6 % on
-Fashion-MNIST, 2.04 -> 2.07). As of 2026-11-30 the searches still lose to
-the recipe on digits with these settings (`experiments/README.md`), so the
-preset has not been run on Fashion-MNIST or MNIST.
+Fashion-MNIST, 2.04 -> 2.07). Frozen on 2026-11-30 after the digits runs,
+where the searches still lost; evaluated once on Fashion-MNIST since
+(recipe and FEATHERS; `experiments/results/hpo.md`), not changed after.
 Equal compute: every row trains the same rounds of the same local steps;
 FEATHERS keeps its exploration rounds' updates (`hpo.explore_aggregates`,
 fedsearch's default; the paper restarts them from the stored weights).
