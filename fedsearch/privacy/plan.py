@@ -243,14 +243,14 @@ class PrivacyPlan:
 
   def streams(self, sigmas: NoiseMultipliers, rounds_done: int
               ) -> list[accounting.ReleaseStream]:
-    """Releases of the most exposed client after `rounds_done` rounds,
-    earlier stages' included."""
+    """Releases that dominate every client's after `rounds_done` rounds
+    (`most_exposed`), earlier stages' included."""
     prior = list(self.prior.streams) if self.prior else []
     return prior + self.own_streams(sigmas, rounds_done)
 
   def own_streams(self, sigmas: NoiseMultipliers, rounds_done: int
                   ) -> list[accounting.ReleaseStream]:
-    """This run's releases of the most exposed client."""
+    """This run's releases that dominate every client's (`most_exposed`)."""
     counts = self.counts(rounds_done)
     if self.unit == "client":
       return [self.release_stream("client_updates",
