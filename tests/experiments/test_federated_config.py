@@ -63,3 +63,29 @@ def test_client_level_search_presets_sweep_clients_and_have_a_ceiling():
 def test_bad_preset_argument_is_named(arg):
   with pytest.raises(ValueError, match="DATASET"):
     federated.get_config(arg)
+
+
+def _noise_per_progress(config) -> float:
+  """σ/(B·√T): the noise a run leaves per unit of progress (the preset's
+  docstring, "Matched centralised"), from the plan alone."""
+  plan = job_lib.privacy_plan(config)
+  f = config.federated
+  population = 60_000 * (1 - config.monitor_fraction)  # MNIST's train split
+  examples_per_step = (population * plan.sampling_rate
+                       * f.clients_per_round / f.num_clients)
+  steps = f.train_rounds * plan.local_steps
+  return plan.noise_multipliers(0.0).gradient / (
+      examples_per_step * np.sqrt(steps))
+
+
+def test_matched_centralised_carries_the_aggregate_federations_noise():
+  aggregate = federated.get_config("mnist,aggregate")
+  matched = federated.get_config(f"mnist,{federated.MATCHED}")
+  assert matched.federated.num_clients == 1
+  assert matched.privacy.epsilon == federated.MATCHED_EPSILON < 3.0
+  assert _noise_per_progress(matched) == pytest.approx(
+      _noise_per_progress(aggregate), rel=0.01)
+  # At ε = 3 the same recipe carries ~2.9 times less.
+  matched.privacy.epsilon = 3.0
+  assert _noise_per_progress(aggregate) / _noise_per_progress(
+      matched) == pytest.approx(2.85, rel=0.05)
