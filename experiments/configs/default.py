@@ -206,6 +206,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 0 moves it on every fit (paper).
   config.hyfree.significance = 3.0
   config.hyfree.loss_clip_factor = 2.0  # R_l = factor × last privatised loss
+  # λ: probes pool their evidence while η stays, an earlier one's weight
+  # decaying by λ per later probe (auto_lr.py); 0: each probe alone (paper).
+  config.hyfree.evidence_decay = 0.9
   config.hyfree.kappa = 0.01  # σ_g = (1 + κ)·σ_ref; the loss probes get the rest
   config.hyfree.gamma = 0.01  # automatic clipping g/(‖g‖ + γ)
 

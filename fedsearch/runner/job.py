@@ -270,6 +270,7 @@ def auto_lr_config(config, loss_noise_multiplier: float = 1.0,
       reporting_clients=config.federated.clients_per_round,
       shared_noise=shared_noise,
       loss_clip_factor=h.loss_clip_factor,
+      evidence_decay=h.evidence_decay,
       loss_noise_multiplier=loss_noise_multiplier)
 
 

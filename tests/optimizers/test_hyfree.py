@@ -18,7 +18,9 @@ from fedsearch.privacy import auto_lr, mechanisms
 
 def _state(eta, losses, probed, loss_clip=1.0):
   return HyFreeState(
-      auto_lr.AutoLRState(jnp.log(jnp.float32(eta)), jnp.float32(loss_clip)),
+      auto_lr.init(auto_lr.AutoLRConfig())._replace(
+          log_learning_rate=jnp.log(jnp.float32(eta)),
+          loss_clip=jnp.float32(loss_clip)),
       auto_lr.ProbeReport(jnp.asarray(losses, jnp.float32),
                           jnp.float32(probed)))
 
