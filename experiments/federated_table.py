@@ -31,7 +31,7 @@ _CLIPPINGS = flags.DEFINE_list("clippings", ["fixed"],
                                f"client level: any of"
                                f" {list(federated.CLIPPINGS)}")
 _TRUSTS = flags.DEFINE_list("trusts", [], f"example level: any of"
-                            f" {list(federated.TRUSTS)}")
+                            f" {list(federated.EXAMPLE_SETTINGS)}")
 _SEARCHES = flags.DEFINE_list("searches", [], "client-level search +"
                               f" training: any of {list(federated.SEARCHES)}")
 _REFERENCES = flags.DEFINE_list(
@@ -42,17 +42,20 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/federated", "run folders")
 
 NAME = "federated"
+_LOCAL = "DP-SGD, example-level, each client noises its own update"
+_AGGREGATE = "DP-SGD, example-level, noise once on the sum (secure aggregation)"
 METHOD = {"adaptive": "DP-FedAvg, client-level, adaptive clipping (median)",
           "fixed": "DP-FedAvg, client-level, fixed clipping (noise rule)",
-          "local": "DP-SGD, example-level, each client noises its own update",
-          "aggregate": "DP-SGD, example-level, noise once on the sum"
-                       " (secure aggregation)",
+          "local": _LOCAL, "aggregate": _AGGREGATE,
           **{s: f"DP-FedAvg, client-level, one-stage search + training,"
                 f" {m} clients a round"
              for s, m in zip(federated.SEARCHES,
                              federated.SEARCH_CLIENTS_PER_ROUND)},
           "search_ceiling": "FedAvg, one-stage search + training, NO"
                             " PRIVACY (the ceiling), 100 clients a round",
+          **{f"{t}_p{federated.LONG_PARTICIPATIONS}":
+             f"{m}, {federated.LONG_PARTICIPATIONS} participations"
+             for t, m in (("local", _LOCAL), ("aggregate", _AGGREGATE))},
           federated.MATCHED: "DP-SGD, centralised, at the ε whose noise per"
                              " unit of progress matches `aggregate`'s"}
 # The centralised DP-SGD rows (same model, recipe and ε) the example-level
@@ -261,7 +264,7 @@ def main(argv):
   try:
     cli.check_listed(("--datasets", _DATASETS.value, federated.DATASETS),
                      ("--clippings", _CLIPPINGS.value, federated.CLIPPINGS),
-                     ("--trusts", _TRUSTS.value, federated.TRUSTS),
+                     ("--trusts", _TRUSTS.value, federated.EXAMPLE_SETTINGS),
                      ("--searches", _SEARCHES.value, federated.SEARCHES),
                      ("--references", _REFERENCES.value, (federated.MATCHED,)))
     pairs = [(d, s) for d in _DATASETS.value
