@@ -223,6 +223,15 @@ def plot_stem(dataset: str, setting: str) -> str:
                                 else f"_{setting}")
 
 
+def step_bound(row: dict) -> float:
+  """R of a HyFreeDP row: as recorded, or for a row from before rows
+  recorded it, its method's config's."""
+  if "clip_norm" in row:
+    return row["clip_norm"]
+  config_of = {HYFREE: hyfree_config, HYFREE_PAPER: hyfree_paper_config}
+  return config_of[row["method"]](row["dataset"], 0).privacy.clip_norm
+
+
 def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
   """Monitor accuracy per epoch (round) of every current row of `dataset`
   in this setting, and HyFreeDP's per-example step η·R (log10)."""
@@ -237,7 +246,7 @@ def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
                   f"{label}, {setting}, total ε = 3: monitor accuracy",
                   "monitor accuracy", accuracy, (0.0, 1.0))
   paths = [accuracy]
-  etas = {r["method"]: [[math.log10(v * r["clip_norm"]) for v in run]
+  etas = {r["method"]: [[math.log10(v * step_bound(r)) for v in run]
                         for run in r["learning_rate_per_epoch"]]
           for r in mine if r.get("learning_rate_per_epoch")}
   if etas:

@@ -88,6 +88,10 @@ def test_rows_are_the_published_lr_hyfree_and_the_charged_tuning(
                                      "hyfree_mnist_eta.svg"]
   assert all(p.read_text().startswith("<svg") for p in paths)
   assert "hyfree_mnist_eta.svg" in table
+  # A row from before rows recorded R is drawn with its config's.
+  del hyfree["clip_norm"]
+  assert hyfree_compare.step_bound(hyfree) == 0.1
+  assert hyfree_compare.plot("mnist", rows)[1].read_text().startswith("<svg")
 
 
 def test_each_row_is_yielded_before_the_next_method_trains(
