@@ -100,11 +100,11 @@ def hyfree_config(dataset: str, seed: int):
 def hyfree_paper_config(dataset: str, seed: int):
   """HyFreeDP as Liu, Bu et al. set it: R = 1, η0 1e-4, η refitted on every
   probe alone (no significance test, no pooled evidence), at most ×10 a
-  fit."""
+  fit, R_l following the loss both ways."""
   config = hyfree_config(dataset, seed)
   h = config.hyfree
   h.initial_learning_rate, h.max_change, h.significance = 1e-4, 10.0, 0.0
-  h.evidence_decay = 0.0
+  h.evidence_decay, h.loss_clip_shrinks = 0.0, True
   config.privacy.clip_norm = 1.0
   return config
 

@@ -206,6 +206,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 0 moves it on every fit (paper).
   config.hyfree.significance = 3.0
   config.hyfree.loss_clip_factor = 2.0  # R_l = factor × last privatised loss
+  # False: R_l only grows (auto_lr.py: following the clipped loss down
+  # collapses it); True: it follows the loss both ways (paper).
+  config.hyfree.loss_clip_shrinks = False
   # λ: probes pool their evidence while η stays, an earlier one's weight
   # decaying by λ per later probe (auto_lr.py); 0: each probe alone (paper).
   config.hyfree.evidence_decay = 0.9

@@ -271,6 +271,7 @@ def auto_lr_config(config, loss_noise_multiplier: float = 1.0,
       shared_noise=shared_noise,
       loss_clip_factor=h.loss_clip_factor,
       evidence_decay=h.evidence_decay,
+      loss_clip_shrinks=h.loss_clip_shrinks,
       loss_noise_multiplier=loss_noise_multiplier)
 
 

@@ -108,14 +108,15 @@ def test_the_papers_rule_is_the_papers_constants(ran, hyfree_compare):
   config = hyfree_compare.hyfree_paper_config("mnist", 0)
   h = config.hyfree
   assert (h.initial_learning_rate, h.max_change, h.significance,
-          h.evidence_decay) == (1e-4, 10.0, 0.0, 0.0)
+          h.evidence_decay, h.loss_clip_shrinks) == (1e-4, 10.0, 0.0, 0.0,
+                                                     True)
   assert config.client.optimizer == "hyfree"
   assert config.privacy.clip_norm == 1.0  # The paper's R.
   # Everything else is the recipe fedsearch's HyFreeDP row runs.
   default = hyfree_compare.hyfree_config("mnist", 0)
   h2 = default.hyfree
   h2.initial_learning_rate, h2.max_change, h2.significance = 1e-4, 10.0, 0.0
-  h2.evidence_decay = 0.0
+  h2.evidence_decay, h2.loss_clip_shrinks = 0.0, True
   default.privacy.clip_norm = 1.0
   assert config.to_dict() == default.to_dict()
 

@@ -313,3 +313,39 @@ def test_a_move_restarts_the_pool():
   kept = auto_lr.update(_state(0.05), _quadratic(0.05, 1.0, 0.0), config, 1e-3)
   assert float(kept.learning_rate) == pytest.approx(0.05, rel=1e-6)
   assert float(kept.evidence_weight) == pytest.approx(1e6, rel=1e-4)
+
+
+@pytest.mark.parametrize("shrinks,want", [(False, [2.0, 4.0, 4.0, 4.0]),
+                                          (True, [2.0, 4.0, 1.0, 0.2])])
+def test_loss_clip_grows_with_the_loss_and_only_the_papers_rule_follows_it_down(
+    shrinks, want):
+  # Privatised losses at η = 0 of 1, 2, then 0.5, 0.1 as training goes on
+  # (factor 2): R_l follows them up; only the paper's rule follows them down.
+  config = auto_lr.AutoLRConfig(loss_clip_shrinks=shrinks)
+  state, got = _state(0.05, loss_clip=1.0, config=config), []
+  for at_zero in (1.0, 2.0, 0.5, 0.1):
+    state = auto_lr.update(state, jnp.array([at_zero, at_zero, at_zero]),
+                           config, 0.01)
+    got.append(float(state.loss_clip))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_easy_examples_do_not_collapse_the_loss_clip():
+  # 90 % of the examples at loss 0.01, 10 % at 5: the clipped mean is below
+  # R_l/2 for every R_l above 0.0225, so following it takes R_l from 2 to
+  # that fixed point (the collapse measured on MNIST); growing only, it
+  # holds.
+  losses = jnp.concatenate([jnp.full(90, 0.01), jnp.full(10, 5.0)])
+  loss_at = lambda step: (losses, jnp.zeros(100, bool), 100.0)
+  for shrinks, floor in ((True, 0.05), (False, 2.0)):
+    config = auto_lr.AutoLRConfig(loss_noise_multiplier=0.0,
+                                  loss_clip_shrinks=shrinks)
+    state = _state(0.05, loss_clip=2.0, config=config)
+    for i in range(20):
+      report = auto_lr.probe_losses(loss_at, state, config,
+                                    jax.random.key(i))
+      state = auto_lr.update(state, report.losses, config)
+    if shrinks:
+      assert float(state.loss_clip) < floor
+    else:
+      assert float(state.loss_clip) >= floor
