@@ -53,9 +53,8 @@ METHOD = {"adaptive": "DP-FedAvg, client-level, adaptive clipping (median)",
                              federated.SEARCH_CLIENTS_PER_ROUND)},
           "search_ceiling": "FedAvg, one-stage search + training, NO"
                             " PRIVACY (the ceiling), 100 clients a round",
-          **{f"{t}_p{federated.LONG_PARTICIPATIONS}":
-             f"{m}, {federated.LONG_PARTICIPATIONS} participations"
-             for t, m in (("local", _LOCAL), ("aggregate", _AGGREGATE))},
+          **{s: f"{_LOCAL if t == 'local' else _AGGREGATE}, {n} participations"
+             for s, (t, n) in federated.LONG_SCHEDULES.items()},
           federated.MATCHED: "DP-SGD, centralised, at the ε whose noise per"
                              " unit of progress matches `aggregate`'s"}
 # The centralised DP-SGD rows (same model, recipe and ε) the example-level

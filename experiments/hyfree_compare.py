@@ -232,6 +232,10 @@ def step_bound(row: dict) -> float:
   return config_of[row["method"]](row["dataset"], 0).privacy.clip_norm
 
 
+def _log_steps(rates_per_run: list[list[float]], bound: float):
+  return [[math.log10(rate * bound) for rate in run] for run in rates_per_run]
+
+
 def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
   """Monitor accuracy per epoch (round) of every current row of `dataset`
   in this setting, and HyFreeDP's per-example step η·R (log10)."""
@@ -246,8 +250,7 @@ def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
                   f"{label}, {setting}, total ε = 3: monitor accuracy",
                   "monitor accuracy", accuracy, (0.0, 1.0))
   paths = [accuracy]
-  etas = {r["method"]: [[math.log10(v * step_bound(r)) for v in run]
-                        for run in r["learning_rate_per_epoch"]]
+  etas = {r["method"]: _log_steps(r["learning_rate_per_epoch"], step_bound(r))
           for r in mine if r.get("learning_rate_per_epoch")}
   if etas:
     eta = records.RESULTS / f"{stem}_eta.svg"

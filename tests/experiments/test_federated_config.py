@@ -86,10 +86,14 @@ def test_matched_centralised_carries_the_aggregate_federations_noise():
   assert _noise_per_progress(matched) == pytest.approx(
       _noise_per_progress(aggregate), rel=0.01)
   # More participations at q = 1: more steps, the same noise per progress.
-  longer = federated.get_config(f"mnist,{federated.LONG_SCHEDULES[1]}")
-  assert longer.federated.train_rounds == 2 * aggregate.federated.train_rounds
-  assert _noise_per_progress(longer) == pytest.approx(
-      _noise_per_progress(aggregate), rel=0.01)
+  for setting, (trust, participations) in federated.LONG_SCHEDULES.items():
+    longer = federated.get_config(f"mnist,{setting}")
+    assert longer.privacy.trust == trust
+    assert longer.federated.train_rounds == (
+        participations // federated.EXAMPLE_PARTICIPATIONS
+        * aggregate.federated.train_rounds)
+    assert _noise_per_progress(longer) == pytest.approx(
+        _noise_per_progress(aggregate), rel=0.01)
   # At ε = 3 the same recipe carries ~2.9 times less.
   matched.privacy.epsilon = 3.0
   assert _noise_per_progress(aggregate) / _noise_per_progress(
