@@ -231,6 +231,11 @@ def get_config() -> ml_collections.ConfigDict:
   # weights, as the paper does (fedsearch/hyperparameters/feathers.py).
   config.hpo.explore_aggregates = True
   config.hpo.fedex_step = 1.0  # FedEx: exponentiated-gradient step size
+  # What a gain measures: "client" (its own update, as the methods are
+  # published) | "round" (the round's released model; every client of a
+  # round on one configuration). Under `local` noise a client's own update
+  # carries √(clients a round) times the noise of the released model.
+  config.hpo.reward = "client"
   config.hpo.feedback_clip = 0.5
   # 2 %: the gradients' σ rises 1.6 % on Fashion-MNIST's 10-client schedule
   # (`configs/hpo.py`) and 1.7 % on digits, where 10 % cost 9.5 % and, on

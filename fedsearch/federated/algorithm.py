@@ -12,6 +12,14 @@ device-resident examples, run every client's local update (vmapped, and
 sharded over `mesh`), aggregate with the mechanism, then the server step.
 `aggregate=False` (FEATHERS's exploration rounds) keeps the stored state:
 the round only measures its clients' gains.
+
+A client's gain measures, by default, its own update: under `local` noise
+that update carries the full noise, which the round's mean divides by √m,
+so the gain charges a large step with ~m times the noise damage the
+released model suffers. With `feedback_after_round` each client measures
+instead the round's released model against the round's start model (both
+public: post-processing of released updates, so the gain is the same
+Gaussian mechanism on the same validation split as before).
 """
 
 from collections.abc import Callable
@@ -27,6 +35,7 @@ from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
 from fedsearch.federated.round import RoundInputs, map_clients
 from fedsearch.federated.server import (ServerState, frozen, server_init,
                                         server_per_part, server_update)
+from fedsearch.hyperparameters import feedback
 from fedsearch.nas.base import ArchContext, ArchStep, weights_only
 from fedsearch.optimizers import ClientOptimizer, dpsgd
 from fedsearch.privacy import mechanisms
@@ -58,7 +67,8 @@ def federated_algorithm(
     mesh: jax.sharding.Mesh | None = None,
     shared_program: bool = True,
     client_chunk: int = 0,
-    server_arch_optimizer: optax.GradientTransformation | None = None
+    server_arch_optimizer: optax.GradientTransformation | None = None,
+    feedback_after_round: bool = False
     ) -> FederatedAlgorithm:
   """See the module docstring; the keyword arguments are those of
   `client.make_local_update`, plus `mesh` (shard clients over its devices),
@@ -95,6 +105,24 @@ def federated_algorithm(
       reads_validation=reads_validation, active_weights=active_weights,
       arch_penalty=arch_penalty)
   all_deltas = map_clients(local_update, mesh, shared_program)
+  example_losses = mechanisms.example_losses(model, loss)
+
+  def released_model_gains(before: ModelParams, after: ModelParams, x, y,
+                           inputs: RoundInputs, round_key) -> jax.Array:
+    """Every client's privatised validation-loss decrease from `before` to
+    `after`, with the feedback keys its local update would have used."""
+    def one_client(idx, padding, client_id, expected):
+      (_, _, _, feedback_key, _, model_key) = jax.random.split(
+          jax.random.fold_in(round_key, client_id), 6)
+      losses = lambda p: example_losses(*p, x[idx], y[idx], model_key)
+      return feedback.privatized_gain(
+          losses(before), losses(after), padding, client_config.feedback_clip,
+          client_config.feedback_noise_multiplier, feedback_key, expected[2],
+          mechanism.noised_sum)
+    return jax.lax.map(
+        lambda args: one_client(*args),
+        (inputs.feedback_idx, inputs.feedback_padding, inputs.client_ids,
+         inputs.expected_batch), batch_size=client_chunk or None)
 
   def init(params: ModelParams, nas_state=None,
            client_optimizer_state=None, aggregator_state=None) -> ServerState:
@@ -114,7 +142,8 @@ def federated_algorithm(
     batches = ClientBatches(
         gather(x, y, inputs.train_idx, inputs.train_padding),
         gather(x, y, inputs.val_idx, inputs.val_padding),
-        gather(x, y, inputs.feedback_idx, inputs.feedback_padding),
+        None if feedback_after_round
+        else gather(x, y, inputs.feedback_idx, inputs.feedback_padding),
         None if inputs.active_steps is None
         else jnp.asarray(inputs.active_steps))
     keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(
@@ -165,6 +194,9 @@ def federated_algorithm(
     new = server_update(state, mean_delta, server_optimizer, client_optimizer,
                         aggregator)
     new = jax.tree.map(lambda a, b: jnp.where(aggregate, a, b), new, state)
+    if feedback_after_round and inputs.feedback_idx is not None:
+      gains = released_model_gains(state.params, new.params, x, y, inputs,
+                                   round_key)
     return new, gains
 
   return FederatedAlgorithm(init, apply)

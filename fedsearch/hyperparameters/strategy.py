@@ -3,9 +3,16 @@
 Adding one: a module with a `strategy(...) -> Strategy` and one entry here.
 """
 
+import jax.numpy as jnp
+
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feathers, fedex, random_search
 from fedsearch.hyperparameters.base import Strategy
+
+# hpo.reward: what a client's gain measures. "client": its own update (the
+# methods as published); "round": the round's released model, every client
+# of a round on one configuration (`federated.algorithm`'s docstring).
+REWARDS = ("client", "round")
 
 # name -> builder(hpo config) ; "none" searches nothing.
 STRATEGIES = {
@@ -17,9 +24,30 @@ STRATEGIES = {
 }
 
 
+def one_configuration_per_round(strategy: Strategy) -> Strategy:
+  """`strategy` with the configuration it draws for the round's first client
+  given to all of them: a round's released model then measures one
+  configuration, which a gain of that model can credit."""
+  def choose(state, key, num_clients):
+    state, ids, aggregate = strategy.choose(state, key, num_clients)
+    return state, jnp.full_like(ids, ids[0]), aggregate
+  return strategy._replace(choose=choose)
+
+
 def make_strategy(hpo) -> Strategy | None:
   """The strategy `hpo.strategy` names, from the `hpo` config fields."""
   if hpo.strategy not in STRATEGIES:
     raise ConfigError(f"hpo.strategy={hpo.strategy!r} is not allowed; choose"
                       f" one of {list(STRATEGIES)}")
-  return STRATEGIES[hpo.strategy](hpo)
+  if hpo.reward not in REWARDS:
+    raise ConfigError(f"hpo.reward={hpo.reward!r} is not allowed; choose one"
+                      f" of {list(REWARDS)}")
+  if (hpo.reward == "round" and hpo.strategy == "feathers"
+      and not hpo.explore_aggregates):
+    raise ConfigError("hpo.reward='round' measures the released model, which"
+                      " FEATHERS's exploration rounds keep unchanged unless"
+                      " hpo.explore_aggregates=True")
+  strategy = STRATEGIES[hpo.strategy](hpo)
+  if strategy is not None and hpo.reward == "round":
+    strategy = one_configuration_per_round(strategy)
+  return strategy

@@ -166,6 +166,9 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
     record["hp_mean_gain"] = float(
         np.sum(weights * np.asarray(gains)) / np.sum(weights))
     record["hp_best_index"] = int(job.hpo.strategy.best(progress.hpo_state))
+    if job.config.hpo.reward == "round":  # The round's one configuration.
+      record["hp_round_configuration"] = {
+          name: float(values[0]) for name, values in inputs.hparams.items()}
     record.update(job.hpo.strategy.metrics(progress.hpo_state))
     record[tensorboard.HYPERPARAMETERS] = np.asarray(
         job.hpo.strategy.probabilities(progress.hpo_state)).round(5).tolist()

@@ -61,7 +61,8 @@ def build_phase(job: Job, genotype: Architecture | None = None,
       arch_penalty=job.costs.penalty if searching and job.costs else None,
       mesh=job.mesh,
       shared_program=traits.shared_program if strategy else True,
-      client_chunk=job.config.federated.client_chunk)
+      client_chunk=job.config.federated.client_chunk,
+      feedback_after_round=job.config.hpo.reward == "round")
   # Shapes from the public bounds of the clients' sizes, never the sizes.
   sizes = job.federation.sizes
   batch_sizes = (

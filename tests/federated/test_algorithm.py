@@ -471,3 +471,46 @@ def test_client_level_round_clips_sums_and_noises_once_whatever_the_chunks():
           jax.tree.leaves(params.arch))) / 0.05**2)
   assert 0.0 < float(scaled) <= 5 / 4 + 1e-5
   assert _max_change(whole.params, quiet.params) > 1e-3  # The noise.
+
+
+@functools.lru_cache(maxsize=None)
+def _released_model_feedback_algorithm(feedback_noise_multiplier):
+  return fed.federated_algorithm(
+      ss.derived_model(_SPACE, _GENOTYPE),
+      fed.ClientConfig(noise_multiplier=1.0, clip_norm=0.5, learning_rate=0.5,
+                       feedback_clip=0.5,
+                       feedback_noise_multiplier=feedback_noise_multiplier),
+      optax.sgd(1.0), feedback_after_round=True)
+
+
+def test_released_model_gain_is_the_round_start_to_released_loss_decrease():
+  x, y, splits = _data()
+  algorithm = _released_model_feedback_algorithm(0.0)
+  state = algorithm.init(fed.ModelParams(_weights(), {}))
+  clients = [0, 2, 3]
+  inputs = fed.round_inputs(
+      splits, np.asarray(clients), seed=0, round_=1, steps=2,
+      sampling_rate=0.3, batch_sizes=(48, 1), validation_batches=False,
+      train_on_all_local_data=False, client_multiple=1,
+      feedback_size=max(map(len, splits.val)))
+  new, gains = algorithm.apply(state, x, y, inputs, jax.random.key(3), 1)
+  losses = mechanisms.example_losses(ss.derived_model(_SPACE, _GENOTYPE),
+                                     mechanisms.softmax_cross_entropy)
+  for k, client in enumerate(clients):
+    val = np.asarray(splits.val[client])
+    decrease = (losses(state.params.weights, {}, x[val], y[val], None)
+                - losses(new.params.weights, {}, x[val], y[val], None))
+    # Bounded per example, summed, over the public split size (σ_f = 0).
+    expected = np.clip(decrease, -0.5, 0.5).sum() / len(val)
+    np.testing.assert_allclose(gains[k], expected, rtol=1e-4, atol=1e-6)
+  assert _max_change(new.params, state.params) > 1e-4
+  # Nothing released, nothing to measure.
+  _, kept_gains = algorithm.apply(state, x, y, inputs, jax.random.key(3), 1,
+                                  aggregate=False)
+  np.testing.assert_allclose(kept_gains, 0.0, atol=1e-7)
+  # Feedback noise of std σ_f·clip / |split| on each client's gain.
+  noisy = _released_model_feedback_algorithm(50.0)
+  _, noisy_gains = noisy.apply(state, x, y, inputs, jax.random.key(3), 1)
+  scale = 50.0 * 0.5 / np.asarray([len(splits.val[c]) for c in clients])
+  z = (np.asarray(noisy_gains) - np.asarray(gains)) / scale
+  assert 0.05 < np.max(np.abs(z)) < 5.0

@@ -43,6 +43,7 @@ def small_config(**overrides):
     ("federated.server_momentum", 1.5, "federated.server_momentum"),
     ("federated.server_optimizer", "lamb", "federated.server_optimizer"),
     ("hpo.strategy", "grid", "hpo.strategy"),
+    ("hpo.reward", "model", "hpo.reward"),
     ("client.optimizer", "adamw", "client.optimizer"),
     ("privacy.dp_backend", "opacus", "privacy.dp_backend"),
     ("nas.strategy", "enas", "nas.strategy"),

@@ -123,12 +123,14 @@ def test_end_to_end_learns_at_epsilon_3(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["feathers", "fedex"])
+@pytest.mark.parametrize("strategy,reward", [
+    ("feathers", "client"), ("fedex", "client"), ("fedex", "round")])
 def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
-    tmp_path, strategy):
+    tmp_path, strategy, reward):
   # The paper's FEATHERS (exploration rounds only measure) and a 10 %
   # feedback share, so that both show in the records.
   config = small_config(**{"hpo.strategy": strategy, "hpo.pool_size": 4,
+                           "hpo.reward": reward,
                            "hpo.period": 2, "hpo.gamma": 1.0,
                            "hpo.explore_aggregates": False,
                            "hpo.feedback_epsilon_fraction": 0.1,
@@ -145,6 +147,9 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   assert 1e-3 <= chosen["learning_rate"] <= 1e-1  # From the pool's range.
   lines = _metrics(tmp_path / "a")
   assert all("hp_mean_gain" in l for l in lines[:3])
+  if reward == "round":  # One configuration a round, in its record.
+    assert all(set(l["hp_round_configuration"]) == set(config.hpo.space)
+               for l in lines[:3])
   if strategy == "feathers":  # Exploration rounds only measure.
     assert [l["hp_measure_only"] for l in lines[:3]] == [True, False, True]
     assert [l["hp_exploring"] for l in lines[:3]] == [True, False, True]
