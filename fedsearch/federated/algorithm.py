@@ -119,10 +119,12 @@ def federated_algorithm(
           losses(before), losses(after), padding, client_config.feedback_clip,
           client_config.feedback_noise_multiplier, feedback_key, expected[2],
           mechanism.noised_sum)
-    return jax.lax.map(
-        lambda args: one_client(*args),
-        (inputs.feedback_idx, inputs.feedback_padding, inputs.client_ids,
-         inputs.expected_batch), batch_size=client_chunk or None)
+    per_client = (inputs.feedback_idx, inputs.feedback_padding,
+                  inputs.client_ids, inputs.expected_batch)
+    if not client_chunk:
+      return jax.vmap(one_client)(*per_client)
+    return jax.lax.map(lambda args: one_client(*args), per_client,
+                       batch_size=client_chunk)
 
   def init(params: ModelParams, nas_state=None,
            client_optimizer_state=None, aggregator_state=None) -> ServerState:

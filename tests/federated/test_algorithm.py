@@ -474,18 +474,22 @@ def test_client_level_round_clips_sums_and_noises_once_whatever_the_chunks():
 
 
 @functools.lru_cache(maxsize=None)
-def _released_model_feedback_algorithm(feedback_noise_multiplier):
+def _released_model_feedback_algorithm(feedback_noise_multiplier,
+                                       client_chunk=0):
   return fed.federated_algorithm(
       ss.derived_model(_SPACE, _GENOTYPE),
       fed.ClientConfig(noise_multiplier=1.0, clip_norm=0.5, learning_rate=0.5,
                        feedback_clip=0.5,
                        feedback_noise_multiplier=feedback_noise_multiplier),
-      optax.sgd(1.0), feedback_after_round=True)
+      optax.sgd(1.0), feedback_after_round=True, client_chunk=client_chunk)
 
 
-def test_released_model_gain_is_the_round_start_to_released_loss_decrease():
+@pytest.mark.parametrize("client_chunk", [
+    0, pytest.param(3, marks=pytest.mark.slow)])
+def test_released_model_gain_is_the_round_start_to_released_loss_decrease(
+    client_chunk):
   x, y, splits = _data()
-  algorithm = _released_model_feedback_algorithm(0.0)
+  algorithm = _released_model_feedback_algorithm(0.0, client_chunk)
   state = algorithm.init(fed.ModelParams(_weights(), {}))
   clients = [0, 2, 3]
   inputs = fed.round_inputs(
@@ -509,7 +513,7 @@ def test_released_model_gain_is_the_round_start_to_released_loss_decrease():
                                   aggregate=False)
   np.testing.assert_allclose(kept_gains, 0.0, atol=1e-7)
   # Feedback noise of std σ_f·clip / |split| on each client's gain.
-  noisy = _released_model_feedback_algorithm(50.0)
+  noisy = _released_model_feedback_algorithm(50.0, client_chunk)
   _, noisy_gains = noisy.apply(state, x, y, inputs, jax.random.key(3), 1)
   scale = 50.0 * 0.5 / np.asarray([len(splits.val[c]) for c in clients])
   z = (np.asarray(noisy_gains) - np.asarray(gains)) / scale
