@@ -606,8 +606,9 @@ def _check_shared_noise(config) -> None:
       (f.local_steps != 1, "a second local step releases a function of the"
        " client's own update (share-noised)",
        f"federated.local_steps=1 (got {f.local_steps})"),
-      (config.hpo.strategy != "none", "hyperparameter feedback measures the"
-       " client's own update", f"hpo.strategy='none' (got"
+      (config.hpo.strategy != "none", "the strategies read hyperparameter"
+       " gains one client at a time, and each carries only its share of the"
+       " noise", f"hpo.strategy='none' (got"
        f" {config.hpo.strategy!r})"),
   )
   _refuse_first(refusals, "privacy.trust='aggregate'", "privacy.trust='local'")
