@@ -42,18 +42,20 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/federated", "run folders")
 
 NAME = "federated"
-_LOCAL = "DP-SGD, example-level, each client noises its own update"
-_AGGREGATE = "DP-SGD, example-level, noise once on the sum (secure aggregation)"
+_TRUST_METHOD = {
+    "local": "DP-SGD, example-level, each client noises its own update",
+    "aggregate": "DP-SGD, example-level, noise once on the sum (secure"
+                 " aggregation)"}
 METHOD = {"adaptive": "DP-FedAvg, client-level, adaptive clipping (median)",
           "fixed": "DP-FedAvg, client-level, fixed clipping (noise rule)",
-          "local": _LOCAL, "aggregate": _AGGREGATE,
+          **_TRUST_METHOD,
           **{s: f"DP-FedAvg, client-level, one-stage search + training,"
                 f" {m} clients a round"
              for s, m in zip(federated.SEARCHES,
                              federated.SEARCH_CLIENTS_PER_ROUND)},
           "search_ceiling": "FedAvg, one-stage search + training, NO"
                             " PRIVACY (the ceiling), 100 clients a round",
-          **{s: f"{_LOCAL if t == 'local' else _AGGREGATE}, {n} participations"
+          **{s: f"{_TRUST_METHOD[t]}, {n} participations"
              for s, (t, n) in federated.LONG_SCHEDULES.items()},
           federated.MATCHED: "DP-SGD, centralised, at the ε whose noise per"
                              " unit of progress matches `aggregate`'s"}

@@ -31,11 +31,11 @@ import optax
 
 from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
                                         ModelParams, arch_optimizer,
-                                        make_local_update)
+                                        client_keys, make_local_update,
+                                        validation_gain)
 from fedsearch.federated.round import RoundInputs, map_clients
 from fedsearch.federated.server import (ServerState, frozen, server_init,
                                         server_per_part, server_update)
-from fedsearch.hyperparameters import feedback
 from fedsearch.nas.base import ArchContext, ArchStep, weights_only
 from fedsearch.optimizers import ClientOptimizer, dpsgd
 from fedsearch.privacy import mechanisms
@@ -47,6 +47,11 @@ from fedsearch.privacy.mechanisms import Mechanism, Model
 # noise; client keys fold in client ids, which stay below both.
 SERVER_NOISE_STREAM = 2**31 - 1
 SHARED_CHILD_STREAM = 2**31 - 2
+
+
+def client_key(round_key: jax.Array, client_id) -> jax.Array:
+  """The key a client's round starts from (`client.client_keys` splits it)."""
+  return jax.random.fold_in(round_key, client_id)
 
 
 class FederatedAlgorithm(NamedTuple):
@@ -112,13 +117,10 @@ def federated_algorithm(
     """Every client's privatised validation-loss decrease from `before` to
     `after`, with the feedback keys its local update would have used."""
     def one_client(idx, padding, client_id, expected):
-      (_, _, _, feedback_key, _, model_key) = jax.random.split(
-          jax.random.fold_in(round_key, client_id), 6)
-      losses = lambda p: example_losses(*p, x[idx], y[idx], model_key)
-      return feedback.privatized_gain(
-          losses(before), losses(after), padding, client_config.feedback_clip,
-          client_config.feedback_noise_multiplier, feedback_key, expected[2],
-          mechanism.noised_sum)
+      return validation_gain(
+          example_losses, before, after, Batches(x[idx], y[idx], padding),
+          client_keys(client_key(round_key, client_id)), client_config,
+          expected[2], mechanism.noised_sum)
     per_client = (inputs.feedback_idx, inputs.feedback_padding,
                   inputs.client_ids, inputs.expected_batch)
     if not client_chunk:
@@ -148,8 +150,7 @@ def federated_algorithm(
         else gather(x, y, inputs.feedback_idx, inputs.feedback_padding),
         None if inputs.active_steps is None
         else jnp.asarray(inputs.active_steps))
-    keys = jax.vmap(lambda i: jax.random.fold_in(round_key, i))(
-        inputs.client_ids)
+    keys = jax.vmap(lambda i: client_key(round_key, i))(inputs.client_ids)
     shared_key = (jax.random.fold_in(round_key, SHARED_CHILD_STREAM)
                   if mechanism.shares_noise else None)
     deltas, gains = all_deltas(state.client_state(), batches, keys,

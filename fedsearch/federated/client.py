@@ -68,6 +68,38 @@ class ClientState(NamedTuple):
   nas: Any  # the NAS strategy's server-carried state
 
 
+class ClientKeys(NamedTuple):
+  """A client's independent random streams for one round. Every reader of a
+  client's randomness takes its stream from here by name, so that no two
+  releases can come to share a key through a reordered split."""
+
+  weight: jax.Array  # the weight gradients' noise
+  arch: jax.Array  # the architecture step's noise
+  probe: jax.Array  # the client optimiser's loss probes
+  feedback: jax.Array  # the hyperparameter gain's noise
+  model: jax.Array  # the children the local steps sample
+  feedback_model: jax.Array  # the child a gain is measured on
+
+
+def client_keys(key: jax.Array) -> ClientKeys:
+  return ClientKeys(*jax.random.split(key, len(ClientKeys._fields)))
+
+
+def validation_gain(example_losses: Callable, before: ModelParams,
+                    after: ModelParams, validation: Batches, keys: ClientKeys,
+                    config: "ClientConfig", expected_size,
+                    noised_sum: Callable) -> jax.Array:
+  """The client's privatised decrease of its validation losses from `before`
+  to `after`, both measured on the same child."""
+  def losses(params: ModelParams):
+    return example_losses(params.weights, params.arch, validation.x,
+                          validation.y, keys.feedback_model)
+  return feedback.privatized_gain(
+      losses(before), losses(after), validation.padding, config.feedback_clip,
+      config.feedback_noise_multiplier, keys.feedback, expected_size,
+      noised_sum)
+
+
 # Client hyperparameters a search may set per client (traced values that
 # override the ClientConfig's).
 TUNABLE = ("learning_rate", "momentum", "weight_decay", "arch_learning_rate",
@@ -279,38 +311,29 @@ def make_local_update(
 
   def local_update(start: ClientState, batches: ClientBatches, key,
                    expected_batch, first_step, hparams=None, shared_key=None):
-    (weight_key, arch_key, probe_key, feedback_key, model_key,
-     feedback_model_key) = jax.random.split(key, 6)
-    if shared_key is not None:
-      model_key = shared_key
+    keys = client_keys(key)
+    model_key = keys.model if shared_key is None else shared_key
     h = {name: getattr(config, name) for name in TUNABLE} | (hparams or {})
     arch = arch_step(ArchContext(
         model, loss, mechanism, weight_gradient,
         optax.scale(-1.0) if mechanism.shares_noise
         else arch_optimizer(config, h, arch_penalty),
         config.clip_norm, config.arch_clip_norm, config.noise_multiplier,
-        optimizer.clipping, config.auto_clip_gamma, arch_key, expected_batch))
+        optimizer.clipping, config.auto_clip_gamma, keys.arch, expected_batch))
     weight_opt = mechanism.private_optimizer(
-        config.noise_multiplier * config.clip_norm, weight_key,
+        config.noise_multiplier * config.clip_norm, keys.weight,
         expected_batch[0], optimizer.transform(h))
     carry = _run_steps(_Step(arch, weight_opt, optimizer, example_losses,
-                             active_weights, model_key, probe_key, first_step,
+                             active_weights, model_key, keys.probe, first_step,
                              expected_batch,
                              start.params.arch if mechanism.shares_noise
                              else None),
                        start, batches, reads_validation)
     new = ClientState(ModelParams(carry.weights, carry.arch), carry.optimizer,
                       arch.report(carry.arch_step))
-    gain = None
-    if batches.feedback is not None:
-      fb = batches.feedback
-      # Before and after are measured on the same child.
-      gain = feedback.privatized_gain(
-          example_losses(*start.params, fb.x, fb.y, feedback_model_key),
-          example_losses(carry.weights, carry.arch, fb.x, fb.y,
-                         feedback_model_key),
-          fb.padding, config.feedback_clip, config.feedback_noise_multiplier,
-          feedback_key, expected_batch[2], mechanism.noised_sum)
+    gain = None if batches.feedback is None else validation_gain(
+        example_losses, start.params, new.params, batches.feedback, keys,
+        config, expected_batch[2], mechanism.noised_sum)
     return new, gain
 
   return local_update

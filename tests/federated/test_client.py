@@ -13,6 +13,7 @@ from fedsearch import data
 from fedsearch import federated as fed
 from fedsearch import nas
 from fedsearch import search_space as ss
+from fedsearch.federated.client import client_keys
 from fedsearch.optimizers import dpsgd, hyfree
 from fedsearch.privacy import mechanisms
 from fedsearch.privacy.auto_lr import AutoLRConfig
@@ -152,3 +153,14 @@ def test_steps_not_taken_change_nothing(optimizer, taken):
                          start.params.weights["classifier"]["kernel"])
   if optimizer == "hyfree":
     assert float(masked.optimizer.report.probed) == float(taken == 2)
+
+
+def test_a_clients_random_streams_are_distinct_and_named():
+  keys = client_keys(jax.random.key(7))
+  assert keys._fields == ("weight", "arch", "probe", "feedback", "model",
+                          "feedback_model")
+  data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
+  assert len(set(data)) == len(data)
+  chex.assert_trees_all_equal(
+      jax.random.key_data(client_keys(jax.random.key(7)).feedback),
+      jax.random.key_data(keys.feedback))
