@@ -1,7 +1,7 @@
 r"""Joint architecture + hyperparameter search vs a published fixed recipe.
 
 Every row is a whole run of the main job (one per seed) with the preset
-`experiments/configs/hpo.py:DATASET,STRATEGY` (its docstring gives the
+`experiments/configs/hpo.py:DATASET,ROW` (its docstring gives the
 schedule, the recipe and the grid, all frozen before any evaluation run), at
 the same total (ε, δ) and the same rounds of the same local steps; the
 searching rows' feedback is privatised and composed in the same accountant.
@@ -30,7 +30,7 @@ from fedsearch.runner.workdir import Workdir
 _DATASETS = flags.DEFINE_list("datasets", ["digits"],
                               f"any of {list(hpo.DATASETS)}")
 _STRATEGIES = flags.DEFINE_list("strategies", list(hpo.STRATEGIES),
-                                f"rows to run: any of {list(hpo.STRATEGIES)}")
+                                f"rows to run: any of {list(hpo.ROWS)}")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "one run per seed")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/hpo", "run folders")
@@ -40,35 +40,38 @@ METHOD = {"none": "fixed recipe (DPNAS retraining, no hyperparameter search)",
           "feathers": "joint search, FEATHERS",
           "fedex": "joint search, FedEx",
           "random": "joint search, random"}
+METHOD |= {s + hpo.ROUND_REWARD: f"{METHOD[s]}, round reward"
+           for s in hpo.STRATEGIES[1:]}
 
 
-def seed_config(dataset: str, strategy: str, seed: int):
-  config = hpo.get_config(f"{dataset},{strategy}")
+def seed_config(dataset: str, row: str, seed: int):
+  config = hpo.get_config(f"{dataset},{row}")
   config.data_dir = _DATA_DIR.value
   config.seed = seed
   return config
 
 
-def _workdir(dataset: str, strategy: str, seed: int) -> str:
-  return f"{_WORKDIR.value}/{dataset}_{strategy}_s{seed}"
+def _workdir(dataset: str, row: str, seed: int) -> str:
+  return f"{_WORKDIR.value}/{dataset}_{row}_s{seed}"
 
 
-def run_row(dataset: str, strategy: str, seeds: list[int]) -> dict:
+def run_row(dataset: str, row: str, seeds: list[int]) -> dict:
   summaries, workdirs = [], []
   for seed in seeds:
-    workdir = _workdir(dataset, strategy, seed)
-    summaries.append(cli.run_labelled(seed_config(dataset, strategy, seed),
+    workdir = _workdir(dataset, row, seed)
+    summaries.append(cli.run_labelled(seed_config(dataset, row, seed),
                                       workdir,
-                                      f"{dataset}, {strategy}, seed {seed}"))
+                                      f"{dataset}, {row}, seed {seed}"))
     workdirs.append(workdir)
-  config = seed_config(dataset, strategy, seeds[0])
+  config = seed_config(dataset, row, seeds[0])
   f, c = config.federated, config.client
-  searching = strategy != "none"
+  searching = config.hpo.strategy != "none"
   return {
-      "dataset": dataset, "setting": "federated", "method": METHOD[strategy],
+      "dataset": dataset, "setting": "federated", "method": METHOD[row],
       **records.seeds_row(summaries, seeds,
                           [records.monitor_curve(w) for w in workdirs]),
       "trust": summaries[0]["trust"], "unit": summaries[0]["unit"],
+      "reward": config.hpo.reward if searching else None,
       "partition": f"{f.partition}({f.dirichlet_alpha})",
       "search_rounds": f.search_rounds, "train_rounds": f.train_rounds,
       "local_steps": f.local_steps, "sampling_rate": f.sampling_rate,
@@ -105,8 +108,8 @@ def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
     if not r.get("hp_probabilities_per_round"):
       continue
     rounds = r["hp_probabilities_per_round"][0]
-    strategy = next(s for s, m in METHOD.items() if m == r["method"])
-    path = records.RESULTS / f"{NAME}_{dataset}_{strategy}_probabilities.svg"
+    row = next(s for s, m in METHOD.items() if m == r["method"])
+    path = records.RESULTS / f"{NAME}_{dataset}_{row}_probabilities.svg"
     plots.line_plot({name: [[p[j] for p in rounds]]
                      for j, name in enumerate(r["pool"])},
                     f"{label}, {r['method']}: probability of each"
@@ -136,7 +139,11 @@ def render(rows: list[dict]) -> str:
       " train the derived child with their choice. Every row: the same"
       " rounds of the same local steps (equal compute), the same **total**"
       " (ε, δ), the feedback's share inside it (its ε alone in the last"
-      " columns). Test accuracy is read once per run, at its end.",
+      " columns). Test accuracy is read once per run, at its end. Rows"
+      " marked \"round reward\" run `hpo.reward = round` (one configuration"
+      " a round; every client measures its gain on the released model, not"
+      " on its own update), a design added after the first Fashion-MNIST"
+      " rows (experiments/README.md).",
       "",
       "| dataset | method | test accuracy | ε total (δ) | σ | chosen | ε of"
       " the feedback alone | rounds (search + train) × local steps | wall"
@@ -162,7 +169,7 @@ def render(rows: list[dict]) -> str:
   if plotted:
     lines += ["", "Plots: " + ", ".join(
         f"`{NAME}_{d}_accuracy.svg`" for d in plotted) + " (monitor accuracy"
-        " per round); `hpo_<dataset>_<strategy>_probabilities.svg` (each"
+        " per round); `hpo_<dataset>_<row>_probabilities.svg` (each"
         " configuration's probability per search round)."]
   lines += records.commands_section(
       NAME, rows,
@@ -175,14 +182,14 @@ def main(argv):
   try:
     seeds = [int(s) for s in _SEEDS.value]
     cli.check_listed(("--datasets", _DATASETS.value, hpo.DATASETS),
-                     ("--strategies", _STRATEGIES.value, hpo.STRATEGIES))
+                     ("--strategies", _STRATEGIES.value, hpo.ROWS))
     for dataset in _DATASETS.value:
-      for strategy in _STRATEGIES.value:
+      for row in _STRATEGIES.value:
         for seed in seeds:
-          job_lib.privacy_plan(seed_config(dataset, strategy, seed))
+          job_lib.privacy_plan(seed_config(dataset, row, seed))
     for dataset in _DATASETS.value:
-      for strategy in _STRATEGIES.value:
-        rows = records.write(NAME, [run_row(dataset, strategy, seeds)],
+      for row in _STRATEGIES.value:
+        rows = records.write(NAME, [run_row(dataset, row, seeds)],
                              render)
         print("plots:", ", ".join(map(str, plot(dataset, rows))), flush=True)
       print(render(rows), flush=True)

@@ -25,14 +25,16 @@ def hpo_compare():
 def test_every_row_runs_the_recipe_schedule_and_the_grid_holds_the_recipe(
     dataset):
   plans = {}
-  for strategy in hpo.STRATEGIES:
-    config = hpo.get_config(f"{dataset},{strategy}")
+  for row in hpo.ROWS:
+    config = hpo.get_config(f"{dataset},{row}")
     f = config.federated
-    plans[strategy] = (f.search_rounds, f.train_rounds, f.local_steps,
+    plans[row] = (f.search_rounds, f.train_rounds, f.local_steps,
                        f.sampling_rate, config.privacy.epsilon,
                        config.privacy.delta, config.privacy.clip_norm)
     assert config.privacy.trust == "local"
-    if strategy != "none":
+    assert config.hpo.reward == (
+        "round" if row.endswith(hpo.ROUND_REWARD) else "client")
+    if row != "none":
       pool = hp_lib.make_pool(
           hp_lib.space_from_dict(config.hpo.space.to_dict()),
           config.hpo.pool_size, config.seed)
@@ -88,10 +90,15 @@ def test_rows_carry_the_choice_the_feedback_and_the_probabilities(
   try:
     fixed = hpo_compare.run_row("digits", "none", [0])
     feathers = hpo_compare.run_row("digits", "feathers", [0])
+    round_reward = hpo_compare.run_row("digits", "feathers_round", [0])
   finally:
     flags.FLAGS.unparse_flags()
   assert started == [f"{tmp_path}/hpo/digits_none_s0",
-                     f"{tmp_path}/hpo/digits_feathers_s0"]
+                     f"{tmp_path}/hpo/digits_feathers_s0",
+                     f"{tmp_path}/hpo/digits_feathers_round_s0"]
+  assert (fixed["reward"], feathers["reward"], round_reward["reward"]) == (
+      None, "client", "round")
+  assert round_reward["method"] == "joint search, FEATHERS, round reward"
   assert fixed["chosen"] == [{"learning_rate": 2.0, "momentum": 0.9}]
   assert fixed["epsilon_feedback_only"] == [None]
   assert feathers["epsilon_feedback_only"] == [1.1]
@@ -100,9 +107,11 @@ def test_rows_carry_the_choice_the_feedback_and_the_probabilities(
   assert fixed["gradient_steps"] == feathers["gradient_steps"]
   for row in (fixed, feathers):
     assert set(records.REQUIRED) <= set(row)
-  rows = records.write(hpo_compare.NAME, [fixed, feathers], hpo_compare.render)
+  rows = records.write(hpo_compare.NAME, [fixed, feathers, round_reward],
+                       hpo_compare.render)
   names = [p.name for p in hpo_compare.plot("digits", rows)]
   assert names == ["hpo_digits_accuracy.svg",
-                   "hpo_digits_feathers_probabilities.svg"]
+                   "hpo_digits_feathers_probabilities.svg",
+                   "hpo_digits_feathers_round_probabilities.svg"]
   table = (tmp_path / "results" / "hpo.md").read_text()
   assert "learning_rate 1, momentum 0.9" in table and "| 1.10 |" in table
