@@ -139,11 +139,12 @@ def render(rows: list[dict]) -> str:
       " train the derived child with their choice. Every row: the same"
       " rounds of the same local steps (equal compute), the same **total**"
       " (ε, δ), the feedback's share inside it (its ε alone in the last"
-      " columns). Test accuracy is read once per run, at its end. Rows"
-      " marked \"round reward\" run `hpo.reward = round` (one configuration"
-      " a round; every client measures its gain on the released model, not"
-      " on its own update), a design added after the first Fashion-MNIST"
-      " rows (experiments/README.md).",
+      " columns). Test accuracy is read once per run, at its end."
+      + (" Rows marked \"round reward\" run `hpo.reward = round` (one"
+         " configuration a round; every client measures its gain on the"
+         " released model, not on its own update), a design added after the"
+         " first Fashion-MNIST rows (experiments/README.md)."
+         if any(r.get("reward") == "round" for r in rows) else ""),
       "",
       "| dataset | method | test accuracy | ε total (δ) | σ | chosen | ε of"
       " the feedback alone | rounds (search + train) × local steps | wall"
