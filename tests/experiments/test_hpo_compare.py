@@ -29,8 +29,8 @@ def test_every_row_runs_the_recipe_schedule_and_the_grid_holds_the_recipe(
     config = hpo.get_config(f"{dataset},{row}")
     f = config.federated
     plans[row] = (f.search_rounds, f.train_rounds, f.local_steps,
-                       f.sampling_rate, config.privacy.epsilon,
-                       config.privacy.delta, config.privacy.clip_norm)
+                  f.sampling_rate, config.privacy.epsilon,
+                  config.privacy.delta, config.privacy.clip_norm)
     assert config.privacy.trust == "local"
     assert config.hpo.reward == (
         "round" if row.endswith(hpo.ROUND_REWARD) else "client")

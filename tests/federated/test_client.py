@@ -159,8 +159,8 @@ def test_a_clients_random_streams_are_distinct_and_named():
   keys = client_keys(jax.random.key(7))
   assert keys._fields == ("weight", "arch", "probe", "feedback", "model",
                           "feedback_model")
-  data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
-  assert len(set(data)) == len(data)
+  streams = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
+  assert len(set(streams)) == len(streams)
   chex.assert_trees_all_equal(
       jax.random.key_data(client_keys(jax.random.key(7)).feedback),
       jax.random.key_data(keys.feedback))
