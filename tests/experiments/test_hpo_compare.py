@@ -32,8 +32,11 @@ def test_every_row_runs_the_recipe_schedule_and_the_grid_holds_the_recipe(
                   f.sampling_rate, config.privacy.epsilon,
                   config.privacy.delta, config.privacy.clip_norm)
     assert config.privacy.trust == "local"
-    assert config.hpo.reward == (
-        "round" if row.endswith(hpo.ROUND_REWARD) else "client")
+    round_reward = row.endswith(hpo.ROUND_REWARD)
+    assert config.hpo.reward == ("round" if round_reward else "client")
+    # FEATHERS as published, except where a round reward must measure the
+    # released model.
+    assert config.hpo.explore_aggregates == round_reward
     if row != "none":
       pool = hp_lib.make_pool(
           hp_lib.space_from_dict(config.hpo.space.to_dict()),

@@ -36,10 +36,11 @@ def test_strategies_share_one_interface_and_find_the_best(name):
     state, ids, aggregate = strategy.choose(state, jax.random.key(r), 4)
     assert ids.shape == (4,) and aggregate.dtype == jnp.bool_
     assert np.all((np.asarray(ids) >= 0) & (np.asarray(ids) < 5))
-    # FEATHERS aggregates every round by default; it exploits when not
-    # exploring.
+    # FEATHERS exploits (aggregates the best's updates) when not exploring.
     exploits = bool(aggregate) and not bool(getattr(state, "exploring",
                                                     False))
+    if name == "feathers":
+      assert bool(aggregate) == exploits  # The paper's: exploring measures.
     flags.append(exploits)
     if name == "feathers" and exploits:
       assert list(ids) == [3] * 4  # Exploitation runs the best.
@@ -57,20 +58,20 @@ def test_strategies_share_one_interface_and_find_the_best(name):
 
 def test_hpo_fields_reach_the_strategy():
   # FEATHERS: γ = 0 leaves no exploration round; α = 1 sets the rewards to
-  # the round's gains; explore_aggregates=False (the paper's) keeps the
-  # exploration rounds' updates off the model.
+  # the round's gains; by default (the paper's) exploration rounds keep
+  # their updates off the model, explore_aggregates=True keeps them.
   never = hp.make_strategy(_hpo("feathers", gamma=0.0))
   state, _, aggregate = never.choose(never.init(3), jax.random.key(0), 2)
   assert bool(aggregate) and not bool(state.exploring)
   greedy = hp.make_strategy(_hpo("feathers", alpha=1.0))
   state, _, aggregate = greedy.choose(greedy.init(3), jax.random.key(0), 2)
-  assert bool(state.exploring) and bool(aggregate)
+  assert bool(state.exploring) and not bool(aggregate)
   state = greedy.update(state, jnp.array([1, 1]), jnp.array([0.4, 0.2]),
                         jnp.ones(2), aggregate)
   chex.assert_trees_all_close(state.rewards, jnp.array([0.0, 0.3, 0.0]))
-  paper = hp.make_strategy(_hpo("feathers", explore_aggregates=False))
-  state, _, aggregate = paper.choose(paper.init(3), jax.random.key(0), 2)
-  assert bool(state.exploring) and not bool(aggregate)
+  kept = hp.make_strategy(_hpo("feathers", explore_aggregates=True))
+  state, _, aggregate = kept.choose(kept.init(3), jax.random.key(0), 2)
+  assert bool(state.exploring) and bool(aggregate)
   # FedEx: a zero step keeps θ uniform; its default step moves it.
   frozen = hp.make_strategy(_hpo("fedex", fedex_step=0.0))
   moved = hp.make_strategy(_hpo("fedex"))
@@ -118,7 +119,8 @@ def test_choose_and_update_jit_equal_eager(name):
 
 @pytest.mark.parametrize("name", ["feathers", "fedex", "random"])
 def test_round_reward_gives_every_client_of_a_round_one_configuration(name):
-  strategy = hp.make_strategy(_hpo(name, reward="round", gamma=6.0))
+  strategy = hp.make_strategy(_hpo(name, reward="round", gamma=6.0,
+                                   explore_aggregates=True))
   state = strategy.init(10)
   drawn = set()
   for round_ in range(8):

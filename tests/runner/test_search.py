@@ -127,12 +127,11 @@ def test_end_to_end_learns_at_epsilon_3(tmp_path):
     ("feathers", "client"), ("fedex", "client"), ("fedex", "round")])
 def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
     tmp_path, strategy, reward):
-  # The paper's FEATHERS (exploration rounds only measure) and a 10 %
-  # feedback share, so that both show in the records.
+  # The default FEATHERS, the paper's (exploration rounds only measure),
+  # and a 10 % feedback share, so that both show in the records.
   config = small_config(**{"hpo.strategy": strategy, "hpo.pool_size": 4,
                            "hpo.reward": reward,
                            "hpo.period": 2, "hpo.gamma": 1.0,
-                           "hpo.explore_aggregates": False,
                            "hpo.feedback_epsilon_fraction": 0.1,
                            "federated.search_rounds": 3})
   straight = runner.run(config, tmp_path / "a", report=_quiet)
