@@ -232,6 +232,11 @@ def get_config() -> ml_collections.ConfigDict:
   # the model: on digits (8 seeds) that cost 9.8 points
   # (fedsearch/hyperparameters/feathers.py, experiments/README.md).
   config.hpo.explore_aggregates = False
+  # FedEx, random (and FEATHERS with explore_aggregates): "own" aggregates
+  # each client's update as trained (as published); "incumbent" rescales it
+  # to the step of the strategy's best (post-processing, no ε;
+  # fedsearch/hyperparameters/exploration.py).
+  config.hpo.exploration_step = "own"
   config.hpo.fedex_step = 1.0  # FedEx: exponentiated-gradient step size
   # What a gain measures: "client" (its own update, as the methods are
   # published) | "round" (the round's released model; every client of a

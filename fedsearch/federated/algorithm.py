@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
-                                        ModelParams, arch_optimizer,
+                                        ClientState, ModelParams,
+                                        arch_optimizer,
                                         client_keys, make_local_update,
                                         validation_gain)
 from fedsearch.federated.round import RoundInputs, map_clients
@@ -52,6 +53,16 @@ SHARED_CHILD_STREAM = 2**31 - 2
 def client_key(round_key: jax.Array, client_id) -> jax.Array:
   """The key a client's round starts from (`client.client_keys` splits it)."""
   return jax.random.fold_in(round_key, client_id)
+
+
+def scale_weight_deltas(deltas: ClientState, scale: jax.Array) -> ClientState:
+  """Each client's weight delta times its `scale` entry (leading axis:
+  clients); the architecture and optimiser deltas as they are."""
+  weights = jax.tree.map(
+      lambda d: d * jnp.reshape(scale, scale.shape + (1,) * (d.ndim - 1)
+                                ).astype(d.dtype),
+      deltas.params.weights)
+  return deltas._replace(params=deltas.params._replace(weights=weights))
 
 
 class FederatedAlgorithm(NamedTuple):
@@ -156,6 +167,8 @@ def federated_algorithm(
     deltas, gains = all_deltas(state.client_state(), batches, keys,
                                inputs.expected_batch, inputs.hparams,
                                first_step, shared_key)
+    if inputs.update_scale is not None:
+      deltas = scale_weight_deltas(deltas, inputs.update_scale)
     total, weight = mechanism.combine(deltas, inputs.client_weights,
                                       state.aggregator)
     return total, weight, gains

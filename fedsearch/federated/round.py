@@ -39,6 +39,9 @@ class RoundInputs(NamedTuple):
   feedback_padding: np.ndarray | None = None
   hparams: dict | None = None  # {name: (m,) float32} per-client overrides
   active_steps: np.ndarray | None = None  # (m, S) bool; None: every step
+  # (m,) float32: multiplies each client's weight delta before aggregation
+  # (`hpo.exploration_step`); None: 1.
+  update_scale: np.ndarray | None = None
 
 
 def client_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:

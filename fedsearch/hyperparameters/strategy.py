@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from fedsearch.errors import ConfigError
 from fedsearch.hyperparameters import feathers, fedex, random_search
 from fedsearch.hyperparameters.base import Strategy
+from fedsearch.hyperparameters.exploration import EXPLORATION_STEPS
 
 # hpo.reward: what a client's gain measures. "client": its own update (the
 # methods as published); "round": the round's released model, every client
@@ -47,6 +48,13 @@ def make_strategy(hpo) -> Strategy | None:
     raise ConfigError("hpo.reward='round' measures the released model, which"
                       " FEATHERS's exploration rounds keep unchanged unless"
                       " hpo.explore_aggregates=True")
+  if hpo.exploration_step not in EXPLORATION_STEPS:
+    raise ConfigError(f"hpo.exploration_step={hpo.exploration_step!r} is not"
+                      f" allowed; choose one of {list(EXPLORATION_STEPS)}")
+  if hpo.exploration_step == "incumbent" and hpo.reward == "round":
+    raise ConfigError("hpo.exploration_step='incumbent' rescales the released"
+                      " update, whose gain a round reward measures; use"
+                      " hpo.reward='client' or hpo.exploration_step='own'")
   strategy = STRATEGIES[hpo.strategy](hpo)
   if strategy is not None and hpo.reward == "round":
     strategy = one_configuration_per_round(strategy)

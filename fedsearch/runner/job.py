@@ -72,6 +72,7 @@ class Hpo:
 
   strategy: hp_lib.Strategy
   pool: dict  # {name: (P,) values}
+  exploration_step: str = "own"  # `hpo.exploration_step`
 
 
 class FixedNetwork(NamedTuple):
@@ -295,7 +296,10 @@ def build_hpo(config) -> Hpo | None:
   if "sampling_rate" in pool and not np.all(
       (pool["sampling_rate"] > 0) & (pool["sampling_rate"] <= 1)):
     raise ConfigError("hpo.space.sampling_rate must lie in (0, 1]")
-  return Hpo(strategy, pool)
+  if "momentum" in pool and not np.all(
+      (pool["momentum"] >= 0) & (pool["momentum"] < 1)):
+    raise ConfigError("hpo.space.momentum must lie in [0, 1)")
+  return Hpo(strategy, pool, h.exploration_step)
 
 
 def build_plan(config, mechanism: mechanisms.Mechanism,

@@ -149,6 +149,19 @@ class RoundInputsBuilder:
     return inputs if ids is None else inputs._replace(hparams=values)
 
 
+def incumbent_scales(job: Job, progress: Progress, ids) -> np.ndarray:
+  """`hpo.exploration_step='incumbent'`: each client's update rescaled to
+  the step of the strategy's best, or of the configured default before any
+  feedback (`hyperparameters/exploration.py`)."""
+  had_feedback = any("hp_mean_gain" in r for r in progress.metrics)
+  incumbent = (int(job.hpo.strategy.best(progress.hpo_state)) if had_feedback
+               else None)
+  c = job.client_config
+  return hp_lib.update_scales(
+      job.hpo.pool, ids, incumbent,
+      {"learning_rate": c.learning_rate, "momentum": c.momentum})
+
+
 def round_record(job: Job, progress: Progress, round_: int, start_time,
                  inputs=None, gains=None, aggregate=True) -> dict:
   """The metrics line of a finished round (monitor split, ε, plug-ins)."""
@@ -166,6 +179,9 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
     record["hp_mean_gain"] = float(
         np.sum(weights * np.asarray(gains)) / np.sum(weights))
     record["hp_best_index"] = int(job.hpo.strategy.best(progress.hpo_state))
+    if inputs.update_scale is not None:
+      record["hp_mean_update_scale"] = float(
+          np.sum(weights * inputs.update_scale) / np.sum(weights))
     if job.config.hpo.reward == "round":  # The round's one configuration.
       record["hp_round_configuration"] = {
           name: float(values[0]) for name, values in inputs.hparams.items()}
@@ -235,6 +251,9 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
           build_inputs.client_slots(round_, phase))
       aggregate = bool(aggregate)
       inputs = build_inputs(round_, phase, ids, True)
+      if job.hpo.exploration_step == "incumbent":
+        inputs = inputs._replace(update_scale=incumbent_scales(
+            job, progress, ids))
     elif prefetched is not None and prefetched[0] == round_:
       inputs = prefetched[1]
     else:

@@ -283,6 +283,38 @@ def test_aggregate_noise_is_centralised_dp_sgd_on_the_union():
     assert noise.std() == pytest.approx(factor * want, rel=0.05), trust
 
 
+def test_update_scales_multiply_each_clients_weight_delta_in_the_mean():
+  # `hpo.exploration_step='incumbent'`: each client's noised update times
+  # its factor, then the FedAvg mean as before (server SGD(1): the round's
+  # step is the mean).
+  x, y, splits = _data()
+  inputs = _one_step_inputs(splits, [0, 1, 2])
+  params = fed.ModelParams(_weights(), {})
+  algorithm = _fixed_algorithm("local", 3, 1.0)
+  state = algorithm.init(params)
+
+  def round_with(scale):
+    if scale is not None:
+      inputs_ = inputs._replace(update_scale=np.asarray(scale, np.float32))
+    new = algorithm.apply(state, x, y, inputs if scale is None else inputs_,
+                          jax.random.key(3), 1)[0]
+    return new, jax.tree.map(jnp.subtract, new.params.weights,
+                             params.weights)
+
+  plain, plain_step = round_with(None)
+  shares = [round_with(np.eye(3)[k])[1] for k in range(3)]
+  scaled, scaled_step = round_with([2.0, 0.5, 3.0])
+  combine = lambda coefficients: jax.tree.map(
+      lambda *s: sum(c * a for c, a in zip(coefficients, s)), *shares)
+  chex.assert_trees_all_close(combine([1.0, 1.0, 1.0]), plain_step,
+                              rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(combine([2.0, 0.5, 3.0]), scaled_step,
+                              rtol=1e-5, atol=1e-6)
+  assert _max_change(scaled.params, plain.params) > 1e-4
+  # The client optimiser's carried state is averaged as it was.
+  chex.assert_trees_all_close(scaled.client_optimizer, plain.client_optimizer)
+
+
 @functools.lru_cache(maxsize=None)
 def _aggregate_search(strategy_name, clients_per_round, noise_multiplier,
                       arch_clip_norm=0.1, server_arch_sgd=False):

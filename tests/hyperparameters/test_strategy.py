@@ -136,6 +136,10 @@ def test_round_reward_gives_every_client_of_a_round_one_configuration(name):
 
 @pytest.mark.parametrize("fields,named", [
     ({"reward": "model"}, "hpo.reward='model' is not allowed"),
+    ({"exploration_step": "best"}, "hpo.exploration_step='best' is not"
+     " allowed; choose one of ['own', 'incumbent']"),
+    ({"exploration_step": "incumbent", "reward": "round"},
+     "use hpo.reward='client' or hpo.exploration_step='own'"),
     ({"strategy": "feathers", "reward": "round", "explore_aggregates": False},
      "hpo.explore_aggregates=True")])
 def test_bad_reward_settings_are_named(fields, named):

@@ -1,6 +1,8 @@
 """Building the job: every bad configuration value is one ConfigError naming
 its field, before any round; the plan charges what the config implies."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from fedsearch.errors import ConfigError, DataFileError
 from fedsearch.privacy import client_sizes, mechanisms
 from fedsearch.privacy.plan import NoiseMultipliers
 from fedsearch.runner import job as job_lib
+from fedsearch.runner import loop
 
 
 def small_config(**overrides):
@@ -112,11 +115,19 @@ def test_missing_data_file_is_named(tmp_path):
     job_lib.build_job(config)
 
 
-def test_searched_local_steps_must_be_integers():
-  config = small_config(**{"hpo.strategy": "random", "hpo.pool_size": 4})
-  config.hpo.space = {"local_steps": {"scale": "uniform", "low": 1,
-                                      "high": 3}}
-  with pytest.raises(ConfigError, match="hpo.space.local_steps"):
+@pytest.mark.parametrize("space,named", [
+    ({"local_steps": {"scale": "uniform", "low": 1, "high": 3}},
+     "hpo.space.local_steps must draw integers"),
+    # Heavy-ball diverges at momentum 1 (and its step lr/(1 − m) is
+    # undefined there).
+    ({"momentum": {"scale": "categorical", "choices": [0.5, 1.0]}},
+     "hpo.space.momentum must lie in [0, 1)")])
+def test_searched_values_outside_their_domain_are_named(space, named):
+  # Pool size 0: every combination of the choices, so the bad one is in.
+  config = small_config(**{"hpo.strategy": "random", "hpo.pool_size": (
+      0 if all(h["scale"] == "categorical" for h in space.values()) else 4)})
+  config.hpo.space = space
+  with pytest.raises(ConfigError, match=re.escape(named)):
     job_lib.build_job(config)
 
 
@@ -291,3 +302,30 @@ def test_round_noise_rule_on_hand_numbers(trust, per_unit_rate):
       pytest.approx(min(1.0, 0.06 / per_unit_rate)))
   config.client.max_round_noise = 0.0  # Off: the rate as given.
   assert job_lib.client_learning_rate(config, sigmas, sizes) == 1.0
+
+
+def test_exploring_clients_are_rescaled_to_the_default_then_the_best():
+  config = small_config(**{"hpo.strategy": "fedex", "hpo.pool_size": 0,
+                           "hpo.exploration_step": "incumbent",
+                           "client.max_round_noise": 0.0,
+                           "client.learning_rate": 2.0,
+                           "client.momentum": 0.9})
+  config.hpo.space = {
+      "learning_rate": {"scale": "categorical", "choices": [1.0, 4.0]},
+      "momentum": {"scale": "categorical", "choices": [0.5, 0.9]}}
+  job = job_lib.build_job(config)
+  pool = job.hpo.pool
+  ids = np.arange(len(pool["learning_rate"]))
+  steps = pool["learning_rate"] / (1 - pool["momentum"])
+  state = job.hpo.strategy.init(len(ids))
+  progress = loop.Progress(None, state, None, None, [])
+  # No feedback yet: the configured default's step, 2 / (1 − 0.9) = 20.
+  np.testing.assert_allclose(loop.incumbent_scales(job, progress, ids),
+                             20.0 / steps, rtol=1e-6)
+  # After feedback, the strategy's best.
+  state = job.hpo.strategy.update(state, ids, np.where(ids == 1, 1.0, -1.0),
+                                  np.ones(len(ids)), True)
+  progress = loop.Progress(None, state, None, None, [{"hp_mean_gain": 0.0}])
+  assert int(job.hpo.strategy.best(state)) == 1
+  np.testing.assert_allclose(loop.incumbent_scales(job, progress, ids),
+                             steps[1] / steps, rtol=1e-6)

@@ -123,14 +123,16 @@ def test_end_to_end_learns_at_epsilon_3(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,reward", [
-    ("feathers", "client"), ("fedex", "client"), ("fedex", "round")])
+@pytest.mark.parametrize("strategy,reward,exploration_step", [
+    ("feathers", "client", "own"), ("fedex", "client", "incumbent"),
+    ("fedex", "round", "own")])
 def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
-    tmp_path, strategy, reward):
+    tmp_path, strategy, reward, exploration_step):
   # The default FEATHERS, the paper's (exploration rounds only measure),
   # and a 10 % feedback share, so that both show in the records.
   config = small_config(**{"hpo.strategy": strategy, "hpo.pool_size": 4,
                            "hpo.reward": reward,
+                           "hpo.exploration_step": exploration_step,
                            "hpo.period": 2, "hpo.gamma": 1.0,
                            "hpo.feedback_epsilon_fraction": 0.1,
                            "federated.search_rounds": 3})
@@ -149,6 +151,9 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   if reward == "round":  # One configuration a round, in its record.
     assert all(set(l["hp_round_configuration"]) == set(config.hpo.space)
                for l in lines[:3])
+  # Rescaled to the incumbent's step: the factors in the record.
+  assert all(("hp_mean_update_scale" in l)
+             == (exploration_step == "incumbent") for l in lines[:3])
   if strategy == "feathers":  # Exploration rounds only measure.
     assert [l["hp_measure_only"] for l in lines[:3]] == [True, False, True]
     assert [l["hp_exploring"] for l in lines[:3]] == [True, False, True]
