@@ -299,6 +299,11 @@ def build_hpo(config) -> Hpo | None:
   if "momentum" in pool and not np.all(
       (pool["momentum"] >= 0) & (pool["momentum"] < 1)):
     raise ConfigError("hpo.space.momentum must lie in [0, 1)")
+  if h.exploration_step == "incumbent" and config.client.optimizer != "dpsgd":
+    raise ConfigError("hpo.exploration_step='incumbent' rescales heavy-ball"
+                      " steps lr/(1 - momentum); set client.optimizer='dpsgd'"
+                      f" (got {config.client.optimizer!r}) or"
+                      " hpo.exploration_step='own'")
   return Hpo(strategy, pool, h.exploration_step)
 
 

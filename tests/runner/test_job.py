@@ -304,6 +304,16 @@ def test_round_noise_rule_on_hand_numbers(trust, per_unit_rate):
   assert job_lib.client_learning_rate(config, sigmas, sizes) == 1.0
 
 
+def test_incumbent_steps_need_heavy_ball():
+  # HyFreeDP sets its own η: lr / (1 − momentum) is not its step.
+  config = small_config(**{"hpo.strategy": "fedex", "hpo.pool_size": 4,
+                           "hpo.exploration_step": "incumbent",
+                           "client.optimizer": "hyfree"})
+  with pytest.raises(ConfigError, match=re.escape(
+      "set client.optimizer='dpsgd' (got 'hyfree')")):
+    job_lib.build_job(config)
+
+
 def test_exploring_clients_are_rescaled_to_the_default_then_the_best():
   config = small_config(**{"hpo.strategy": "fedex", "hpo.pool_size": 0,
                            "hpo.exploration_step": "incumbent",
