@@ -72,7 +72,6 @@ class Hpo:
 
   strategy: hp_lib.Strategy
   pool: dict  # {name: (P,) values}
-  exploration_step: str = "own"  # `hpo.exploration_step`
 
 
 class FixedNetwork(NamedTuple):
@@ -304,7 +303,7 @@ def build_hpo(config) -> Hpo | None:
                       " steps lr/(1 - momentum); set client.optimizer='dpsgd'"
                       f" (got {config.client.optimizer!r}) or"
                       " hpo.exploration_step='own'")
-  return Hpo(strategy, pool, h.exploration_step)
+  return Hpo(strategy, pool)
 
 
 def build_plan(config, mechanism: mechanisms.Mechanism,

@@ -251,7 +251,7 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
           build_inputs.client_slots(round_, phase))
       aggregate = bool(aggregate)
       inputs = build_inputs(round_, phase, ids, True)
-      if job.hpo.exploration_step == "incumbent":
+      if job.config.hpo.exploration_step == "incumbent":
         inputs = inputs._replace(update_scale=incumbent_scales(
             job, progress, ids))
     elif prefetched is not None and prefetched[0] == round_:
