@@ -234,7 +234,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.hpo.explore_aggregates = False
   # FedEx, random (and FEATHERS with explore_aggregates): "own" aggregates
   # each client's update as trained (as published); "incumbent" rescales it
-  # to the step of the strategy's best (post-processing, no ε;
+  # to the step of the strategy's best, capped at this config's default step
+  # (post-processing, no ε;
   # fedsearch/hyperparameters/exploration.py).
   config.hpo.exploration_step = "own"
   config.hpo.fedex_step = 1.0  # FedEx: exponentiated-gradient step size
