@@ -37,8 +37,7 @@ def test_every_row_runs_the_recipe_schedule_and_the_grid_holds_the_recipe(
     # FEATHERS as published, except where a round reward must measure the
     # released model.
     assert config.hpo.explore_aggregates == round_reward
-    assert config.hpo.exploration_step == (
-        "incumbent" if row == "fedex" else "own")
+    assert config.hpo.exploration_step == "own"
     if row != "none":
       pool = hp_lib.make_pool(
           hp_lib.space_from_dict(config.hpo.space.to_dict()),
