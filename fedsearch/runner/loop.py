@@ -151,8 +151,9 @@ class RoundInputsBuilder:
 
 def incumbent_scales(job: Job, progress: Progress, ids) -> np.ndarray:
   """`hpo.exploration_step='incumbent'`: each client's update rescaled to
-  the step of the strategy's best (at most the configured default's), or of
-  the configured default before any feedback (`hyperparameters/exploration.py`)."""
+  the step of the strategy's best (at most the configured default's), or
+  of the configured default before any feedback
+  (`hyperparameters/exploration.py`)."""
   had_feedback = any("hp_mean_gain" in r for r in progress.metrics)
   incumbent = (int(job.hpo.strategy.best(progress.hpo_state)) if had_feedback
                else None)
