@@ -128,6 +128,7 @@ class ClientConfig:
   # validation-loss decreases clipped to ±feedback_clip, noise multiplier σ_f.
   feedback_clip: float = 0.5
   feedback_noise_multiplier: float = 1.0
+  feedback_measure: str = "loss"  # `feedback.MEASURES`: what ℓ a gain reads
 
 
 def add_gradient_of(penalty: Callable) -> optax.GradientTransformation:
@@ -301,6 +302,8 @@ def make_local_update(
   mechanism = mechanism or mechanisms.local()
   optimizer = optimizer or dpsgd()
   example_losses = mechanisms.example_losses(model, loss)
+  feedback_losses = mechanisms.example_losses(
+      model, feedback.measure(config.feedback_measure, loss))
 
   def weight_gradient(*args, **kwargs):
     # Built when a step asks for it: a one-stage search step never does, and
@@ -332,7 +335,7 @@ def make_local_update(
     new = ClientState(ModelParams(carry.weights, carry.arch), carry.optimizer,
                       arch.report(carry.arch_step))
     gain = None if batches.feedback is None else validation_gain(
-        example_losses, start.params, new.params, batches.feedback, keys,
+        feedback_losses, start.params, new.params, batches.feedback, keys,
         config, expected_batch[2], mechanism.noised_sum)
     return new, gain
 

@@ -8,11 +8,36 @@ Adding or removing one example moves the sum by at most c, whatever the
 losses: the release is the Gaussian mechanism with sensitivity c and
 multiplier σ_f, on the whole validation split (no subsampling), composed in
 the accountant with every other release of that client.
+
+What ℓ is (`hpo.feedback_measure`): "loss", the training loss (cross-
+entropy), as the methods are published; or "error", the 0/1 error, so that
+d_i is −1, 0 or 1 and the gain is the accuracy the update added. Under DP
+noise the two disagree: larger steps leave noisier, more confident logits,
+so they lower the cross-entropy less while raising the accuracy more
+(experiments/README.md, "What the rewards rank"). Either way d_i is clipped
+to [−c, c]: the mechanism and its ε do not change.
 """
 
+from collections.abc import Callable
+
 import jax
+import jax.numpy as jnp
 
 from fedsearch.privacy import mechanisms
+
+
+def zero_one_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """1 where the argmax class is not the label, else 0 (per example)."""
+  return (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
+
+
+MEASURES = ("loss", "error")
+
+
+def measure(name: str, loss: Callable) -> Callable:
+  """The per-example `(logits, labels) -> ℓ` a gain is measured with: the
+  training `loss` ("loss") or the 0/1 error ("error")."""
+  return {"loss": loss, "error": zero_one_error}[name]
 
 
 def privatized_gain(loss_before: jax.Array, loss_after: jax.Array,

@@ -6,7 +6,7 @@ Adding one: a module with a `strategy(...) -> Strategy` and one entry here.
 import jax.numpy as jnp
 
 from fedsearch.errors import ConfigError
-from fedsearch.hyperparameters import feathers, fedex, random_search
+from fedsearch.hyperparameters import feathers, feedback, fedex, random_search
 from fedsearch.hyperparameters.base import Strategy
 from fedsearch.hyperparameters.exploration import EXPLORATION_STEPS
 
@@ -43,6 +43,9 @@ def make_strategy(hpo) -> Strategy | None:
   if hpo.reward not in REWARDS:
     raise ConfigError(f"hpo.reward={hpo.reward!r} is not allowed; choose one"
                       f" of {list(REWARDS)}")
+  if hpo.feedback_measure not in feedback.MEASURES:
+    raise ConfigError(f"hpo.feedback_measure={hpo.feedback_measure!r} is not"
+                      f" allowed; choose one of {list(feedback.MEASURES)}")
   if (hpo.reward == "round" and hpo.strategy == "feathers"
       and not hpo.explore_aggregates):
     raise ConfigError("hpo.reward='round' measures the released model, which"

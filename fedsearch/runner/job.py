@@ -499,7 +499,8 @@ def client_config(config, sigmas: NoiseMultipliers,
       arch_weight_decay=c.arch_weight_decay,
       auto_clip_gamma=config.hyfree.gamma,
       feedback_clip=config.hpo.feedback_clip,
-      feedback_noise_multiplier=sigmas.feedback)
+      feedback_noise_multiplier=sigmas.feedback,
+      feedback_measure=config.hpo.feedback_measure)
 
 
 def server_optimizer(config) -> optax.GradientTransformation:
