@@ -14,6 +14,7 @@ import pytest
 from fedsearch import federated as fed
 from fedsearch import nas
 from fedsearch import search_space as ss
+from fedsearch.hyperparameters import feedback
 from fedsearch.optimizers import dpsgd, hyfree
 from fedsearch.privacy import mechanisms
 from fedsearch.privacy.auto_lr import AutoLRConfig
@@ -507,21 +508,22 @@ def test_client_level_round_clips_sums_and_noises_once_whatever_the_chunks():
 
 @functools.lru_cache(maxsize=None)
 def _released_model_feedback_algorithm(feedback_noise_multiplier,
-                                       client_chunk=0):
+                                       client_chunk=0, measure="loss"):
   return fed.federated_algorithm(
       ss.derived_model(_SPACE, _GENOTYPE),
       fed.ClientConfig(noise_multiplier=1.0, clip_norm=0.5, learning_rate=0.5,
                        feedback_clip=0.5,
-                       feedback_noise_multiplier=feedback_noise_multiplier),
+                       feedback_noise_multiplier=feedback_noise_multiplier,
+                       feedback_measure=measure),
       optax.sgd(1.0), feedback_after_round=True, client_chunk=client_chunk)
 
 
-@pytest.mark.parametrize("client_chunk", [
-    0, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("client_chunk,measure", [
+    (0, "loss"), (0, "error"), pytest.param(3, "loss", marks=pytest.mark.slow)])
 def test_released_model_gain_is_the_round_start_to_released_loss_decrease(
-    client_chunk):
+    client_chunk, measure):
   x, y, splits = _data()
-  algorithm = _released_model_feedback_algorithm(0.0, client_chunk)
+  algorithm = _released_model_feedback_algorithm(0.0, client_chunk, measure)
   state = algorithm.init(fed.ModelParams(_weights(), {}))
   clients = [0, 2, 3]
   inputs = fed.round_inputs(
@@ -530,8 +532,9 @@ def test_released_model_gain_is_the_round_start_to_released_loss_decrease(
       train_on_all_local_data=False, client_multiple=1,
       feedback_size=max(map(len, splits.val)))
   new, gains = algorithm.apply(state, x, y, inputs, jax.random.key(3), 1)
-  losses = mechanisms.example_losses(ss.derived_model(_SPACE, _GENOTYPE),
-                                     mechanisms.softmax_cross_entropy)
+  losses = mechanisms.example_losses(
+      ss.derived_model(_SPACE, _GENOTYPE),
+      feedback.measure(measure, mechanisms.softmax_cross_entropy))
   for k, client in enumerate(clients):
     val = np.asarray(splits.val[client])
     decrease = (losses(state.params.weights, {}, x[val], y[val], None)
@@ -544,8 +547,12 @@ def test_released_model_gain_is_the_round_start_to_released_loss_decrease(
   _, kept_gains = algorithm.apply(state, x, y, inputs, jax.random.key(3), 1,
                                   aggregate=False)
   np.testing.assert_allclose(kept_gains, 0.0, atol=1e-7)
+  if measure == "error":  # The measure is read: not the loss's gains.
+    _, loss_gains = _released_model_feedback_algorithm(0.0).apply(
+        state, x, y, inputs, jax.random.key(3), 1)
+    assert not np.allclose(gains, loss_gains, atol=1e-4)
   # Feedback noise of std σ_f·clip / |split| on each client's gain.
-  noisy = _released_model_feedback_algorithm(50.0, client_chunk)
+  noisy = _released_model_feedback_algorithm(50.0, client_chunk, measure)
   _, noisy_gains = noisy.apply(state, x, y, inputs, jax.random.key(3), 1)
   scale = 50.0 * 0.5 / np.asarray([len(splits.val[c]) for c in clients])
   z = (np.asarray(noisy_gains) - np.asarray(gains)) / scale

@@ -54,3 +54,30 @@ def test_feedback_noise_is_the_mechanisms():
       jnp.array([1.0]), jnp.array([0.0]), jnp.zeros(1, bool), 0.5, 2.0,
       jax.random.key(0), 2.0, noised_sum=lambda total, std, key: total + std)
   assert float(got) == pytest.approx((0.5 + 1.0) / 2.0)
+
+
+def test_zero_one_error_on_hand_logits():
+  logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 5.0]])
+  labels = jnp.array([0, 2, 2])
+  assert feedback.zero_one_error(logits, labels).tolist() == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("name", feedback.MEASURES)
+def test_a_gain_reads_the_measure_it_is_given(name):
+  loss = lambda logits, labels: jnp.full(labels.shape, 7.0)
+  got = feedback.measure(name, loss)(jnp.array([[0.0, 1.0]]), jnp.array([0]))
+  assert float(got[0]) == (7.0 if name == "loss" else 1.0)
+
+
+def test_an_error_gain_is_the_accuracy_an_update_added():
+  # Errors before (1, 1, 0, 0), after (0, 1, 1, 0): d = (1, 0, -1, 0),
+  # clipped to ±0.5 -> (0.5, 0, -0.5, 0); the last row is padding.
+  before = jnp.array([1.0, 1.0, 0.0, 0.0, 1.0])
+  after = jnp.array([0.0, 1.0, 1.0, 0.0, 0.0])
+  padding = jnp.array([False] * 4 + [True])
+  got = feedback.privatized_gain(before, after, padding, 0.5, 0.0,
+                                 jax.random.key(0), 4.0)
+  assert float(got) == pytest.approx(0.0)
+  got = feedback.privatized_gain(before, after.at[2].set(0.0), padding, 0.5,
+                                 0.0, jax.random.key(0), 4.0)
+  assert float(got) == pytest.approx(0.5 / 4.0)

@@ -141,7 +141,9 @@ def test_round_reward_gives_every_client_of_a_round_one_configuration(name):
     ({"exploration_step": "incumbent", "reward": "round"},
      "use hpo.reward='client' or hpo.exploration_step='own'"),
     ({"strategy": "feathers", "reward": "round", "explore_aggregates": False},
-     "hpo.explore_aggregates=True")])
+     "hpo.explore_aggregates=True"),
+    ({"feedback_measure": "accuracy"}, "hpo.feedback_measure='accuracy' is"
+     " not allowed; choose one of ['loss', 'error']")])
 def test_bad_reward_settings_are_named(fields, named):
   with pytest.raises(ConfigError, match=re.escape(named)):
     hp.make_strategy(_hpo(fields.pop("strategy", "fedex"), **fields))
