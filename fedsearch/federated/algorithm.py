@@ -35,9 +35,9 @@ from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
                                         client_keys, make_local_update,
                                         validation_gain)
 from fedsearch.federated.round import RoundInputs, map_clients
-from fedsearch.hyperparameters import feedback
 from fedsearch.federated.server import (ServerState, frozen, server_init,
                                         server_per_part, server_update)
+from fedsearch.hyperparameters import feedback
 from fedsearch.nas.base import ArchContext, ArchStep, weights_only
 from fedsearch.optimizers import ClientOptimizer, dpsgd
 from fedsearch.privacy import mechanisms

@@ -12,10 +12,10 @@ the accountant with every other release of that client.
 What ℓ is (`hpo.feedback_measure`): "loss", the training loss (cross-
 entropy), as the methods are published; or "error", the 0/1 error, so that
 d_i is −1, 0 or 1 and the gain is the accuracy the update added. Under DP
-noise the two disagree: larger steps leave noisier, more confident logits,
-so they lower the cross-entropy less while raising the accuracy more
-(experiments/README.md, "What the rewards rank"). Either way d_i is clipped
-to [−c, c]: the mechanism and its ε do not change.
+noise the two can disagree: on digits the released model's loss decrease
+preferred smaller steps than its accuracy gain did, and than the fixed rows'
+test accuracies (experiments/README.md, "What the rewards rank"). Either
+way d_i is clipped to [−c, c]: the mechanism and its ε do not change.
 """
 
 from collections.abc import Callable
