@@ -44,6 +44,7 @@ from experiments.configs import hpo
 from fedsearch import federated as fed
 from fedsearch.federated import client as client_lib
 from fedsearch.federated.algorithm import client_key
+from fedsearch.hyperparameters import feedback
 from fedsearch.privacy import mechanisms
 from fedsearch.runner import job as job_lib
 from fedsearch.runner import loop, phases, states
@@ -63,7 +64,7 @@ _LONG_RUN = flags.DEFINE_list(
 _ROWS = flags.DEFINE_string("rows", "", "summarise the rows of this file"
                             " (an earlier run's --out) instead of running")
 _OUT = flags.DEFINE_string("out", "workdir/reward_horizon.json",
-                           "per-client rows")
+                           "rows, one per (seed, start, configuration)")
 
 
 def noise_displacement(noise_optimizer: optax.GradientTransformation,
@@ -113,8 +114,8 @@ class _Probe:
         active_weights=strategy.active_weights))
     self.losses = jax.jit(mechanisms.example_losses(
         strategy.model, mechanisms.softmax_cross_entropy))
-    self.correct = jax.jit(lambda weights, arch, x, y, key: jnp.argmax(
-        strategy.model.apply(weights, arch, x, key), -1) == y)
+    self.errors = jax.jit(mechanisms.example_losses(
+        strategy.model, feedback.zero_one_error))
     self.noise = jax.jit(self._noise, static_argnums=(3,))
     self.base_key = job.randomness.noise_key()
 
@@ -136,9 +137,10 @@ class _Probe:
         self.inputs.client_slots(round_, self.phase), config), True)
 
   def client_rewards(self, server, round_: int, config: int):
-    """Per client: (its validation split's size, its decreases: plain,
-    clipped, credited) over one round of `config`, and the evaluation each
-    client's feedback child and rows would give a released model."""
+    """Per client: its validation split's size and its rewards over one
+    round of `config` (loss decrease: plain, clipped, credited; accuracy
+    change), and how to evaluate a released model on its feedback child
+    and rows, with the start's values there."""
     inputs = self.round_inputs(round_, config)
     fx, fy = self.job.federation.x, self.job.federation.y
     weights = inputs.client_weights / inputs.client_weights.sum()
@@ -172,9 +174,10 @@ class _Probe:
                                       child))
 
       def accuracy(params, vx=vx, vy=vy, child=child):
-        return np.asarray(self.correct(params.weights, params.arch, vx, vy,
-                                      child))
+        return 1.0 - np.asarray(self.errors(params.weights, params.arch, vx,
+                                            vy, child))
       before, after = evaluate(start.params), evaluate(new.params)
+      accuracy_before = accuracy(start.params)
       z = self.noise(start, k, expected, inputs.train_idx.shape[1], h)
       moved = [fed.ModelParams(jax.tree.map(lambda w, d, s=s: w + s * d,
                                             new.params.weights, z),
@@ -186,11 +189,10 @@ class _Probe:
                    "client_gain": float(np.mean(decrease)),
                    "client_clip": float(np.mean(np.clip(decrease, -self.clip,
                                                         self.clip))),
-                   "credited": float(np.mean(decrease + credit))})
-      rows[-1]["client_accuracy"] = float(np.mean(
-          accuracy(new.params).astype(float) - accuracy(start.params)))
-      evaluations.append((evaluate, before, accuracy,
-                          accuracy(start.params).astype(float)))
+                   "credited": float(np.mean(decrease + credit)),
+                   "client_accuracy": float(np.mean(
+                       accuracy(new.params) - accuracy_before))})
+      evaluations.append((evaluate, before, accuracy, accuracy_before))
     return rows, evaluations
 
   def released_rewards(self, server, round_: int, config: int, evaluations,

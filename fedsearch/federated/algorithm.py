@@ -31,13 +31,12 @@ import optax
 
 from fedsearch.federated.client import (Batches, ClientBatches, ClientConfig,
                                         ClientState, ModelParams,
-                                        arch_optimizer,
-                                        client_keys, make_local_update,
+                                        arch_optimizer, client_keys,
+                                        feedback_losses, make_local_update,
                                         validation_gain)
 from fedsearch.federated.round import RoundInputs, map_clients
 from fedsearch.federated.server import (ServerState, frozen, server_init,
                                         server_per_part, server_update)
-from fedsearch.hyperparameters import feedback
 from fedsearch.nas.base import ArchContext, ArchStep, weights_only
 from fedsearch.optimizers import ClientOptimizer, dpsgd
 from fedsearch.privacy import mechanisms
@@ -122,8 +121,7 @@ def federated_algorithm(
       reads_validation=reads_validation, active_weights=active_weights,
       arch_penalty=arch_penalty)
   all_deltas = map_clients(local_update, mesh, shared_program)
-  feedback_losses = mechanisms.example_losses(
-      model, feedback.measure(client_config.feedback_measure, loss))
+  gain_losses = feedback_losses(model, loss, client_config)
 
   def released_model_gains(before: ModelParams, after: ModelParams, x, y,
                            inputs: RoundInputs, round_key) -> jax.Array:
@@ -131,7 +129,7 @@ def federated_algorithm(
     `after`, with the feedback keys its local update would have used."""
     def one_client(idx, padding, client_id, expected):
       return validation_gain(
-          feedback_losses, before, after, Batches(x[idx], y[idx], padding),
+          gain_losses, before, after, Batches(x[idx], y[idx], padding),
           client_keys(client_key(round_key, client_id)), client_config,
           expected[2], mechanism.noised_sum)
     per_client = (inputs.feedback_idx, inputs.feedback_padding,

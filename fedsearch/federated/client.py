@@ -13,7 +13,7 @@ Each local step (a `lax.scan` over the client's Poisson batches):
   4. the strategy's architecture update from a jointly released gradient.
 Nothing else computed from the client's data leaves this function, except
 the optional hyperparameter feedback: the privatised decrease of the
-validation loss over the round (`hyperparameters.feedback`).
+validation loss (or 0/1 error) over the round (`hyperparameters.feedback`).
 
 Optimiser states start fresh every round (stateless clients, as in FedAvg);
 what the server carries for the client optimiser and the strategy enters
@@ -83,6 +83,14 @@ class ClientKeys(NamedTuple):
 
 def client_keys(key: jax.Array) -> ClientKeys:
   return ClientKeys(*jax.random.split(key, len(ClientKeys._fields)))
+
+
+def feedback_losses(model: Model, loss: Callable, config: "ClientConfig"
+                    ) -> Callable:
+  """`(weights, arch, x, y, key) -> (B,)`: the per-example ℓ a gain reads
+  (`config.feedback_measure`, hyperparameters/feedback.py)."""
+  return mechanisms.example_losses(
+      model, feedback.measure(config.feedback_measure, loss))
 
 
 def validation_gain(example_losses: Callable, before: ModelParams,
@@ -302,8 +310,7 @@ def make_local_update(
   mechanism = mechanism or mechanisms.local()
   optimizer = optimizer or dpsgd()
   example_losses = mechanisms.example_losses(model, loss)
-  feedback_losses = mechanisms.example_losses(
-      model, feedback.measure(config.feedback_measure, loss))
+  gain_losses = feedback_losses(model, loss, config)
 
   def weight_gradient(*args, **kwargs):
     # Built when a step asks for it: a one-stage search step never does, and
@@ -335,7 +342,7 @@ def make_local_update(
     new = ClientState(ModelParams(carry.weights, carry.arch), carry.optimizer,
                       arch.report(carry.arch_step))
     gain = None if batches.feedback is None else validation_gain(
-        feedback_losses, start.params, new.params, batches.feedback, keys,
+        gain_losses, start.params, new.params, batches.feedback, keys,
         config, expected_batch[2], mechanism.noised_sum)
     return new, gain
 

@@ -28,7 +28,8 @@ def _noise_optimizer(stddev, batch, learning_rate, momentum):
 
 @pytest.mark.parametrize("steps,momentum", [(1, 0.0), (4, 0.0), (4, 0.9),
                                             (3, 0.5)])
-def test_noise_displacement_has_the_heavy_ball_sums_std(reward_horizon, steps, momentum):
+def test_noise_displacement_has_the_heavy_ball_sums_std(reward_horizon, steps,
+                                                        momentum):
   # Step t's noise N(0, (σC/B)²) reaches the end through the heavy-ball
   # weights lr·Σ_{k<S−t} m^k: std = (σC/B)·lr·√Σ_t (Σ_{k<S−t} m^k)².
   stddev, batch, lr = 0.3, 8.0, 2.0
@@ -58,7 +59,8 @@ def _rows(reward):
 
 @pytest.mark.parametrize("reward,rho", [(lambda c: 10.0 * c, "1.00"),
                                         (lambda c: -c, "-1.00")])
-def test_summary_ranks_each_reward_against_the_targets(reward_horizon, reward, rho):
+def test_summary_ranks_each_reward_against_the_targets(reward_horizon, reward,
+                                                       rho):
   text = reward_horizon.summarise(
       _rows(reward), {(0.5, 0.5): 3.0, (1.0, 0.5): 2.0, (2.0, 0.5): 1.0})
   gain_line = next(l for l in text.splitlines() if l.startswith("| gain |"))
