@@ -11,7 +11,12 @@ round.
 
   python -m experiments.hpo_compare --datasets=digits --seeds=0,1
 
-`--strategies` runs some rows (they replace those on record).
+`--strategies` runs some rows (they replace those on record). `--extend`
+adds the seeds' runs to the rows on record instead, when the preset is
+unchanged (the same σ, schedule, recipe and grid; checked before any run):
+
+  python -m experiments.hpo_compare --datasets=fashion_mnist \
+      --strategies=feathers --seeds=1 --extend
 """
 
 import pathlib
@@ -34,6 +39,9 @@ _STRATEGIES = flags.DEFINE_list("strategies", list(hpo.STRATEGIES),
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "one run per seed")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "data folder")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/hpo", "run folders")
+_EXTEND = flags.DEFINE_bool(
+    "extend", False, "add the seeds to each row on record (its preset"
+    " unchanged) instead of replacing it")
 
 NAME = "hpo"
 METHOD = {"none": "fixed recipe (DPNAS retraining, no hyperparameter search)",
@@ -42,6 +50,12 @@ METHOD = {"none": "fixed recipe (DPNAS retraining, no hyperparameter search)",
           "random": "joint search, random"}
 METHOD |= {s + hpo.ROUND_REWARD: f"{METHOD[s]}, round reward"
            for s in hpo.STRATEGIES[1:]}
+
+# Beyond records.PER_SEED and records.SAME: a row's fields per seed, and
+# what its seeds must share (the preset's schedule, recipe and grid).
+PER_SEED = ("chosen", "epsilon_feedback_only", "hp_probabilities_per_round")
+SAME = ("trust", "unit", "reward", "partition", "search_rounds",
+        "train_rounds", "local_steps", "sampling_rate", "recipe", "pool")
 
 
 def seed_config(dataset: str, row: str, seed: int):
@@ -55,22 +69,15 @@ def _workdir(dataset: str, row: str, seed: int) -> str:
   return f"{_WORKDIR.value}/{dataset}_{row}_s{seed}"
 
 
-def run_row(dataset: str, row: str, seeds: list[int]) -> dict:
-  summaries, workdirs = [], []
-  for seed in seeds:
-    workdir = _workdir(dataset, row, seed)
-    summaries.append(cli.run_labelled(seed_config(dataset, row, seed),
-                                      workdir,
-                                      f"{dataset}, {row}, seed {seed}"))
-    workdirs.append(workdir)
-  config = seed_config(dataset, row, seeds[0])
+def preset_fields(dataset: str, row: str, seed: int) -> dict:
+  """The fields of a row that its preset fixes before any run: what it
+  measures, its schedule, recipe, grid and σ."""
+  config = seed_config(dataset, row, seed)
   f, c = config.federated, config.client
   searching = config.hpo.strategy != "none"
+  plan = job_lib.privacy_plan(config)
   return {
       "dataset": dataset, "setting": "federated", "method": METHOD[row],
-      **records.seeds_row(summaries, seeds,
-                          [records.monitor_curve(w) for w in workdirs]),
-      "trust": summaries[0]["trust"], "unit": summaries[0]["unit"],
       "reward": config.hpo.reward if searching else None,
       "partition": f"{f.partition}({f.dirichlet_alpha})",
       "search_rounds": f.search_rounds, "train_rounds": f.train_rounds,
@@ -80,8 +87,28 @@ def run_row(dataset: str, row: str, seeds: list[int]) -> dict:
                  "clip_norm": config.privacy.clip_norm},
       "pool": (hp_lib.pool_labels(hp_lib.configured_pool(
           config.hpo.to_dict(), config.seed)) if searching else []),
-      "chosen": [s["hyperparameters"]["chosen"] if searching else
-                 {"learning_rate": c.learning_rate, "momentum": c.momentum}
+      "noise_multiplier": plan.noise_multipliers(
+          config.privacy.noise_multiplier).gradient,
+  }
+
+
+def run_row(dataset: str, row: str, seeds: list[int]) -> dict:
+  summaries, workdirs = [], []
+  for seed in seeds:
+    workdir = _workdir(dataset, row, seed)
+    summaries.append(cli.run_labelled(seed_config(dataset, row, seed),
+                                      workdir,
+                                      f"{dataset}, {row}, seed {seed}"))
+    workdirs.append(workdir)
+  fields = preset_fields(dataset, row, seeds[0])
+  searching = bool(fields["pool"])
+  recipe = {k: fields["recipe"][k] for k in ("learning_rate", "momentum")}
+  return {
+      **fields,
+      **records.seeds_row(summaries, seeds,
+                          [records.monitor_curve(w) for w in workdirs]),
+      "trust": summaries[0]["trust"], "unit": summaries[0]["unit"],
+      "chosen": [s["hyperparameters"]["chosen"] if searching else recipe
                  for s in summaries],
       "epsilon_feedback_only": [s["epsilon_breakdown"].get("hp_feedback_only")
                                 for s in summaries],
@@ -187,11 +214,16 @@ def main(argv):
     for dataset in _DATASETS.value:
       for row in _STRATEGIES.value:
         for seed in seeds:
-          job_lib.privacy_plan(seed_config(dataset, row, seed))
+          fields = preset_fields(dataset, row, seed)
+        if _EXTEND.value:
+          records.check_extension(
+              records.current_row(records.read(NAME), fields), fields, seeds,
+              SAME)
     for dataset in _DATASETS.value:
       for row in _STRATEGIES.value:
-        rows = records.write(NAME, [run_row(dataset, row, seeds)],
-                             render)
+        new = run_row(dataset, row, seeds)
+        rows = (records.extend(NAME, new, render, PER_SEED, SAME)
+                if _EXTEND.value else records.write(NAME, [new], render))
         print("plots:", ", ".join(map(str, plot(dataset, rows))), flush=True)
       print(render(rows), flush=True)
   except USER_ERRORS as e:

@@ -6,7 +6,9 @@ from the rows of its twin `NAME.json`: a list of rows, each with at least
 `epsilon_total`, `delta`, `test_accuracy` (0–1), `wall_time_s`, `hardware`,
 `commit`, `command`, plus what a table adds. A row is written only by a
 finished run; a new row replaces the old one with the same key (dataset,
-setting, method, model), so re-running one row leaves the others.
+setting, method, model), so re-running one row leaves the others, or adds
+its seeds to the row on record (`extend`) when the configuration is the
+same.
 """
 
 import json
@@ -17,6 +19,7 @@ import statistics
 import sys
 
 from fedsearch import data as data_lib
+from fedsearch.errors import ConfigError
 from fedsearch.runner.workdir import Workdir
 
 # FEDSEARCH_RESULTS_DIR redirects the records (tests write elsewhere).
@@ -27,6 +30,11 @@ REQUIRED = ("dataset", "setting", "method", "model", "epsilon_total", "delta",
 # What one row measures; `design` (a table's variant of a method's space or
 # schedule) only where a table has several.
 _KEY = ("dataset", "setting", "method", "model", "design")
+# A row's fields with one entry per seed, in the order of `seeds`.
+PER_SEED = ("seeds", "test_accuracies", "monitor_accuracy_per_epoch")
+# What two runs must share to be seeds of one row (numbers to 1e-6).
+SAME = ("dataset", "setting", "method", "design", "epsilon_total", "delta",
+        "noise_multiplier", "accountant", "randomness", "clients")
 DATASET_LABEL = {"digits": "digits", "mnist": "MNIST",
                  "fashion_mnist": "Fashion-MNIST",
                  "cifar10": "CIFAR-10 (JPEG q75)"}
@@ -141,6 +149,62 @@ def commands_section(name: str, rows: list[dict], label) -> list[str]:
           *superseded_section(name, rows)]
 
 
+def _agree(a, b) -> bool:
+  if isinstance(a, float) and isinstance(b, float):
+    return math.isclose(a, b, rel_tol=1e-6)
+  return a == b
+
+
+def current_row(rows: list[dict], like: dict) -> dict | None:
+  """The row on record (not superseded) that measures what `like` does,
+  whatever model its first seed found."""
+  fields = [k for k in _KEY if k != "model"]
+  return next((r for r in rows if not r.get("superseded") and all(
+      r.get(k) == like.get(k) for k in fields)), None)
+
+
+def check_extension(old: dict | None, like: dict, seeds: list[int],
+                    same: tuple[str, ...] = ()) -> None:
+  """Raises ConfigError unless `seeds` can join `old`: a row on record,
+  none of its seeds, and every field of SAME + `same` that both give
+  agreeing (a table checks what it knows before any run, and again with the
+  finished row; a field the old row lacks predates its record)."""
+  label = f"{like.get('dataset')}, {like.get('method')}"
+  if old is None:
+    raise ConfigError(f"--extend: no row on record for {label}; run its"
+                      " first seeds without --extend")
+  again = sorted(set(seeds) & set(old["seeds"]))
+  if again:
+    raise ConfigError(f"--extend: {label} already holds seeds {again}")
+  for field in SAME + same:
+    if field in like and field in old and not _agree(old[field],
+                                                     like[field]):
+      raise ConfigError(
+          f"--extend: {label} on record has {field}={old[field]!r},"
+          f" these runs {like[field]!r}: not the same configuration, so not"
+          " seeds of one row")
+
+
+def extend_row(old: dict, new: dict, per_seed: tuple[str, ...] = (),
+               same: tuple[str, ...] = ()) -> dict:
+  """`old` with `new`'s seeds added: per-seed fields (PER_SEED +
+  `per_seed`) joined, accuracy over all seeds, wall times summed, every
+  commit kept, and the commands that rebuild it in order. The model stays
+  the first seed's, as for seeds run together."""
+  check_extension(old, new, new["seeds"], same)
+  row = dict(old)
+  for field in PER_SEED + per_seed:
+    row[field] = old.get(field, []) + new.get(field, [])
+  row.update(seeds_summary(row["test_accuracies"]))
+  row["wall_time_s"] = old["wall_time_s"] + new["wall_time_s"]
+  row["commit"] = " ".join(sorted(set(old["commit"].split())
+                                  | set(new["commit"].split())))
+  row["command"] = f"{old['command']} && {new['command']}"
+  if new["hardware"] != old["hardware"]:
+    row["hardware"] = f"{old['hardware']}; {new['hardware']}"
+  return row
+
+
 def read(name: str) -> list[dict]:
   path = RESULTS / f"{name}.json"
   return json.loads(path.read_text()) if path.exists() else []
@@ -157,8 +221,23 @@ def write(name: str, new_rows: list[dict], render) -> list[dict]:
       raise ValueError(f"results row lacks {missing}: {row}")
   key = lambda row: tuple(row.get(k) for k in _KEY)
   fresh = {key(r) for r in new_rows}
-  rows = [r for r in read(name) if key(r) not in fresh] + new_rows
+  return _save(name, [r for r in read(name) if key(r) not in fresh]
+               + new_rows, render)
+
+
+def _save(name: str, rows: list[dict], render) -> list[dict]:
   RESULTS.mkdir(parents=True, exist_ok=True)
   (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
   (RESULTS / f"{name}.md").write_text(render(rows))
   return rows
+
+
+def extend(name: str, new_row: dict, render, per_seed: tuple[str, ...] = (),
+           same: tuple[str, ...] = ()) -> list[dict]:
+  """Adds `new_row`'s seeds to the row on record that measures the same
+  configuration (`extend_row`), in place, and rewrites NAME.md."""
+  rows = read(name)
+  old = current_row(rows, new_row)
+  merged = extend_row(old, new_row, per_seed, same)
+  rows[rows.index(old)] = merged
+  return _save(name, rows, render)

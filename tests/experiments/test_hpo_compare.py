@@ -1,6 +1,7 @@
 """The hyperparameter-search comparison: presets and rows (runs faked)."""
 
 import pathlib
+import sys
 
 import pytest
 from absl import flags
@@ -13,7 +14,8 @@ from fedsearch.runner import tensorboard
 from fedsearch.runner.workdir import Workdir
 from tests.experiments.scripts import import_script
 
-_SHARED_FLAGS = ("datasets", "seeds", "data_dir", "workdir", "strategies")
+_SHARED_FLAGS = ("datasets", "seeds", "data_dir", "workdir", "strategies",
+                 "extend")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,9 @@ def _summary(config, workdir):
   Workdir(workdir).write_metrics(records_)
   summary = {"dataset": config.dataset, "model": "", "genotype": None,
              "test_accuracy": 0.5, "epsilon": 3.0, "delta": 1e-5,
-             "rounds": 3, "noise_multiplier": 2.0, "accountant": "pld",
+             "rounds": 3, "accountant": "pld",
+             "noise_multiplier": job_lib.privacy_plan(config).noise_multipliers(
+                 config.privacy.noise_multiplier).gradient,
              "randomness": "secret", "clients": 10, "model_parameters": 10,
              "deployed_cost": {"flops": 100, "hardware": "test cpu"},
              "wall_time_s": 60.0, "commit": "abc", "trust": "local",
@@ -119,3 +123,40 @@ def test_rows_carry_the_choice_the_feedback_and_the_probabilities(
                    "hpo_digits_feathers_round_probabilities.svg"]
   table = (tmp_path / "results" / "hpo.md").read_text()
   assert "learning_rate 1, momentum 0.9" in table and "| 1.10 |" in table
+
+
+def _main(hpo_compare, monkeypatch, tmp_path, *argv):
+  argv = ["hpo_compare", f"--workdir={tmp_path}/hpo", *argv]
+  monkeypatch.setattr(sys, "argv", argv)  # The rows' command.
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  try:
+    hpo_compare.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_extend_adds_seeds_to_the_row_on_record_checked_before_any_run(
+    tmp_path, monkeypatch, capsys, hpo_compare):
+  started = []
+  monkeypatch.setattr(cli, "run_labelled", lambda config, workdir, label: (
+      started.append(pathlib.Path(workdir).name),
+      _summary(config, workdir))[1])
+  monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
+  run = lambda *argv: _main(hpo_compare, monkeypatch, tmp_path, *argv)
+  run("--strategies=feathers", "--seeds=0")
+  run("--strategies=feathers", "--seeds=1,2", "--extend")
+  assert started == ["digits_feathers_s0", "digits_feathers_s1",
+                     "digits_feathers_s2"]
+  (row,) = records.read(hpo_compare.NAME)
+  assert row["seeds"] == [0, 1, 2] and len(row["chosen"]) == 3
+  assert len(row["hp_probabilities_per_round"]) == 3
+  assert row["wall_time_s"] == 180.0
+  assert row["command"].count(" && ") == 1 and "--extend" in row["command"]
+  for argv, refusal in (
+      (["--strategies=feathers", "--seeds=2,3"], "already holds seeds [2]"),
+      (["--strategies=none", "--seeds=1"], "no row on record")):
+    with pytest.raises(SystemExit):
+      run(*argv, "--extend")
+    assert refusal in capsys.readouterr().err
+  assert len(started) == 3  # Refused before any run.

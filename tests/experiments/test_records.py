@@ -5,9 +5,11 @@ import pathlib
 import sys
 import xml.etree.ElementTree as ElementTree
 
+import chex
 import pytest
 
 from experiments import plots, records
+from fedsearch.errors import ConfigError
 
 
 def _row(**kw):
@@ -39,6 +41,52 @@ def test_a_new_row_replaces_the_one_with_its_key_only(results):
       ("a", 0.5), ("b", 0.9)]
   assert (results / "t.md").read_text() == "2 rows\n"
   assert json.loads((results / "t.json").read_text()) == rows
+
+
+def _seeds(seeds, accuracies, **kw):
+  return _row(**{"seeds": seeds, "test_accuracies": accuracies,
+                 "test_accuracy": sum(accuracies) / len(accuracies),
+                 "monitor_accuracy_per_epoch": [[a] for a in accuracies],
+                 "noise_multiplier": 2.0, "wall_time_s": 10.0 * len(seeds),
+                 **kw})
+
+
+def test_extend_adds_seeds_to_the_row_on_record_in_place(results):
+  records.write("t", [_seeds([0], [0.8], commit="a", command="c0"),
+                      _row(method="other")], lambda rows: "")
+  rows = records.extend(
+      "t", _seeds([1, 2], [0.6, 0.7], commit="b a", command="c1",
+                  model="another cell", noise_multiplier=2.0 + 1e-9,
+                  hardware="gpu"),
+      lambda rows: f"{len(rows)} rows\n")
+  row = rows[0]
+  assert row["seeds"] == [0, 1, 2]
+  assert row["monitor_accuracy_per_epoch"] == [[0.8], [0.6], [0.7]]
+  chex.assert_trees_all_close(
+      (row["test_accuracy"], row["test_accuracy_sd"]), (0.7, 0.1))
+  assert (row["wall_time_s"], row["commit"], row["command"], row["model"],
+          row["hardware"]) == (30.0, "a b", "c0 && c1", "a", "x; gpu")
+  assert rows[1] == _row(method="other")
+  assert json.loads((results / "t.json").read_text()) == rows
+  assert (results / "t.md").read_text() == "2 rows\n"
+
+
+@pytest.mark.parametrize("on_record, new, refusal", [
+    ([], _seeds([1], [0.5]), "no row on record"),
+    ([_seeds([0], [0.5], superseded=True)], _seeds([1], [0.5]),
+     "no row on record"),
+    ([_seeds([0, 1], [0.5, 0.6])], _seeds([1], [0.5]),
+     r"already holds seeds \[1\]"),
+    ([_seeds([0], [0.5])], _seeds([1], [0.5], noise_multiplier=2.1),
+     "noise_multiplier=2.0"),
+    ([_seeds([0], [0.5])], _seeds([1], [0.5], delta=1e-6), "delta"),
+])
+def test_extend_refuses_what_is_not_more_seeds_of_the_row(
+    results, on_record, new, refusal):
+  records.write("t", on_record, lambda rows: "")
+  with pytest.raises(ConfigError, match=refusal):
+    records.extend("t", new, lambda rows: "")
+  assert records.read("t") == on_record
 
 
 def test_seeds_summary_is_mean_and_sample_sd():
