@@ -16,6 +16,8 @@ signal a search sees at best; no ε is spent, the tool is for development):
                 a quadratic correction for the noise a client's own update
                 carries and the round's mean does not;
   client_accuracy  the change of each client's own validation accuracy;
+  client_brier  the decrease of each client's own validation Brier score
+                (`hpo.feedback_measure = "brier"`), clipped as client_clip;
   released_R    the released model's decrease after R rounds of k by every
                 client, from the same start (R = 1: the round reward's
                 signal), on the start round's clients' splits;
@@ -116,6 +118,8 @@ class _Probe:
         strategy.model, mechanisms.softmax_cross_entropy))
     self.errors = jax.jit(mechanisms.example_losses(
         strategy.model, feedback.zero_one_error))
+    self.briers = jax.jit(mechanisms.example_losses(
+        strategy.model, feedback.brier_score))
     self.noise = jax.jit(self._noise, static_argnums=(3,))
     self.base_key = job.randomness.noise_key()
 
@@ -176,6 +180,10 @@ class _Probe:
       def accuracy(params, vx=vx, vy=vy, child=child):
         return 1.0 - np.asarray(self.errors(params.weights, params.arch, vx,
                                             vy, child))
+
+      def brier(params, vx=vx, vy=vy, child=child):
+        return np.asarray(self.briers(params.weights, params.arch, vx, vy,
+                                      child))
       before, after = evaluate(start.params), evaluate(new.params)
       accuracy_before = accuracy(start.params)
       z = self.noise(start, k, expected, inputs.train_idx.shape[1], h)
@@ -191,7 +199,10 @@ class _Probe:
                                                         self.clip))),
                    "credited": float(np.mean(decrease + credit)),
                    "client_accuracy": float(np.mean(
-                       accuracy(new.params) - accuracy_before))})
+                       accuracy(new.params) - accuracy_before)),
+                   "client_brier": float(np.mean(np.clip(
+                       brier(start.params) - brier(new.params), -self.clip,
+                       self.clip)))})
       evaluations.append((evaluate, before, accuracy, accuracy_before))
     return rows, evaluations
 
@@ -231,7 +242,7 @@ def run_seed(seed: int, starts: list[int], horizons: list[int]) -> list[dict]:
                "learning_rate": float(probe.pool["learning_rate"][config]),
                "momentum": float(probe.pool["momentum"][config])}
         for name in ("client_gain", "client_clip", "credited",
-                     "client_accuracy"):
+                     "client_accuracy", "client_brier"):
           row[name] = float(np.average([c[name] for c in clients],
                                        weights=n))
         rows.append(row | released)

@@ -10,12 +10,18 @@ multiplier σ_f, on the whole validation split (no subsampling), composed in
 the accountant with every other release of that client.
 
 What ℓ is (`hpo.feedback_measure`): "loss", the training loss (cross-
-entropy), as the methods are published; or "error", the 0/1 error, so that
-d_i is −1, 0 or 1 and the gain is the accuracy the update added. Under DP
-noise the two can disagree: on digits the released model's loss decrease
+entropy), as the methods are published; "error", the 0/1 error, so that
+d_i is −1, 0 or 1 and the gain is the accuracy the update added; or
+"brier", the Brier score Σ_k (p_k − 1[k = y])² ∈ [0, 2] (Brier 1950), a
+proper scoring rule that is smooth like the loss but, like the error,
+charges a confidently wrong example at most 2. Under DP noise the loss and
+the error can disagree: on digits the released model's loss decrease
 preferred smaller steps than its accuracy gain did, and than the fixed rows'
-test accuracies (experiments/README.md, "What the rewards rank"). Either
-way d_i is clipped to [−c, c]: the mechanism and its ε do not change.
+test accuracies, because noisier steps make confident wrong logits that the
+cross-entropy punishes without bound; the error, on small splits, moves in
+steps of 1/n and its noise decides (experiments/README.md, "What the rewards
+rank", "A gain that reads the error"). Whichever ℓ, d_i is clipped to
+[−c, c]: the mechanism and its ε do not change.
 """
 
 from collections.abc import Callable
@@ -31,13 +37,20 @@ def zero_one_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
 
 
-MEASURES = ("loss", "error")
+def brier_score(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Σ_k (softmax(logits)_k − 1[k = label])² per example, in [0, 2]."""
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return jnp.sum((jax.nn.softmax(logits, -1) - one_hot)**2, -1)
+
+
+MEASURES = ("loss", "error", "brier")
 
 
 def measure(name: str, loss: Callable) -> Callable:
   """The per-example `(logits, labels) -> ℓ` a gain is measured with: the
-  training `loss` ("loss") or the 0/1 error ("error")."""
-  return {"loss": loss, "error": zero_one_error}[name]
+  training `loss` ("loss"), the 0/1 error ("error") or the Brier score
+  ("brier")."""
+  return {"loss": loss, "error": zero_one_error, "brier": brier_score}[name]
 
 
 def privatized_gain(loss_before: jax.Array, loss_after: jax.Array,

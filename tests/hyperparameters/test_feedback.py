@@ -4,6 +4,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fedsearch.hyperparameters import feedback
@@ -62,11 +63,32 @@ def test_zero_one_error_on_hand_logits():
   assert feedback.zero_one_error(logits, labels).tolist() == [0.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("name", feedback.MEASURES)
-def test_a_gain_reads_the_measure_it_is_given(name):
+def test_brier_score_on_hand_logits():
+  # p = (1/2, 1/2) against label 0: (1/2)² + (1/2)² = 1/2. p = (e²/(e²+1),
+  # 1/(e²+1)) against label 1: 2·(e²/(e²+1))².
+  logits = jnp.array([[0.0, 0.0], [2.0, 0.0]])
+  got = feedback.brier_score(logits, jnp.array([0, 1]))
+  p = np.exp(2.0) / (np.exp(2.0) + 1.0)
+  np.testing.assert_allclose(got, [0.5, 2 * p**2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("logits,label", [
+    ([30.0, -30.0, 0.0], 1), ([30.0, -30.0, 0.0], 0), ([0.0, 0.0, 0.0], 2)])
+def test_brier_score_is_bounded_where_the_loss_is_not(logits, label):
+  got = float(feedback.brier_score(jnp.array([logits]),
+                                   jnp.array([label]))[0])
+  assert 0.0 <= got <= 2.0
+  if logits[label] == -30.0:  # Confidently wrong: the loss is ~60.
+    assert got == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("loss", 7.0), ("error", 1.0), ("brier", 2 * (np.e / (1 + np.e))**2)])
+def test_a_gain_reads_the_measure_it_is_given(name, expected):
   loss = lambda logits, labels: jnp.full(labels.shape, 7.0)
   got = feedback.measure(name, loss)(jnp.array([[0.0, 1.0]]), jnp.array([0]))
-  assert float(got[0]) == (7.0 if name == "loss" else 1.0)
+  assert float(got[0]) == pytest.approx(expected, rel=1e-6)
+
 
 
 def test_an_error_gain_is_the_accuracy_an_update_added():
