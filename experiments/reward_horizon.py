@@ -18,6 +18,7 @@ signal a search sees at best; no ε is spent, the tool is for development):
   client_accuracy  the change of each client's own validation accuracy;
   client_brier  the decrease of each client's own validation Brier score
                 (`hpo.feedback_measure = "brier"`), clipped as client_clip;
+  client_soft_error  the same for 1 − p_y (`"soft_error"`);
   released_R    the released model's decrease after R rounds of k by every
                 client, from the same start (R = 1: the round reward's
                 signal), on the start round's clients' splits;
@@ -120,6 +121,8 @@ class _Probe:
         strategy.model, feedback.zero_one_error))
     self.briers = jax.jit(mechanisms.example_losses(
         strategy.model, feedback.brier_score))
+    self.soft_errors = jax.jit(mechanisms.example_losses(
+        strategy.model, feedback.soft_error))
     self.noise = jax.jit(self._noise, static_argnums=(3,))
     self.base_key = job.randomness.noise_key()
 
@@ -184,6 +187,10 @@ class _Probe:
       def brier(params, vx=vx, vy=vy, child=child):
         return np.asarray(self.briers(params.weights, params.arch, vx, vy,
                                       child))
+
+      def soft_error(params, vx=vx, vy=vy, child=child):
+        return np.asarray(self.soft_errors(params.weights, params.arch, vx,
+                                           vy, child))
       before, after = evaluate(start.params), evaluate(new.params)
       accuracy_before = accuracy(start.params)
       z = self.noise(start, k, expected, inputs.train_idx.shape[1], h)
@@ -202,7 +209,10 @@ class _Probe:
                        accuracy(new.params) - accuracy_before)),
                    "client_brier": float(np.mean(np.clip(
                        brier(start.params) - brier(new.params), -self.clip,
-                       self.clip)))})
+                       self.clip))),
+                   "client_soft_error": float(np.mean(np.clip(
+                       soft_error(start.params) - soft_error(new.params),
+                       -self.clip, self.clip)))})
       evaluations.append((evaluate, before, accuracy, accuracy_before))
     return rows, evaluations
 
@@ -242,7 +252,8 @@ def run_seed(seed: int, starts: list[int], horizons: list[int]) -> list[dict]:
                "learning_rate": float(probe.pool["learning_rate"][config]),
                "momentum": float(probe.pool["momentum"][config])}
         for name in ("client_gain", "client_clip", "credited",
-                     "client_accuracy", "client_brier"):
+                     "client_accuracy", "client_brier",
+                     "client_soft_error"):
           row[name] = float(np.average([c[name] for c in clients],
                                        weights=n))
         rows.append(row | released)

@@ -246,8 +246,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.hpo.reward = "client"
   config.hpo.feedback_clip = 0.5
   # What a gain's per-example decrease reads: "loss" (cross-entropy, as the
-  # methods are published) | "error" (0/1: the accuracy an update added).
-  # Same clip and ε (hyperparameters/feedback.py).
+  # methods are published) | "error" (0/1: the accuracy an update added) |
+  # "soft_error" (1 − p_y) | "brier" (the Brier score). Same clip and ε
+  # (hyperparameters/feedback.py).
   config.hpo.feedback_measure = "loss"
   # 2 %: the gradients' σ rises 1.6 % on Fashion-MNIST's 10-client schedule
   # (`configs/hpo.py`) and 1.7 % on digits, where 10 % cost 9.5 % and, on

@@ -11,7 +11,10 @@ the accountant with every other release of that client.
 
 What ℓ is (`hpo.feedback_measure`): "loss", the training loss (cross-
 entropy), as the methods are published; "error", the 0/1 error, so that
-d_i is −1, 0 or 1 and the gain is the accuracy the update added; or
+d_i is −1, 0 or 1 and the gain is the accuracy the update added;
+"soft_error", 1 − p_y, the expected 0/1 error of the model's own randomised
+prediction ŷ ~ softmax(logits): in [0, 1] like the error, smooth like the
+loss, so that a small split still reads a decrease from every example; or
 "brier", the Brier score Σ_k (p_k − 1[k = y])² ∈ [0, 2] (Brier 1950), a
 proper scoring rule that is smooth like the loss but, like the error,
 charges a confidently wrong example at most 2. Under DP noise the loss and
@@ -43,14 +46,21 @@ def brier_score(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.sum((jax.nn.softmax(logits, -1) - one_hot)**2, -1)
 
 
-MEASURES = ("loss", "error", "brier")
+def soft_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """1 − softmax(logits)_label per example, in [0, 1]."""
+  probabilities = jax.nn.softmax(logits, -1)
+  return 1.0 - jnp.take_along_axis(probabilities, labels[:, None], -1)[:, 0]
+
+
+MEASURES = ("loss", "error", "soft_error", "brier")
 
 
 def measure(name: str, loss: Callable) -> Callable:
   """The per-example `(logits, labels) -> ℓ` a gain is measured with: the
-  training `loss` ("loss"), the 0/1 error ("error") or the Brier score
-  ("brier")."""
-  return {"loss": loss, "error": zero_one_error, "brier": brier_score}[name]
+  training `loss` ("loss"), the 0/1 error ("error"), its smooth
+  expectation 1 − p_y ("soft_error") or the Brier score ("brier")."""
+  return {"loss": loss, "error": zero_one_error, "soft_error": soft_error,
+          "brier": brier_score}[name]
 
 
 def privatized_gain(loss_before: jax.Array, loss_after: jax.Array,

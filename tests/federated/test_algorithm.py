@@ -519,7 +519,7 @@ def _released_model_feedback_algorithm(feedback_noise_multiplier,
 
 
 @pytest.mark.parametrize("client_chunk,measure", [
-    (0, "loss"), (0, "error"), (0, "brier"),
+    (0, "loss"), (0, "error"), (0, "soft_error"),
     pytest.param(3, "loss", marks=pytest.mark.slow)])
 def test_released_model_gain_is_the_round_start_to_released_loss_decrease(
     client_chunk, measure):

@@ -82,8 +82,18 @@ def test_brier_score_is_bounded_where_the_loss_is_not(logits, label):
     assert got == pytest.approx(2.0, abs=1e-6)
 
 
+def test_soft_error_is_the_randomised_predictions_error():
+  # p = (1/2, 1/2) -> 1/2; p_y = e²/(e²+1) -> 1/(e²+1); confidently wrong
+  # -> 1, where the 0/1 error is 1 too.
+  logits = jnp.array([[0.0, 0.0], [2.0, 0.0], [0.0, 40.0]])
+  got = feedback.soft_error(logits, jnp.array([0, 0, 0]))
+  np.testing.assert_allclose(got, [0.5, 1 / (np.exp(2.0) + 1), 1.0],
+                             rtol=1e-6)
+
+
 @pytest.mark.parametrize("name,expected", [
-    ("loss", 7.0), ("error", 1.0), ("brier", 2 * (np.e / (1 + np.e))**2)])
+    ("loss", 7.0), ("error", 1.0), ("soft_error", np.e / (1 + np.e)),
+    ("brier", 2 * (np.e / (1 + np.e))**2)])
 def test_a_gain_reads_the_measure_it_is_given(name, expected):
   loss = lambda logits, labels: jnp.full(labels.shape, 7.0)
   got = feedback.measure(name, loss)(jnp.array([[0.0, 1.0]]), jnp.array([0]))
