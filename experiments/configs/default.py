@@ -226,6 +226,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.hpo.period = 15  # FEATHERS: rounds between exploration phases
   config.hpo.gamma = 6.0  # FEATHERS: phase length = round(γ·entropy)
   config.hpo.alpha = 0.5  # FEATHERS: reward step
+  # FEATHERS: "decay" (as published: r ← r + α(gain − r) when drawn, α·r
+  # otherwise) | "mean" (r = the FedAvg-weighted mean of every gain released
+  # for the configuration; hyperparameters/feathers.py).
+  config.hpo.feathers_memory = "decay"
   # FEATHERS: exploration rounds restart from the stored weights, as the
   # paper does. True aggregates them too (their gradients cost ε either
   # way), but the clients that draw large steps then carry their noise into

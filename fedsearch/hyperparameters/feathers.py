@@ -20,6 +20,15 @@ noise into the model: on digits at eight seeds the aggregating form ended
 9.8 ± 5.0 points below the paper's (experiments/README.md, "Eight seeds on
 digits"). A round reward needs it, since it measures the released model.
 
+Optional departure (`memory = "mean"`; "decay" by default, as published):
+r_j is the mean of every gain released for j since the search began, each
+client's weighted by its FedAvg weight, r_j = Σ w_k·gain_k / Σ w_k over the
+clients that ever drew j, and the others' rewards stay. The published
+update remembers about two draws, and with about one client a configuration
+a round its argmax reads which client drew a configuration last: on
+label-skewed clients their gains differ by more than the configurations'
+do (experiments/README.md, "How long FEATHERS remembers").
+
 State and transitions are pure (`init`, `choose`, `update`), jit-able.
 """
 
@@ -31,16 +40,22 @@ import jax.numpy as jnp
 from fedsearch.hyperparameters.base import Strategy, per_config_sums
 
 
+MEMORIES = ("decay", "mean")
+
+
 class FeathersState(NamedTuple):
   rewards: jax.Array  # (pool,)
   explore_left: jax.Array  # int32: exploration rounds left in this phase
   round: jax.Array  # int32: rounds chosen so far
   exploring: jax.Array  # bool: the round last chosen explores
+  gain_sums: jax.Array  # (pool,): Σ w_k·gain_k of every draw ("mean")
+  weight_sums: jax.Array  # (pool,): Σ w_k of every draw ("mean")
 
 
 def init(pool_size: int) -> FeathersState:
-  return FeathersState(jnp.zeros(pool_size, jnp.float32), jnp.int32(0),
-                       jnp.int32(0), jnp.bool_(False))
+  zeros = jnp.zeros(pool_size, jnp.float32)
+  return FeathersState(zeros, jnp.int32(0), jnp.int32(0), jnp.bool_(False),
+                       zeros, zeros)
 
 
 def probabilities(rewards: jax.Array) -> jax.Array:
@@ -72,29 +87,39 @@ def choose(state: FeathersState, key, num_clients: int, *, period: int = 15,
                             p=probabilities(state.rewards))
   best = jnp.full((num_clients,), jnp.argmax(state.rewards))
   ids = jnp.where(exploring, drawn, best)
-  new = FeathersState(state.rewards,
-                      jnp.where(exploring, explore_left - 1, 0).astype(jnp.int32),
-                      state.round + 1, exploring)
+  new = state._replace(
+      explore_left=jnp.where(exploring, explore_left - 1, 0).astype(jnp.int32),
+      round=state.round + 1, exploring=exploring)
   return new, ids, exploring
 
 
 def update(state: FeathersState, config_ids: jax.Array, gains: jax.Array,
-           weights: jax.Array, *, alpha: float = 0.5) -> FeathersState:
+           weights: jax.Array, *, alpha: float = 0.5,
+           memory: str = "decay") -> FeathersState:
   """Reward update after an exploration round (call only for those)."""
   # Weights normalised over the round's clients, as in FEATHERS's Σ_k w_k.
   gain, used_weight = per_config_sums(config_ids, gains,
                                       weights / jnp.sum(weights),
                                       state.rewards.shape[0])
   used = used_weight > 0
-  rewards = jnp.where(used, state.rewards + alpha * (gain - state.rewards),
-                      alpha * state.rewards)
-  return state._replace(rewards=rewards)
+  gain_sums = state.gain_sums + gain
+  weight_sums = state.weight_sums + used_weight
+  if memory == "mean":
+    rewards = jnp.where(weight_sums > 0,
+                        gain_sums / jnp.where(weight_sums > 0, weight_sums, 1),
+                        0.0)
+  else:
+    rewards = jnp.where(used, state.rewards + alpha * (gain - state.rewards),
+                        alpha * state.rewards)
+  return state._replace(rewards=rewards, gain_sums=gain_sums,
+                        weight_sums=weight_sums)
 
 
 def strategy(period: int = 15, gamma: float = 6.0, alpha: float = 0.5,
-             explore_aggregates: bool = False) -> Strategy:
+             explore_aggregates: bool = False,
+             memory: str = "decay") -> Strategy:
   """FEATHERS's bandit behind the `Strategy` protocol; `explore_aggregates`
-  departs from the paper (module docstring)."""
+  and `memory = "mean"` depart from the paper (module docstring)."""
   def choose_(state, key, num_clients):
     state, ids, exploring = choose(state, key, num_clients, period=period,
                                    gamma=gamma)
@@ -102,7 +127,7 @@ def strategy(period: int = 15, gamma: float = 6.0, alpha: float = 0.5,
 
   def update_(state, ids, gains, weights, aggregate):
     del aggregate  # The rewards move after exploration rounds only.
-    updated = update(state, ids, gains, weights, alpha=alpha)
+    updated = update(state, ids, gains, weights, alpha=alpha, memory=memory)
     return jax.tree.map(lambda a, b: jnp.where(state.exploring, a, b),
                         updated, state)
 

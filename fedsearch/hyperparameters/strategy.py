@@ -19,7 +19,8 @@ REWARDS = ("client", "round")
 STRATEGIES = {
     "none": lambda h: None,
     "feathers": lambda h: feathers.strategy(h.period, h.gamma, h.alpha,
-                                            h.explore_aggregates),
+                                            h.explore_aggregates,
+                                            h.feathers_memory),
     "fedex": lambda h: fedex.strategy(h.fedex_step),
     "random": lambda h: random_search.strategy(),
 }
@@ -51,6 +52,9 @@ def make_strategy(hpo) -> Strategy | None:
     raise ConfigError("hpo.reward='round' measures the released model, which"
                       " FEATHERS's exploration rounds keep unchanged unless"
                       " hpo.explore_aggregates=True")
+  if hpo.feathers_memory not in feathers.MEMORIES:
+    raise ConfigError(f"hpo.feathers_memory={hpo.feathers_memory!r} is not"
+                      f" allowed; choose one of {list(feathers.MEMORIES)}")
   if hpo.exploration_step not in EXPLORATION_STEPS:
     raise ConfigError(f"hpo.exploration_step={hpo.exploration_step!r} is not"
                       f" allowed; choose one of {list(EXPLORATION_STEPS)}")

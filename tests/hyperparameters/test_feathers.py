@@ -22,9 +22,14 @@ def test_feathers_probabilities_and_exploration_length_on_hand_numbers():
   assert int(feathers.exploration_rounds(jnp.zeros(4), 6.0)) == 8
 
 
+def _state(rewards, round_=3, exploring=True):
+  rewards = jnp.asarray(rewards, jnp.float32)
+  return feathers.init(rewards.shape[0])._replace(
+      rewards=rewards, round=jnp.int32(round_), exploring=jnp.bool_(exploring))
+
+
 def test_feathers_reward_update_on_hand_numbers():
-  state = feathers.FeathersState(jnp.array([0.4, 0.2, 0.6, -0.2]),
-                                 jnp.int32(0), jnp.int32(3), jnp.bool_(True))
+  state = _state([0.4, 0.2, 0.6, -0.2])
   new = feathers.update(state, jnp.array([0, 0, 2]),
                         gains=jnp.array([1.0, 3.0, -1.0]),
                         weights=jnp.array([1.0, 1.0, 2.0]), alpha=0.5)
@@ -32,8 +37,29 @@ def test_feathers_reward_update_on_hand_numbers():
   # configurations decay: α·r.
   chex.assert_trees_all_close(new.rewards, jnp.array([0.7, 0.1, 0.05, -0.1]),
                               rtol=1e-6)
-  # Only the rewards move.
+  # Only the rewards (and the running sums) move.
   assert int(new.round) == 3 and int(new.explore_left) == 0
+
+
+def test_mean_memory_keeps_every_released_gain_on_hand_numbers():
+  state = _state([0.0] * 4)
+  first = feathers.update(state, jnp.array([0, 0, 2]), jnp.array([1.0, 3.0,
+                                                                  -1.0]),
+                          jnp.array([1.0, 1.0, 2.0]), memory="mean")
+  # w = (.25, .25, .5): config 0 has Σ w·g = 1.0 over Σ w = .5 -> 2.0;
+  # config 2: -.5 / .5 -> -1.0; undrawn configurations stay 0.
+  chex.assert_trees_all_close(first.rewards, jnp.array([2.0, 0.0, -1.0, 0.0]))
+  second = feathers.update(first, jnp.array([0, 1]), jnp.array([-1.0, 4.0]),
+                           jnp.array([3.0, 1.0]), memory="mean")
+  # w = (.75, .25): config 0 has (1.0 - .75) / (.5 + .75) = 0.2; config 1
+  # 1.0 / .25 = 4.0; config 2 is not drawn and keeps its mean (no decay).
+  chex.assert_trees_all_close(second.rewards,
+                              jnp.array([0.2, 4.0, -1.0, 0.0]), rtol=1e-6)
+  # The published memory forgets config 2 (α·r) and weighs the last draw.
+  decayed = feathers.update(first, jnp.array([0, 1]), jnp.array([-1.0, 4.0]),
+                            jnp.array([3.0, 1.0]), alpha=0.5)
+  chex.assert_trees_all_close(decayed.rewards,
+                              jnp.array([0.625, 0.5, -0.5, 0.0]), rtol=1e-6)
 
 
 def test_feathers_phases_explore_then_exploit():
@@ -81,8 +107,7 @@ def test_the_strategy_moves_rewards_only_after_exploration_rounds(
 
 @pytest.mark.parametrize("round_", [0, 3])
 def test_choose_jit_equals_eager(round_):
-  state = feathers.FeathersState(jnp.array([0.3, -0.1, 0.5]), jnp.int32(0),
-                                 jnp.int32(round_), jnp.bool_(False))
+  state = _state([0.3, -0.1, 0.5], round_, exploring=False)
   choose = lambda s, k: feathers.choose(s, k, 5, period=3, gamma=6.0)
   with jax.disable_jit():
     eager = choose(state, jax.random.key(1))

@@ -143,7 +143,10 @@ def test_round_reward_gives_every_client_of_a_round_one_configuration(name):
     ({"strategy": "feathers", "reward": "round", "explore_aggregates": False},
      "hpo.explore_aggregates=True"),
     ({"feedback_measure": "accuracy"}, "hpo.feedback_measure='accuracy' is"
-     " not allowed; choose one of ['loss', 'error']")])
+     " not allowed; choose one of ['loss', 'error', 'soft_error', 'brier']"),
+    ({"strategy": "feathers", "feathers_memory": "ema"},
+     "hpo.feathers_memory='ema' is not allowed; choose one of ['decay',"
+     " 'mean']")])
 def test_bad_reward_settings_are_named(fields, named):
   with pytest.raises(ConfigError, match=re.escape(named)):
     hp.make_strategy(_hpo(fields.pop("strategy", "fedex"), **fields))
