@@ -25,9 +25,10 @@ r_j is the mean of every gain released for j since the search began, each
 client's weighted by its FedAvg weight, r_j = Σ w_k·gain_k / Σ w_k over the
 clients that ever drew j, and the others' rewards stay. The published
 update remembers about two draws, and with about one client a configuration
-a round its argmax reads which client drew a configuration last: on
-label-skewed clients their gains differ by more than the configurations'
-do (experiments/README.md, "How long FEATHERS remembers").
+a round its argmax follows whichever client drew a configuration last. On
+digits the mean took the loss gain's small steps reliably and lost
+(experiments/README.md, "Bounded gains and a longer memory"), so it is not
+a default.
 
 State and transitions are pure (`init`, `choose`, `update`), jit-able.
 """
