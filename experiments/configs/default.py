@@ -230,6 +230,12 @@ def get_config() -> ml_collections.ConfigDict:
   # otherwise) | "mean" (r = the FedAvg-weighted mean of every gain released
   # for the configuration; hyperparameters/feathers.py).
   config.hpo.feathers_memory = "decay"
+  # FEATHERS: "round" (as published: every client of an exploration round
+  # explores, none is aggregated) | "client" (once feedback has arrived, a
+  # client explores with probability explore_share; the others run the
+  # incumbent and only they are aggregated; hyperparameters/feathers.py).
+  config.hpo.feathers_exploration = "round"
+  config.hpo.explore_share = 0.5
   # FEATHERS: exploration rounds restart from the stored weights, as the
   # paper does. True aggregates them too (their gradients cost ε either
   # way), but the clients that draw large steps then carry their noise into

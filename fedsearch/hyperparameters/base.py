@@ -10,7 +10,9 @@ A strategy is four pure functions over its own state pytree:
   metrics(state) -> {name: value} for the round's log (optional)
 `aggregate` is False for rounds that only measure (FEATHERS's exploration
 rounds, as the paper runs them, restart from the stored weights; with
-`hpo.explore_aggregates` they aggregate too); gains are the clients' privatised
+`hpo.explore_aggregates` they aggregate too), or a (clients,) bool for a
+round that aggregates some clients and only measures the others (FEATHERS's
+`hpo.feathers_exploration = "client"`); gains are the clients' privatised
 validation-loss decreases and weights their FedAvg weights (0 for padding).
 Everything it reads is privatised (the gains) or public (the pool, the
 weights), so its decisions are post-processing.

@@ -30,6 +30,16 @@ digits the mean took the loss gain's small steps reliably and lost
 (experiments/README.md, "Bounded gains and a longer memory"), so it is not
 a default.
 
+Optional departure (`exploration = "client"`; "round" by default, as
+published): once any feedback has arrived, each client of an exploration
+round explores with probability `explore_share` (drawn from p) and the
+others run the incumbent argmax r; only the incumbent's clients are
+aggregated, the explorers are measured and left out of the mean, so the
+model and the architecture train in every round at the incumbent's step and
+no explorer's noise reaches them. Every client's gain moves the rewards as
+published. The first exploration round (no feedback yet, no incumbent)
+measures only, as published.
+
 State and transitions are pure (`init`, `choose`, `update`), jit-able.
 """
 
@@ -42,6 +52,7 @@ from fedsearch.hyperparameters.base import Strategy, per_config_sums
 
 
 MEMORIES = ("decay", "mean")
+EXPLORATIONS = ("round", "client")
 
 
 class FeathersState(NamedTuple):
@@ -74,24 +85,33 @@ def exploration_rounds(rewards: jax.Array, gamma: float) -> jax.Array:
 
 
 def choose(state: FeathersState, key, num_clients: int, *, period: int = 15,
-           gamma: float = 6.0) -> tuple[FeathersState, jax.Array, jax.Array]:
+           gamma: float = 6.0, explore_share: float = 1.0
+           ) -> tuple[FeathersState, jax.Array, jax.Array]:
   """Configurations for this round's clients.
 
-  Returns (state, config ids (num_clients,), exploring flag). A phase starts
-  on rounds 0, period, 2·period, ... when none is running.
+  Returns (state, config ids (num_clients,), which clients explore
+  (num_clients,) bool). A phase starts on rounds 0, period, 2·period, ...
+  when none is running. In an exploration round each client explores with
+  probability `explore_share` once any feedback has arrived (1: all of them,
+  as published), and always before.
   """
   starts = (state.explore_left == 0) & (state.round % period == 0)
   explore_left = jnp.where(starts, exploration_rounds(state.rewards, gamma),
                            state.explore_left)
   exploring = explore_left > 0
-  drawn = jax.random.choice(key, state.rewards.shape[0], (num_clients,),
+  draw_key, share_key = jax.random.split(key)
+  drawn = jax.random.choice(draw_key, state.rewards.shape[0], (num_clients,),
                             p=probabilities(state.rewards))
   best = jnp.full((num_clients,), jnp.argmax(state.rewards))
-  ids = jnp.where(exploring, drawn, best)
+  had_feedback = jnp.sum(state.weight_sums) > 0
+  explorers = exploring & (
+      ~had_feedback
+      | (jax.random.uniform(share_key, (num_clients,)) < explore_share))
+  ids = jnp.where(explorers, drawn, best)
   new = state._replace(
       explore_left=jnp.where(exploring, explore_left - 1, 0).astype(jnp.int32),
       round=state.round + 1, exploring=exploring)
-  return new, ids, exploring
+  return new, ids, explorers
 
 
 def update(state: FeathersState, config_ids: jax.Array, gains: jax.Array,
@@ -117,14 +137,20 @@ def update(state: FeathersState, config_ids: jax.Array, gains: jax.Array,
 
 
 def strategy(period: int = 15, gamma: float = 6.0, alpha: float = 0.5,
-             explore_aggregates: bool = False,
-             memory: str = "decay") -> Strategy:
-  """FEATHERS's bandit behind the `Strategy` protocol; `explore_aggregates`
-  and `memory = "mean"` depart from the paper (module docstring)."""
+             explore_aggregates: bool = False, memory: str = "decay",
+             exploration: str = "round",
+             explore_share: float = 0.5) -> Strategy:
+  """FEATHERS's bandit behind the `Strategy` protocol; `explore_aggregates`,
+  `memory = "mean"` and `exploration = "client"` depart from the paper
+  (module docstring)."""
+  share = explore_share if exploration == "client" else 1.0
+
   def choose_(state, key, num_clients):
-    state, ids, exploring = choose(state, key, num_clients, period=period,
-                                   gamma=gamma)
-    return state, ids, ~exploring | explore_aggregates
+    state, ids, explorers = choose(state, key, num_clients, period=period,
+                                   gamma=gamma, explore_share=share)
+    aggregate = ~explorers | explore_aggregates
+    # As published a round aggregates all its clients or none of them.
+    return state, ids, aggregate if exploration == "client" else aggregate[0]
 
   def update_(state, ids, gains, weights, aggregate):
     del aggregate  # The rewards move after exploration rounds only.

@@ -20,7 +20,9 @@ STRATEGIES = {
     "none": lambda h: None,
     "feathers": lambda h: feathers.strategy(h.period, h.gamma, h.alpha,
                                             h.explore_aggregates,
-                                            h.feathers_memory),
+                                            h.feathers_memory,
+                                            h.feathers_exploration,
+                                            h.explore_share),
     "fedex": lambda h: fedex.strategy(h.fedex_step),
     "random": lambda h: random_search.strategy(),
 }
@@ -55,6 +57,17 @@ def make_strategy(hpo) -> Strategy | None:
   if hpo.feathers_memory not in feathers.MEMORIES:
     raise ConfigError(f"hpo.feathers_memory={hpo.feathers_memory!r} is not"
                       f" allowed; choose one of {list(feathers.MEMORIES)}")
+  if hpo.feathers_exploration not in feathers.EXPLORATIONS:
+    raise ConfigError(
+        f"hpo.feathers_exploration={hpo.feathers_exploration!r} is not"
+        f" allowed; choose one of {list(feathers.EXPLORATIONS)}")
+  if not 0.0 < hpo.explore_share <= 1.0:
+    raise ConfigError(f"hpo.explore_share={hpo.explore_share} must lie in"
+                      " (0, 1]")
+  if hpo.feathers_exploration == "client" and hpo.reward == "round":
+    raise ConfigError("hpo.feathers_exploration='client' leaves explorers out"
+                      " of the released model, whose one configuration a"
+                      " round reward measures; use hpo.reward='client'")
   if hpo.exploration_step not in EXPLORATION_STEPS:
     raise ConfigError(f"hpo.exploration_step={hpo.exploration_step!r} is not"
                       f" allowed; choose one of {list(EXPLORATION_STEPS)}")

@@ -250,19 +250,23 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
       progress.hpo_state, ids, aggregate = job.hpo.strategy.choose(
           progress.hpo_state, jax.random.fold_in(hpo_key, round_),
           build_inputs.client_slots(round_, phase))
-      aggregate = bool(aggregate)
       inputs = build_inputs(round_, phase, ids, True)
       if job.config.hpo.exploration_step == "incumbent":
         inputs = inputs._replace(update_scale=incumbent_scales(
             job, progress, ids))
+      aggregated_weights = inputs.client_weights * np.asarray(aggregate)
+      aggregate = bool(np.sum(aggregated_weights) > 0)
     elif prefetched is not None and prefetched[0] == round_:
       inputs = prefetched[1]
     else:
       inputs = build_inputs(round_, phase, build_inputs.fixed_ids(
           round_, phase, progress.hpo_state), False)
+    # A strategy may leave some clients out of the mean (FEATHERS's
+    # per-client exploration); all of them are measured.
     progress.server, gains = phase.algorithm.apply(
-        progress.server, job.federation.x, job.federation.y, inputs,
-        base_key, round_, aggregate)
+        progress.server, job.federation.x, job.federation.y,
+        inputs._replace(client_weights=aggregated_weights) if searching
+        else inputs, base_key, round_, aggregate)
     next_round = round_ + 1
     if (not searching and next_round < total
         and next_round not in (f.search_rounds, job.plan.arch_warmup_rounds)):
@@ -279,6 +283,9 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
           aggregate)
     record = round_record(job, progress, round_, start_time, inputs,
                           gains if searching else None, aggregate)
+    if searching:
+      record["hp_aggregated_share"] = float(
+          np.sum(aggregated_weights) / np.sum(inputs.client_weights))
     _check_finite(job, progress.server, round_, record["monitor_loss"])
     progress.metrics.append(record)
     report(f"round {round_ + 1:3d}/{total} [{phase.name}] loss"

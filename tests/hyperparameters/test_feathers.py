@@ -69,9 +69,12 @@ def test_feathers_phases_explore_then_exploit():
   assert length >= 1
   flags = []
   for r in range(12):
-    state, ids, exploring = feathers.choose(state, jax.random.key(r), 3,
+    state, ids, explorers = feathers.choose(state, jax.random.key(r), 3,
                                             period=5, gamma=2.0)
-    flags.append(bool(exploring))
+    exploring = bool(state.exploring)
+    # As published, the whole round explores or none of it does.
+    assert list(np.asarray(explorers)) == [exploring] * 3
+    flags.append(exploring)
     if not exploring:
       assert list(ids) == [2, 2, 2]  # Exploit argmax r.
   expected = [r % 5 < length for r in range(12)]
@@ -113,3 +116,42 @@ def test_choose_jit_equals_eager(round_):
     eager = choose(state, jax.random.key(1))
   chex.assert_trees_all_equal(jax.jit(choose)(state, jax.random.key(1)),
                               eager)
+
+
+def test_client_exploration_runs_the_incumbent_beside_the_explorers():
+  # Feedback has arrived (weight_sums > 0): about half the clients explore
+  # (drawn from p), the others run argmax r = 2, and only they aggregate.
+  state = _state([0.0, 0.1, 1.0, 0.0], round_=0, exploring=False)._replace(
+      weight_sums=jnp.ones(4))
+  strategy = feathers.strategy(period=5, gamma=6.0, exploration="client",
+                               explore_share=0.5)
+  new, ids, aggregate = strategy.choose(state, jax.random.key(0), 400)
+  assert bool(new.exploring)
+  aggregate, ids = np.asarray(aggregate), np.asarray(ids)
+  assert aggregate.shape == (400,)
+  assert 0.4 < 1 - aggregate.mean() < 0.6  # The explorers' share.
+  assert np.all(ids[aggregate] == 2)
+  assert len(set(ids[~aggregate].tolist())) == 4  # Drawn from p.
+  # Every client's gain moves the rewards, the incumbent's too.
+  gains = jnp.where(jnp.asarray(ids) == 2, 1.0, 0.0)
+  moved = strategy.update(new, jnp.asarray(ids), gains, jnp.ones(400),
+                          jnp.asarray(aggregate))
+  assert float(moved.rewards[2]) > float(state.rewards[2]) * 0.5
+
+
+def test_client_exploration_measures_only_before_any_feedback():
+  strategy = feathers.strategy(period=5, gamma=6.0, exploration="client")
+  _, _, aggregate = strategy.choose(strategy.init(4), jax.random.key(0), 50)
+  assert not np.any(np.asarray(aggregate))  # No incumbent yet: as published.
+
+
+@pytest.mark.parametrize("exploration", feathers.EXPLORATIONS)
+def test_client_exploration_jit_equals_eager(exploration):
+  state = _state([0.3, -0.1, 0.5], round_=0, exploring=False)._replace(
+      weight_sums=jnp.ones(3))
+  strategy = feathers.strategy(period=3, gamma=6.0, exploration=exploration)
+  with jax.disable_jit():
+    eager = strategy.choose(state, jax.random.key(1), 6)
+  chex.assert_trees_all_equal(
+      jax.jit(strategy.choose, static_argnums=2)(state, jax.random.key(1), 6),
+      eager)

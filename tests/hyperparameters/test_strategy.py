@@ -144,6 +144,14 @@ def test_round_reward_gives_every_client_of_a_round_one_configuration(name):
      "hpo.explore_aggregates=True"),
     ({"feedback_measure": "accuracy"}, "hpo.feedback_measure='accuracy' is"
      " not allowed; choose one of ['loss', 'error', 'soft_error', 'brier']"),
+    ({"strategy": "feathers", "feathers_exploration": "half"},
+     "hpo.feathers_exploration='half' is not allowed; choose one of"
+     " ['round', 'client']"),
+    ({"strategy": "feathers", "explore_share": 0.0},
+     "hpo.explore_share=0.0 must lie in (0, 1]"),
+    ({"strategy": "feathers", "feathers_exploration": "client",
+      "reward": "round", "explore_aggregates": True},
+     "use hpo.reward='client'"),
     ({"strategy": "feathers", "feathers_memory": "ema"},
      "hpo.feathers_memory='ema' is not allowed; choose one of ['decay',"
      " 'mean']")])

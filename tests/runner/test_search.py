@@ -164,6 +164,25 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
 
 
 @pytest.mark.slow
+def test_feathers_client_exploration_aggregates_the_incumbents_clients(
+    tmp_path):
+  # Round 1 explores before any feedback (measures only), round 2 exploits,
+  # round 3 explores per client: part of the clients enter the mean.
+  config = small_config(**{"hpo.strategy": "feathers", "hpo.pool_size": 4,
+                           "hpo.feathers_exploration": "client",
+                           "hpo.period": 2, "hpo.gamma": 1.0,
+                           "federated.search_rounds": 3})
+  summary = runner.run(config, tmp_path, report=_quiet)
+  assert summary["epsilon"] <= config.privacy.epsilon * (1 + 1e-6)
+  lines = _metrics(tmp_path)
+  assert [l["hp_exploring"] for l in lines[:3]] == [True, False, True]
+  shares = [l["hp_aggregated_share"] for l in lines[:3]]
+  assert shares[:2] == [0.0, 1.0]
+  assert 0.0 < shares[2] < 1.0, shares
+  assert [l["hp_measure_only"] for l in lines[:3]] == [True, False, False]
+
+
+@pytest.mark.slow
 def test_search_over_local_steps_and_sampling_rate_charges_the_maxima(
     tmp_path):
   config = small_config(**{"hpo.strategy": "random", "hpo.pool_size": 4,
