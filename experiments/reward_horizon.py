@@ -33,6 +33,7 @@ writes the rows to `--out`.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -115,14 +116,12 @@ class _Probe:
         optimizer=job.client_optimizer, arch_step=strategy.arch_step,
         reads_validation=strategy.traits.reads_validation,
         active_weights=strategy.active_weights))
-    self.losses = jax.jit(mechanisms.example_losses(
-        strategy.model, mechanisms.softmax_cross_entropy))
-    self.errors = jax.jit(mechanisms.example_losses(
-        strategy.model, feedback.zero_one_error))
-    self.briers = jax.jit(mechanisms.example_losses(
-        strategy.model, feedback.brier_score))
-    self.soft_errors = jax.jit(mechanisms.example_losses(
-        strategy.model, feedback.soft_error))
+    # One jitted per-example evaluator for each measure a gain can read.
+    self.measures = {
+        name: jax.jit(mechanisms.example_losses(
+            strategy.model,
+            feedback.measure(name, mechanisms.softmax_cross_entropy)))
+        for name in feedback.MEASURES}
     self.noise = jax.jit(self._noise, static_argnums=(3,))
     self.base_key = job.randomness.noise_key()
 
@@ -176,21 +175,18 @@ class _Probe:
       vy = fy[inputs.feedback_idx[slot][rows_of]]
       child = client_lib.client_keys(k).feedback_model
 
-      def evaluate(params, vx=vx, vy=vy, child=child):
-        return np.asarray(self.losses(params.weights, params.arch, vx, vy,
-                                      child))
+      def measured(name, params, vx=vx, vy=vy, child=child):
+        return np.asarray(self.measures[name](params.weights, params.arch,
+                                              vx, vy, child))
+      evaluate = functools.partial(measured, "loss")
 
-      def accuracy(params, vx=vx, vy=vy, child=child):
-        return 1.0 - np.asarray(self.errors(params.weights, params.arch, vx,
-                                            vy, child))
+      def accuracy(params, measured=measured):
+        return 1.0 - measured("error", params)
 
-      def brier(params, vx=vx, vy=vy, child=child):
-        return np.asarray(self.briers(params.weights, params.arch, vx, vy,
-                                      child))
-
-      def soft_error(params, vx=vx, vy=vy, child=child):
-        return np.asarray(self.soft_errors(params.weights, params.arch, vx,
-                                           vy, child))
+      def clipped_decrease(name):
+        return float(np.mean(np.clip(
+            measured(name, start.params) - measured(name, new.params),
+            -self.clip, self.clip)))
       before, after = evaluate(start.params), evaluate(new.params)
       accuracy_before = accuracy(start.params)
       z = self.noise(start, k, expected, inputs.train_idx.shape[1], h)
@@ -207,12 +203,8 @@ class _Probe:
                    "credited": float(np.mean(decrease + credit)),
                    "client_accuracy": float(np.mean(
                        accuracy(new.params) - accuracy_before)),
-                   "client_brier": float(np.mean(np.clip(
-                       brier(start.params) - brier(new.params), -self.clip,
-                       self.clip))),
-                   "client_soft_error": float(np.mean(np.clip(
-                       soft_error(start.params) - soft_error(new.params),
-                       -self.clip, self.clip)))})
+                   "client_brier": clipped_decrease("brier"),
+                   "client_soft_error": clipped_decrease("soft_error")})
       evaluations.append((evaluate, before, accuracy, accuracy_before))
     return rows, evaluations
 
