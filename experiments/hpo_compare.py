@@ -54,8 +54,9 @@ METHOD |= {s + hpo.ROUND_REWARD: f"{METHOD[s]}, round reward"
 # Beyond records.PER_SEED and records.SAME: a row's fields per seed, and
 # what its seeds must share (the preset's schedule, recipe and grid).
 PER_SEED = ("chosen", "epsilon_feedback_only", "hp_probabilities_per_round")
-SAME = ("trust", "unit", "reward", "partition", "search_rounds",
-        "train_rounds", "local_steps", "sampling_rate", "recipe", "pool")
+SAME = ("trust", "unit", "reward", "feedback_measure", "partition",
+        "search_rounds", "train_rounds", "local_steps", "sampling_rate",
+        "recipe", "pool")
 
 
 def seed_config(dataset: str, row: str, seed: int):
@@ -75,10 +76,13 @@ def preset_fields(dataset: str, row: str, seed: int) -> dict:
   config = seed_config(dataset, row, seed)
   f, c = config.federated, config.client
   searching = config.hpo.strategy != "none"
+  measure = config.hpo.feedback_measure
   plan = job_lib.privacy_plan(config)
   return {
-      "dataset": dataset, "setting": "federated", "method": METHOD[row],
+      "dataset": dataset, "setting": "federated",
+      "method": METHOD[row] + _gain_label(measure),
       "reward": config.hpo.reward if searching else None,
+      "feedback_measure": measure if searching else None,
       "partition": f"{f.partition}({f.dirichlet_alpha})",
       "search_rounds": f.search_rounds, "train_rounds": f.train_rounds,
       "local_steps": f.local_steps, "sampling_rate": f.sampling_rate,
@@ -135,8 +139,7 @@ def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
     if not r.get("hp_probabilities_per_round"):
       continue
     rounds = r["hp_probabilities_per_round"][0]
-    row = next(s for s, m in METHOD.items() if m == r["method"])
-    path = records.RESULTS / f"{NAME}_{dataset}_{row}_probabilities.svg"
+    path = records.RESULTS / f"{NAME}_{dataset}_{_row(r)}_probabilities.svg"
     plots.line_plot({name: [[p[j] for p in rounds]]
                      for j, name in enumerate(r["pool"])},
                     f"{label}, {r['method']}: probability of each"
@@ -144,6 +147,19 @@ def plot(dataset: str, rows: list[dict]) -> list[pathlib.Path]:
                     (0.0, 1.0))
     paths.append(path)
   return paths
+
+
+def _gain_label(measure: str) -> str:
+  """The method label's suffix for a gain that is not the published loss."""
+  return "" if measure == "loss" else f", {measure.replace('_', '-')} gain"
+
+
+def _row(r: dict) -> str:
+  """The preset row (and measure, if not the loss) a results row ran."""
+  measure = r.get("feedback_measure") or "loss"
+  method = r["method"].removesuffix(_gain_label(measure))
+  row = next(s for s, m in METHOD.items() if m == method)
+  return row if measure == "loss" else f"{row}_{measure}"
 
 
 def _chosen(r: dict) -> str:

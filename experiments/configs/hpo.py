@@ -62,6 +62,16 @@ points (experiments/README.md, "Capped, and withdrawn"). FedEx's rows are
 again FedEx as published; its Fashion-MNIST row of the earlier preset is
 that configuration's, so it stands, and the rescaled form's rows are kept,
 superseded.
+
+Changed a third time on 2026-12-02, again on digits evidence only (a rule
+written before the runs): random search reads the soft-error gain
+(`hpo.feedback_measure = "soft_error"`) on Fashion-MNIST and MNIST. On
+digits, with the feedback's noise lowered to Fashion-MNIST's order (σ_f
+0.49 instead of 28.6: a diagnostic at ε = 64, the gradients' σ unchanged),
+eight seeds chose the recipe's step or near it with the soft error and the
+loss gain's small steps without it (experiments/README.md). On digits'
+own noise the soft error lost (session 22), so digits keeps the loss, as
+FEATHERS and FedEx do everywhere: neither was measured in that regime.
 """
 
 import ml_collections
@@ -75,6 +85,9 @@ ROWS = STRATEGIES + tuple(s + ROUND_REWARD for s in STRATEGIES[1:])
 CLIENTS = 10
 ROUNDS = {"digits": 40, "fashion_mnist": 40, "mnist": 40}
 SEARCH_ROUNDS = 15  # One FEATHERS period: exploration, then exploitation.
+# Development evidence: experiments/README.md, "The soft-error gain at
+# Fashion-MNIST's feedback noise".
+SOFT_ERROR_STRATEGIES = ("random",)
 GRID = {"learning_rate": {"scale": "categorical",
                           "choices": [0.5, 1.0, 2.0, 4.0, 8.0]},
         "momentum": {"scale": "categorical", "choices": [0.5, 0.9]}}
@@ -126,6 +139,13 @@ def get_config(arg: str = "digits,none") -> ml_collections.ConfigDict:
   # Every strategy aggregates its clients at their own steps, as published
   # (the incumbent's step was tried for FedEx and withdrawn: docstring).
   h.exploration_step = "own"
+  # The soft-error gain (1 − p_y) for random search where a client's gain
+  # noise σ_f·c/n_val is small (Fashion-MNIST, MNIST: ~0.013, public from
+  # σ_f and the released sizes); the loss, as published, on digits, where
+  # that noise is 0.4–2.0 and the soft error lost (docstring).
+  h.feedback_measure = ("soft_error" if strategy in SOFT_ERROR_STRATEGIES
+                        and reward == "client" and dataset != "digits"
+                        else "loss")
   h.space = GRID
   h.pool_size = 0
   config.checkpoint_every = 1

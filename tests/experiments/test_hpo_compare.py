@@ -40,6 +40,10 @@ def test_every_row_runs_the_recipe_schedule_and_the_grid_holds_the_recipe(
     # released model.
     assert config.hpo.explore_aggregates == round_reward
     assert config.hpo.exploration_step == "own"
+    # The soft-error gain only where its development runs chose it: random
+    # search with client gains, where the feedback noise is small.
+    soft = row == "random" and dataset != "digits"
+    assert config.hpo.feedback_measure == ("soft_error" if soft else "loss")
     if row != "none":
       pool = hp_lib.make_pool(
           hp_lib.space_from_dict(config.hpo.space.to_dict()),
@@ -123,6 +127,24 @@ def test_rows_carry_the_choice_the_feedback_and_the_probabilities(
                    "hpo_digits_feathers_round_probabilities.svg"]
   table = (tmp_path / "results" / "hpo.md").read_text()
   assert "learning_rate 1, momentum 0.9" in table and "| 1.10 |" in table
+
+
+def test_a_row_names_a_gain_that_is_not_the_published_loss(hpo_compare):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["hpo_compare"])
+  try:
+    published = hpo_compare.preset_fields("digits", "random", 0)
+    soft = hpo_compare.preset_fields("fashion_mnist", "random", 0)
+    fixed = hpo_compare.preset_fields("digits", "none", 0)
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert (published["method"], published["feedback_measure"]) == (
+      "joint search, random", "loss")
+  assert (soft["method"], soft["feedback_measure"]) == (
+      "joint search, random, soft-error gain", "soft_error")
+  assert fixed["feedback_measure"] is None
+  assert [hpo_compare._row(r) for r in (published, soft)] == [
+      "random", "random_soft_error"]
 
 
 def _main(hpo_compare, monkeypatch, tmp_path, *argv):
