@@ -22,7 +22,9 @@ signal a search sees at best; no ε is spent, the tool is for development):
   released_R    the released model's decrease after R rounds of k by every
                 client, from the same start (R = 1: the round reward's
                 signal), on the start round's clients' splits;
-  released_accuracy_R  the released model's accuracy change after R rounds.
+  released_accuracy_R  the released model's accuracy change after R rounds;
+  released_soft_error_R  its soft-error (1 − p_y) decrease after R rounds:
+                the soft-error gain's signal over a longer horizon.
 
 It prints each reward's mean per configuration and its Spearman correlation
 over the configurations with every released_R (and with `--long_run`, e.g.
@@ -69,6 +71,11 @@ _ROWS = flags.DEFINE_string("rows", "", "summarise the rows of this file"
                             " (an earlier run's --out) instead of running")
 _OUT = flags.DEFINE_string("out", "workdir/reward_horizon.json",
                            "rows, one per (seed, start, configuration)")
+
+# What each released_* target measures: per-example decrease of the measure
+# (the error's decrease is the accuracy's change).
+_RELEASED_MEASURES = {"loss": "released_{}", "error": "released_accuracy_{}",
+                      "soft_error": "released_soft_error_{}"}
 
 
 def noise_displacement(noise_optimizer: optax.GradientTransformation,
@@ -205,13 +212,14 @@ class _Probe:
                        accuracy(new.params) - accuracy_before)),
                    "client_brier": clipped_decrease("brier"),
                    "client_soft_error": clipped_decrease("soft_error")})
-      evaluations.append((evaluate, before, accuracy, accuracy_before))
+      evaluations.append((measured, {name: measured(name, start.params)
+                                     for name in _RELEASED_MEASURES}))
     return rows, evaluations
 
   def released_rewards(self, server, round_: int, config: int, evaluations,
                        horizons: list[int]) -> dict:
-    """released_R for each R: the mean per-example decrease, over the
-    start round's clients' splits, after R rounds of `config`."""
+    """For each R, the mean per-example decrease of each released measure,
+    over the start round's clients' splits, after R rounds of `config`."""
     out, state = {}, server
     for r in range(1, max(horizons) + 1):
       state, _ = self.phase.algorithm.apply(
@@ -219,12 +227,10 @@ class _Probe:
           self.round_inputs(round_ + r - 1, config), self.base_key,
           round_ + r - 1, True)
       if r in horizons:
-        decreases = [before - evaluate(state.params)
-                     for evaluate, before, _, _ in evaluations]
-        out[f"released_{r}"] = float(np.mean(np.concatenate(decreases)))
-        gains = [accuracy(state.params) - before
-                 for _, _, accuracy, before in evaluations]
-        out[f"released_accuracy_{r}"] = float(np.mean(np.concatenate(gains)))
+        for name, label in _RELEASED_MEASURES.items():
+          decreases = [before[name] - measured(name, state.params)
+                       for measured, before in evaluations]
+          out[label.format(r)] = float(np.mean(np.concatenate(decreases)))
     return out
 
 

@@ -1,6 +1,8 @@
 """The reward-ranking diagnostic: its noise redraw on hand numbers, and its
 summary's rank correlations."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +75,35 @@ def test_long_run_entries_are_parsed_or_named(reward_horizon):
   assert reward_horizon._long_run(["2:0.9:67.8"]) == {(2.0, 0.9): 67.8}
   with pytest.raises(ValueError, match="LR:MOMENTUM:ACCURACY"):
     reward_horizon._long_run(["2:67.8"])
+
+
+def test_released_rewards_are_each_measures_decrease_at_each_horizon(
+    reward_horizon):
+  # A released model that is its round count; measures that read it on two
+  # clients' splits: loss 1/(1 + t), error 0.5 − 0.1t, soft error 0.8 − 0.2t.
+  table = {"loss": lambda t: 1.0 / (1.0 + t),
+           "error": lambda t: 0.5 - 0.1 * t,
+           "soft_error": lambda t: 0.8 - 0.2 * t}
+
+  class _Released:
+    def __init__(self, rounds):
+      self.params = rounds
+
+  def apply(state, x, y, inputs, key, round_, aggregate):
+    return _Released(state.params + 1), None
+
+  def measured(name, params):
+    return np.full(3, table[name](params))
+
+  fake = types.SimpleNamespace(
+      phase=types.SimpleNamespace(algorithm=types.SimpleNamespace(apply=apply)),
+      job=types.SimpleNamespace(federation=types.SimpleNamespace(x=None,
+                                                                 y=None)),
+      base_key=None, round_inputs=lambda round_, config: None)
+  before = {name: measured(name, 0) for name in table}
+  out = reward_horizon._Probe.released_rewards(
+      fake, _Released(0), 0, 0, [(measured, before)] * 2, [1, 3])
+  assert out == pytest.approx({
+      "released_1": 0.5, "released_3": 0.75,
+      "released_accuracy_1": 0.1, "released_accuracy_3": 0.3,
+      "released_soft_error_1": 0.2, "released_soft_error_3": 0.6})
