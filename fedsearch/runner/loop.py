@@ -164,7 +164,7 @@ def incumbent_scales(job: Job, progress: Progress, ids) -> np.ndarray:
 
 
 def round_record(job: Job, progress: Progress, round_: int, start_time,
-                 inputs=None, gains=None, aggregate=True) -> dict:
+                 inputs=None, gains=None, aggregate=True, ids=None) -> dict:
   """The metrics line of a finished round (monitor split, ε, plug-ins)."""
   params = progress.server.params
   acc, loss = accuracy_and_loss(
@@ -180,6 +180,13 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
     record["hp_mean_gain"] = float(
         np.sum(weights * np.asarray(gains)) / np.sum(weights))
     record["hp_best_index"] = int(job.hpo.strategy.best(progress.hpo_state))
+    # Each client's released gain, its configuration and who it is: what a
+    # variance decomposition of the feedback (round, client, configuration)
+    # needs. Already released, so logging them costs no ε.
+    present = weights > 0
+    record["hp_client_gains"] = np.asarray(gains)[present].tolist()
+    record["hp_client_configurations"] = np.asarray(ids)[present].tolist()
+    record["hp_clients"] = np.asarray(inputs.client_ids)[present].tolist()
     if inputs.update_scale is not None:
       record["hp_mean_update_scale"] = float(
           np.sum(weights * inputs.update_scale) / np.sum(weights))
@@ -282,7 +289,8 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
           progress.hpo_state, np.asarray(ids), gains, inputs.client_weights,
           aggregate)
     record = round_record(job, progress, round_, start_time, inputs,
-                          gains if searching else None, aggregate)
+                          gains if searching else None, aggregate,
+                          ids if searching else None)
     if searching:
       record["hp_aggregated_share"] = float(
           np.sum(aggregated_weights) / np.sum(inputs.client_weights))

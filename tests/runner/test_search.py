@@ -148,6 +148,13 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   assert 1e-3 <= chosen["learning_rate"] <= 1e-1  # From the pool's range.
   lines = _metrics(tmp_path / "a")
   assert all("hp_mean_gain" in l for l in lines[:3])
+  for l in lines[:3]:  # Every client's released gain, configuration, id.
+    assert (len(l["hp_client_gains"]) == len(l["hp_client_configurations"])
+            == len(l["hp_clients"]) == config.federated.clients_per_round)
+    assert all(0 <= c < 4 for c in l["hp_client_configurations"])
+    assert len(set(l["hp_clients"])) == len(l["hp_clients"])
+    assert min(l["hp_client_gains"]) <= l["hp_mean_gain"] <= max(
+        l["hp_client_gains"])
   if reward == "round":  # One configuration a round, in its record.
     assert all(set(l["hp_round_configuration"]) == set(config.hpo.space)
                for l in lines[:3])
