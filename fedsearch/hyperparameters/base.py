@@ -3,7 +3,7 @@
 A strategy is four pure functions over its own state pytree:
   init(pool_size) -> state
   choose(state, key, num_clients) -> (state, config ids, aggregate)
-  update(state, ids, gains, weights, aggregate) -> state
+  update(state, ids, gains, weights, aggregate, clients=None) -> state
   best(state) -> config id
   probabilities(state) -> (pool,) the strategy's current distribution over
     the configurations (uniform for random search), for pictures and logs
@@ -13,7 +13,10 @@ rounds, as the paper runs them, restart from the stored weights; with
 `hpo.explore_aggregates` they aggregate too), or a (clients,) bool for a
 round that aggregates some clients and only measures the others (FEATHERS's
 `hpo.feathers_exploration = "client"`); gains are the clients' privatised
-validation-loss decreases and weights their FedAvg weights (0 for padding).
+validation-loss decreases, weights their FedAvg weights (0 for padding) and
+clients the slots' client ids (−1 for padding; read by random search's
+`hpo.random_estimate = "blocked"`, which compares configurations within a
+client).
 Everything it reads is privatised (the gains) or public (the pool, the
 weights), so its decisions are post-processing.
 """

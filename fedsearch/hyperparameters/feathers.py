@@ -154,8 +154,8 @@ def strategy(period: int = 15, gamma: float = 6.0, alpha: float = 0.5,
     # As published a round aggregates all its clients or none of them.
     return state, ids, aggregate if exploration == "client" else aggregate[0]
 
-  def update_(state, ids, gains, weights, aggregate):
-    del aggregate  # The rewards move after exploration rounds only.
+  def update_(state, ids, gains, weights, aggregate, clients=None):
+    del aggregate, clients  # The rewards move after exploration rounds only.
     updated = update(state, ids, gains, weights, alpha=alpha, memory=memory)
     return jax.tree.map(lambda a, b: jnp.where(state.exploring, a, b),
                         updated, state)

@@ -61,8 +61,8 @@ def strategy(step_size: float = 1.0) -> Strategy:
   def choose_(state, key, num_clients):
     return state, choose(state, key, num_clients), jnp.bool_(True)
 
-  def update_(state, ids, gains, weights, aggregate):
-    del aggregate
+  def update_(state, ids, gains, weights, aggregate, clients=None):
+    del aggregate, clients
     return update(state, ids, gains, weights, step_size=step_size)
 
   return Strategy(init, choose_, update_,

@@ -15,16 +15,18 @@ from fedsearch.hyperparameters.exploration import EXPLORATION_STEPS
 # of a round on one configuration (`federated.algorithm`'s docstring).
 REWARDS = ("client", "round")
 
-# name -> builder(hpo config) ; "none" searches nothing.
+# name -> builder(hpo config, the federation's client count); "none"
+# searches nothing.
 STRATEGIES = {
-    "none": lambda h: None,
-    "feathers": lambda h: feathers.strategy(h.period, h.gamma, h.alpha,
+    "none": lambda h, num_clients: None,
+    "feathers": lambda h, num_clients: feathers.strategy(h.period, h.gamma, h.alpha,
                                             h.explore_aggregates,
                                             h.feathers_memory,
                                             h.feathers_exploration,
                                             h.explore_share),
-    "fedex": lambda h: fedex.strategy(h.fedex_step),
-    "random": lambda h: random_search.strategy(),
+    "fedex": lambda h, num_clients: fedex.strategy(h.fedex_step),
+    "random": lambda h, num_clients: random_search.strategy(
+        h.random_estimate, num_clients),
 }
 
 
@@ -38,8 +40,9 @@ def one_configuration_per_round(strategy: Strategy) -> Strategy:
   return strategy._replace(choose=choose)
 
 
-def make_strategy(hpo) -> Strategy | None:
-  """The strategy `hpo.strategy` names, from the `hpo` config fields."""
+def make_strategy(hpo, num_clients: int = 0) -> Strategy | None:
+  """The strategy `hpo.strategy` names, from the `hpo` config fields
+  (`num_clients`: the federation's, which a blocked estimate needs)."""
   if hpo.strategy not in STRATEGIES:
     raise ConfigError(f"hpo.strategy={hpo.strategy!r} is not allowed; choose"
                       f" one of {list(STRATEGIES)}")
@@ -75,7 +78,17 @@ def make_strategy(hpo) -> Strategy | None:
     raise ConfigError("hpo.exploration_step='incumbent' rescales the released"
                       " update, whose gain a round reward measures; use"
                       " hpo.reward='client' or hpo.exploration_step='own'")
-  strategy = STRATEGIES[hpo.strategy](hpo)
+  if hpo.random_estimate not in random_search.ESTIMATES:
+    raise ConfigError(f"hpo.random_estimate={hpo.random_estimate!r} is not"
+                      f" allowed; choose one of {list(random_search.ESTIMATES)}")
+  if hpo.random_estimate == "blocked" and (hpo.strategy != "random"
+                                          or hpo.reward != "client"):
+    raise ConfigError("hpo.random_estimate='blocked' is read by random search"
+                      " with client gains only (a round reward gives every"
+                      " client of a round one configuration, which the round"
+                      " block would absorb); set hpo.strategy='random' and"
+                      " hpo.reward='client', or hpo.random_estimate='mean'")
+  strategy = STRATEGIES[hpo.strategy](hpo, num_clients)
   if strategy is not None and hpo.reward == "round":
     strategy = one_configuration_per_round(strategy)
   return strategy

@@ -277,7 +277,7 @@ def auto_lr_config(config, loss_noise_multiplier: float = 1.0,
 
 def build_hpo(config) -> Hpo | None:
   h = config.hpo
-  strategy = hp_lib.make_strategy(h)
+  strategy = hp_lib.make_strategy(h, config.federated.num_clients)
   if strategy is None:
     return None
   space = hp_lib.space_from_dict(h.space.to_dict())

@@ -180,11 +180,13 @@ def round_record(job: Job, progress: Progress, round_: int, start_time,
     record["hp_mean_gain"] = float(
         np.sum(weights * np.asarray(gains)) / np.sum(weights))
     record["hp_best_index"] = int(job.hpo.strategy.best(progress.hpo_state))
-    # Each client's released gain, its configuration and who it is: what a
-    # variance decomposition of the feedback (round, client, configuration)
-    # needs. Already released, so logging them costs no ε.
+    # Each client's released gain, its configuration, who it is and its
+    # weight: what a variance decomposition of the feedback (round, client,
+    # configuration) or a replay of a strategy needs. Released or public,
+    # so logging them costs no ε.
     present = weights > 0
     record["hp_client_gains"] = np.asarray(gains)[present].tolist()
+    record["hp_client_weights"] = weights[present].tolist()
     record["hp_client_configurations"] = np.asarray(ids)[present].tolist()
     record["hp_clients"] = np.asarray(inputs.client_ids)[present].tolist()
     if inputs.update_scale is not None:
@@ -287,7 +289,7 @@ def run_rounds(job: Job, work: Workdir, progress: Progress, rounds_done: int,
       gains = np.asarray(gains)
       progress.hpo_state = job.hpo.strategy.update(
           progress.hpo_state, np.asarray(ids), gains, inputs.client_weights,
-          aggregate)
+          aggregate, np.asarray(inputs.client_ids))
     record = round_record(job, progress, round_, start_time, inputs,
                           gains if searching else None, aggregate,
                           ids if searching else None)

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedsearch.hyperparameters import random_search
 
@@ -43,3 +44,66 @@ def test_choose_is_uniform_over_the_pool_and_always_aggregates():
   assert bool(aggregate)
   np.testing.assert_allclose(np.bincount(ids, minlength=5) / 20000, 0.2,
                              atol=0.015)
+
+
+def _additive_rounds(rounds, clients, configs, effects):
+  """Gains that are exactly round + client + configuration effects."""
+  round_effect = {0: 1.0, 1: 0.2, 2: -0.5}
+  client_effect = {0: 0.0, 1: 0.6, 2: -0.3}
+  return [(jnp.array(ids), jnp.array([round_effect[t] + client_effect[c]
+                                      + effects[j]
+                                      for c, j in zip(clients, ids)]))
+          for t, ids in zip(range(rounds), configs)]
+
+
+def test_blocked_estimate_recovers_configuration_effects_the_mean_misses():
+  # Configuration 1 is best by 0.1, but the weakest client (2) drew it twice
+  # and the strongest (1) drew configuration 0 twice, once in the first
+  # round, whose model gains most: the means prefer 0 (0.63 against 0.13),
+  # the blocked estimate 1.
+  effects = {0: 0.0, 1: 0.1, 2: -0.2}
+  clients = jnp.array([0, 1, 2])
+  configs = [[2, 0, 1], [0, 2, 1], [1, 0, 2]]
+  mean = random_search.strategy()
+  blocked = random_search.strategy("blocked", num_clients=3)
+  states = [s.init(3) for s in (mean, blocked)]
+  for ids, gains in _additive_rounds(3, [0, 1, 2], configs, effects):
+    states = [s.update(state, ids, gains, jnp.ones(3), jnp.bool_(True),
+                       clients)
+              for s, state in zip((mean, blocked), states)]
+  assert int(mean.best(states[0])) == 0
+  assert int(blocked.best(states[1])) == 1
+  # The fitted effects' differences are the true ones.
+  effects_fitted = (jnp.linalg.pinv(states[1].normal, hermitian=True)
+                    @ states[1].target)[3:]
+  chex.assert_trees_all_close(effects_fitted - effects_fitted[0],
+                              jnp.array([0.0, 0.1, -0.2]), atol=1e-5)
+
+
+def test_blocked_estimate_ignores_padding_and_needs_client_ids():
+  blocked = random_search.strategy("blocked", num_clients=2)
+  state = blocked.init(3)
+  # Two real clients on configurations 0 and 1; a padding slot (id −1,
+  # weight 0) on configuration 2 with a huge gain counts for nothing.
+  state = blocked.update(state, jnp.array([0, 1, 2]),
+                         jnp.array([0.0, 1.0, 100.0]),
+                         jnp.array([1.0, 1.0, 0.0]), jnp.bool_(True),
+                         jnp.array([0, 1, -1]))
+  chex.assert_trees_all_close(state.weight_sums, jnp.array([1.0, 1.0, 0.0]))
+  state = blocked.update(state, jnp.array([1, 0]), jnp.array([0.5, 0.3]),
+                         jnp.ones(2), jnp.bool_(True), jnp.array([0, 1]))
+  assert int(blocked.best(state)) == 1
+  with pytest.raises(ValueError, match="client ids"):
+    blocked.update(state, jnp.array([0]), jnp.array([1.0]), jnp.ones(1),
+                   jnp.bool_(True))
+  with pytest.raises(ValueError, match="client count"):
+    random_search.strategy("blocked")
+
+
+def test_blocked_update_is_the_same_under_jit():
+  blocked = random_search.strategy("blocked", num_clients=4)
+  args = (blocked.init(5), jnp.array([0, 3, 3, 1]),
+          jnp.array([0.2, -0.1, 0.4, 0.05]), jnp.array([1.0, 2.0, 0.5, 0.0]),
+          jnp.bool_(True), jnp.array([2, 0, 1, -1]))
+  chex.assert_trees_all_close(jax.jit(blocked.update)(*args),
+                              blocked.update(*args), atol=1e-6)

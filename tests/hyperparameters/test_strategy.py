@@ -80,6 +80,11 @@ def test_hpo_fields_reach_the_strategy():
   chex.assert_trees_all_close(frozen.update(frozen.init(2), *args).probs,
                               jnp.full(2, 0.5))
   assert float(moved.update(moved.init(2), *args).probs[0]) > 0.6
+  # Random search: the blocked estimate holds normal equations over the
+  # federation's clients and the pool.
+  blocked = hp.make_strategy(_hpo("random", random_estimate="blocked"),
+                             num_clients=4)
+  assert blocked.init(3).normal.shape == (7, 7)
 
 
 def test_none_searches_nothing():
@@ -154,7 +159,14 @@ def test_round_reward_gives_every_client_of_a_round_one_configuration(name):
      "use hpo.reward='client'"),
     ({"strategy": "feathers", "feathers_memory": "ema"},
      "hpo.feathers_memory='ema' is not allowed; choose one of ['decay',"
-     " 'mean']")])
+     " 'mean']"),
+    ({"strategy": "random", "random_estimate": "median"},
+     "hpo.random_estimate='median' is not allowed; choose one of ['mean',"
+     " 'blocked']"),
+    ({"strategy": "fedex", "random_estimate": "blocked"},
+     "set hpo.strategy='random' and hpo.reward='client'"),
+    ({"strategy": "random", "random_estimate": "blocked", "reward": "round"},
+     "set hpo.strategy='random' and hpo.reward='client'")])
 def test_bad_reward_settings_are_named(fields, named):
   with pytest.raises(ConfigError, match=re.escape(named)):
     hp.make_strategy(_hpo(fields.pop("strategy", "fedex"), **fields))

@@ -125,7 +125,7 @@ def test_end_to_end_learns_at_epsilon_3(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,reward,exploration_step", [
     ("feathers", "client", "own"), ("fedex", "client", "incumbent"),
-    ("fedex", "round", "own")])
+    ("fedex", "round", "own"), ("random", "client", "own")])
 def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
     tmp_path, strategy, reward, exploration_step):
   # The default FEATHERS, the paper's (exploration rounds only measure),
@@ -133,6 +133,10 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   config = small_config(**{"hpo.strategy": strategy, "hpo.pool_size": 4,
                            "hpo.reward": reward,
                            "hpo.exploration_step": exploration_step,
+                           # Random search's blocked estimate reads the
+                           # clients' ids from the loop.
+                           "hpo.random_estimate": (
+                               "blocked" if strategy == "random" else "mean"),
                            "hpo.period": 2, "hpo.gamma": 1.0,
                            "hpo.feedback_epsilon_fraction": 0.1,
                            "federated.search_rounds": 3})
@@ -150,7 +154,8 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   assert all("hp_mean_gain" in l for l in lines[:3])
   for l in lines[:3]:  # Every client's released gain, configuration, id.
     assert (len(l["hp_client_gains"]) == len(l["hp_client_configurations"])
-            == len(l["hp_clients"]) == config.federated.clients_per_round)
+            == len(l["hp_clients"]) == len(l["hp_client_weights"])
+            == config.federated.clients_per_round)
     assert all(0 <= c < 4 for c in l["hp_client_configurations"])
     assert len(set(l["hp_clients"])) == len(l["hp_clients"])
     assert min(l["hp_client_gains"]) <= l["hp_mean_gain"] <= max(
