@@ -19,11 +19,9 @@ REWARDS = ("client", "round")
 # searches nothing.
 STRATEGIES = {
     "none": lambda h, num_clients: None,
-    "feathers": lambda h, num_clients: feathers.strategy(h.period, h.gamma, h.alpha,
-                                            h.explore_aggregates,
-                                            h.feathers_memory,
-                                            h.feathers_exploration,
-                                            h.explore_share),
+    "feathers": lambda h, num_clients: feathers.strategy(
+        h.period, h.gamma, h.alpha, h.explore_aggregates, h.feathers_memory,
+        h.feathers_exploration, h.explore_share),
     "fedex": lambda h, num_clients: fedex.strategy(h.fedex_step),
     "random": lambda h, num_clients: random_search.strategy(
         h.random_estimate, num_clients),
