@@ -77,6 +77,18 @@ def _mean_strategy() -> Strategy:
   return Strategy(init, _choose, update, best, _uniform)
 
 
+def configuration_effects(state: BlockedState) -> jax.Array:
+  """The fitted configuration effects, up to a common constant.
+
+  The client and configuration indicators both sum to one in every row, so
+  the normal equations are singular along (1, −1); differences of
+  configuration effects are the same for every solution, and the
+  pseudo-inverse picks one.
+  """
+  effects = jnp.linalg.pinv(state.normal, hermitian=True) @ state.target
+  return effects[-state.weight_sums.shape[0]:]
+
+
 def _blocked_strategy(num_clients: int) -> Strategy:
   if num_clients < 1:
     raise ValueError("hpo.random_estimate='blocked' needs the federation's"
@@ -103,18 +115,12 @@ def _blocked_strategy(num_clients: int) -> Strategy:
                               jax.nn.one_hot(ids, pool_size)], axis=1)
     centred = design - w @ design
     centred_gains = gains - w @ gains
-    _, weight_sums = per_config_sums(ids, gains, weights, pool_size)
     return BlockedState(state.normal + centred.T @ (w[:, None] * centred),
                         state.target + centred.T @ (w * centred_gains),
-                        state.weight_sums + weight_sums)
+                        state.weight_sums + weights @ design[:, num_clients:])
 
   def best(state):
-    # The client and configuration indicators both sum to one in every row,
-    # so the normal equations are singular along (1, −1); differences of
-    # configuration effects are the same for every solution, and the
-    # pseudo-inverse picks one.
-    effects = jnp.linalg.pinv(state.normal, hermitian=True) @ state.target
-    return _best_of(effects[num_clients:], state.weight_sums)
+    return _best_of(configuration_effects(state), state.weight_sums)
 
   return Strategy(init, _choose, update, best, _uniform)
 
