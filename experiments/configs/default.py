@@ -264,6 +264,10 @@ def get_config() -> ml_collections.ConfigDict:
   # "blocked" (the configuration effect fitted with round and client
   # effects, hyperparameters/random_search.py). No ε either way.
   config.hpo.random_estimate = "mean"
+  # Random search's draws: 0 uniform over the pool every round (as
+  # published); k > 0 successive halving every k search rounds
+  # (hyperparameters/random_search.py). No ε.
+  config.hpo.random_halving_rounds = 0
   # 2 %: the gradients' σ rises 1.6 % on Fashion-MNIST's 10-client schedule
   # (`configs/hpo.py`) and 1.7 % on digits, where 10 % cost 9.5 % and, on
   # digits dev runs, 11 points of FEATHERS's accuracy (55.9 -> 67.0 %,

@@ -19,6 +19,20 @@ Which configuration is best (`hpo.random_estimate`):
              clients' own training noise 67 %; the blocked estimate changed
              one choice in eight seeds and was not adopted (−0.17 points).
 Both read only released gains and public ids and weights: no ε.
+
+Which configurations are drawn (`hpo.random_halving_rounds`):
+  0      uniformly from the whole pool every round, as published;
+  k > 0  successive halving (Jamieson & Talwalkar 2016; Li et al. 2018,
+         Hyperband; Khodak et al. 2021 run random search and FedEx inside
+         it): after every k rounds of feedback the better half (ceil) of
+         the surviving configurations by weighted mean gain is kept and
+         the draws are uniform over it; the best is the survivors' highest
+         mean. Every survivor was drawn in the same rounds, so their
+         all-round means compare like with like. The later search rounds
+         train fewer bad steps and the survivors get more draws (uniform
+         exploration cost 3.89 points at a Fashion-MNIST seed that chose the
+         recipe's configuration, experiments/README.md). With the mean
+         estimate only; post-processing of released gains, no ε.
 """
 
 from typing import NamedTuple
@@ -34,6 +48,13 @@ ESTIMATES = ("mean", "blocked")
 class RandomSearchState(NamedTuple):
   gain_sums: jax.Array  # (pool,) Σ of weighted gains per configuration
   weight_sums: jax.Array  # (pool,) Σ of the weights behind them
+
+
+class HalvingState(NamedTuple):
+  gain_sums: jax.Array  # (pool,)
+  weight_sums: jax.Array  # (pool,)
+  alive: jax.Array  # (pool,) bool: not yet dropped
+  rounds: jax.Array  # () int: rounds of feedback so far
 
 
 class BlockedState(NamedTuple):
@@ -59,6 +80,49 @@ def _uniform(state):
   return jnp.full_like(state.weight_sums, 1.0 / state.weight_sums.shape[0])
 
 
+def _means(state):
+  return state.gain_sums / jnp.maximum(state.weight_sums, 1e-12)
+
+
+def _halving_strategy(rounds_per_rung: int) -> Strategy:
+  def init(pool_size):
+    return HalvingState(jnp.zeros(pool_size), jnp.zeros(pool_size),
+                        jnp.ones(pool_size, bool), jnp.zeros((), jnp.int32))
+
+  def choose(state, key, num_clients):
+    # The k-th survivor, k uniform: while all survive these are exactly
+    # the published draws, so seeded runs share the first rung.
+    survivors = jnp.argsort(~state.alive, stable=True)
+    slots = jax.random.randint(key, (num_clients,), 0,
+                               jnp.sum(state.alive))
+    return state, survivors[slots], jnp.bool_(True)
+
+  def update(state, ids, gains, weights, aggregate, clients=None):
+    del aggregate, clients
+    gain_sums, weight_sums = per_config_sums(ids, gains, weights,
+                                             state.gain_sums.shape[0])
+    gain_sums, weight_sums = (state.gain_sums + gain_sums,
+                              state.weight_sums + weight_sums)
+    rounds = state.rounds + 1
+    scores = jnp.where(state.alive & (weight_sums > 0),
+                       gain_sums / jnp.maximum(weight_sums, 1e-12), -jnp.inf)
+    rank = jnp.argsort(jnp.argsort(-scores, stable=True), stable=True)
+    keep = rank < (jnp.sum(state.alive) + 1) // 2
+    alive = jnp.where(rounds % rounds_per_rung == 0, keep, state.alive)
+    return HalvingState(gain_sums, weight_sums, alive, rounds)
+
+  def best(state):
+    return _best_of(_means(state), state.weight_sums * state.alive)
+
+  def probabilities(state):
+    return state.alive / jnp.sum(state.alive)
+
+  def metrics(state):
+    return {"hp_survivors": int(jnp.sum(state.alive))}
+
+  return Strategy(init, choose, update, best, probabilities, metrics)
+
+
 def _mean_strategy() -> Strategy:
   def init(pool_size):
     return RandomSearchState(jnp.zeros(pool_size), jnp.zeros(pool_size))
@@ -71,8 +135,7 @@ def _mean_strategy() -> Strategy:
                              state.weight_sums + weight_sums)
 
   def best(state):
-    return _best_of(state.gain_sums / jnp.maximum(state.weight_sums, 1e-12),
-                    state.weight_sums)
+    return _best_of(_means(state), state.weight_sums)
 
   return Strategy(init, _choose, update, best, _uniform)
 
@@ -125,6 +188,16 @@ def _blocked_strategy(num_clients: int) -> Strategy:
   return Strategy(init, _choose, update, best, _uniform)
 
 
-def strategy(estimate: str = "mean", num_clients: int = 0) -> Strategy:
-  return (_blocked_strategy(num_clients) if estimate == "blocked"
-          else _mean_strategy())
+def strategy(estimate: str = "mean", num_clients: int = 0,
+             halving_rounds: int = 0) -> Strategy:
+  if halving_rounds < 0:
+    raise ValueError("hpo.random_halving_rounds must be 0 (no halving) or a"
+                     f" positive number of rounds, got {halving_rounds}")
+  if halving_rounds and estimate != "mean":
+    raise ValueError("hpo.random_halving_rounds ranks survivors by their mean"
+                     f" gain; it needs hpo.random_estimate='mean', got"
+                     f" {estimate!r}")
+  if estimate == "blocked":
+    return _blocked_strategy(num_clients)
+  return _halving_strategy(halving_rounds) if halving_rounds else (
+      _mean_strategy())

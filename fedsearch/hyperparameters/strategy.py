@@ -24,7 +24,7 @@ STRATEGIES = {
         h.feathers_exploration, h.explore_share),
     "fedex": lambda h, num_clients: fedex.strategy(h.fedex_step),
     "random": lambda h, num_clients: random_search.strategy(
-        h.random_estimate, num_clients),
+        h.random_estimate, num_clients, h.random_halving_rounds),
 }
 
 
@@ -86,6 +86,16 @@ def make_strategy(hpo, num_clients: int = 0) -> Strategy | None:
                       " client of a round one configuration, which the round"
                       " block would absorb); set hpo.strategy='random' and"
                       " hpo.reward='client', or hpo.random_estimate='mean'")
+  if hpo.random_halving_rounds < 0:
+    raise ConfigError(f"hpo.random_halving_rounds={hpo.random_halving_rounds}"
+                      " is not allowed; choose 0 (no halving) or a positive"
+                      " number of search rounds per rung")
+  if hpo.random_halving_rounds and (hpo.strategy != "random"
+                                    or hpo.random_estimate != "mean"):
+    raise ConfigError("hpo.random_halving_rounds is read by random search"
+                      " with the mean estimate only; set hpo.strategy="
+                      "'random' and hpo.random_estimate='mean', or"
+                      " hpo.random_halving_rounds=0")
   strategy = STRATEGIES[hpo.strategy](hpo, num_clients)
   if strategy is not None and hpo.reward == "round":
     strategy = one_configuration_per_round(strategy)

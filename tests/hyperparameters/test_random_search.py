@@ -106,3 +106,58 @@ def test_blocked_update_is_the_same_under_jit():
           jnp.bool_(True), jnp.array([2, 0, 1, -1]))
   chex.assert_trees_all_close(jax.jit(blocked.update)(*args),
                               blocked.update(*args), atol=1e-6)
+
+
+def _halving_round(strategy, state, gains_by_config):
+  """One round in which configuration j gains gains_by_config[j]."""
+  ids = jnp.arange(len(gains_by_config))
+  return strategy.update(state, ids, jnp.asarray(gains_by_config),
+                         jnp.ones(len(gains_by_config)), jnp.bool_(True))
+
+
+def test_halving_keeps_the_better_half_of_the_survivors_on_hand_numbers():
+  strategy = random_search.strategy(halving_rounds=2)
+  state = strategy.init(5)
+  state = _halving_round(strategy, state, [0.1, 0.5, 0.3, 0.2, 0.0])
+  assert bool(jnp.all(state.alive))  # Not a rung's end yet.
+  state = _halving_round(strategy, state, [0.1, 0.1, 0.3, 0.4, 0.0])
+  # Means 0.1, 0.3, 0.3, 0.3, 0.0: ceil(5 / 2) = 3 survive.
+  chex.assert_trees_all_equal(state.alive,
+                              jnp.array([False, True, True, True, False]))
+  assert strategy.metrics(state) == {"hp_survivors": 3}
+  chex.assert_trees_all_close(strategy.probabilities(state),
+                              jnp.array([0, 1 / 3, 1 / 3, 1 / 3, 0]))
+  # Dropped configurations are never drawn again, whatever their gains.
+  _, ids, _ = strategy.choose(state, jax.random.key(0), 3000)
+  assert set(np.unique(ids).tolist()) == {1, 2, 3}
+  state = _halving_round(strategy, state, [9.0, 0.0, 0.9, 0.3, 9.0])
+  state = _halving_round(strategy, state, [9.0, 0.0, 0.0, 0.3, 9.0])
+  # Survivors' means: 0.15, 0.375, 0.3 -> ceil(3 / 2) = 2 survive; the
+  # best is the survivors' highest mean, not a dropped one's (4.55 for 0).
+  chex.assert_trees_all_equal(state.alive,
+                              jnp.array([False, False, True, True, False]))
+  assert int(strategy.best(state)) == 2
+
+
+def test_halving_draws_as_published_while_all_survive():
+  published = random_search.strategy()
+  halving = random_search.strategy(halving_rounds=3)
+  key = jax.random.key(7)
+  chex.assert_trees_all_equal(published.choose(published.init(10), key, 50)[1],
+                              halving.choose(halving.init(10), key, 50)[1])
+
+
+def test_halving_update_is_the_same_under_jit():
+  strategy = random_search.strategy(halving_rounds=1)
+  args = (strategy.init(4), jnp.array([0, 3, 3, 1]),
+          jnp.array([0.2, -0.1, 0.4, 0.05]), jnp.array([1.0, 2.0, 0.5, 0.0]),
+          jnp.bool_(True))
+  chex.assert_trees_all_close(jax.jit(strategy.update)(*args),
+                              strategy.update(*args))
+
+
+def test_halving_refuses_a_negative_rung_and_the_blocked_estimate():
+  with pytest.raises(ValueError, match="positive number of rounds"):
+    random_search.strategy(halving_rounds=-2)
+  with pytest.raises(ValueError, match="random_estimate='mean'"):
+    random_search.strategy("blocked", num_clients=3, halving_rounds=5)

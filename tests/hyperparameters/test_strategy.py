@@ -85,6 +85,9 @@ def test_hpo_fields_reach_the_strategy():
   blocked = hp.make_strategy(_hpo("random", random_estimate="blocked"),
                              num_clients=4)
   assert blocked.init(3).normal.shape == (7, 7)
+  # Successive halving keeps which configurations survive.
+  halving = hp.make_strategy(_hpo("random", random_halving_rounds=5))
+  assert halving.init(3).alive.shape == (3,)
 
 
 def test_none_searches_nothing():
@@ -166,7 +169,14 @@ def test_round_reward_gives_every_client_of_a_round_one_configuration(name):
     ({"strategy": "fedex", "random_estimate": "blocked"},
      "set hpo.strategy='random' and hpo.reward='client'"),
     ({"strategy": "random", "random_estimate": "blocked", "reward": "round"},
-     "set hpo.strategy='random' and hpo.reward='client'")])
+     "set hpo.strategy='random' and hpo.reward='client'"),
+    ({"strategy": "random", "random_halving_rounds": -1},
+     "hpo.random_halving_rounds=-1 is not allowed; choose 0"),
+    ({"strategy": "fedex", "random_halving_rounds": 5},
+     "hpo.strategy='random' and hpo.random_estimate='mean'"),
+    ({"strategy": "random", "random_estimate": "blocked",
+      "random_halving_rounds": 5},
+     "hpo.strategy='random' and hpo.random_estimate='mean'")])
 def test_bad_reward_settings_are_named(fields, named):
   with pytest.raises(ConfigError, match=re.escape(named)):
     hp.make_strategy(_hpo(fields.pop("strategy", "fedex"), **fields))

@@ -123,20 +123,21 @@ def test_end_to_end_learns_at_epsilon_3(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,reward,exploration_step", [
-    ("feathers", "client", "own"), ("fedex", "client", "incumbent"),
-    ("fedex", "round", "own"), ("random", "client", "own")])
+@pytest.mark.parametrize("strategy,reward,exploration_step,random_option", [
+    ("feathers", "client", "own", {}), ("fedex", "client", "incumbent", {}),
+    ("fedex", "round", "own", {}),
+    # The blocked estimate reads the clients' ids from the loop; halving
+    # every round keeps 2, then 1 of the 4 configurations in its state.
+    ("random", "client", "own", {"hpo.random_estimate": "blocked"}),
+    ("random", "round", "own", {"hpo.random_halving_rounds": 1})])
 def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
-    tmp_path, strategy, reward, exploration_step):
+    tmp_path, strategy, reward, exploration_step, random_option):
   # The default FEATHERS, the paper's (exploration rounds only measure),
   # and a 10 % feedback share, so that both show in the records.
   config = small_config(**{"hpo.strategy": strategy, "hpo.pool_size": 4,
                            "hpo.reward": reward,
                            "hpo.exploration_step": exploration_step,
-                           # Random search's blocked estimate reads the
-                           # clients' ids from the loop.
-                           "hpo.random_estimate": (
-                               "blocked" if strategy == "random" else "mean"),
+                           **random_option,
                            "hpo.period": 2, "hpo.gamma": 1.0,
                            "hpo.feedback_epsilon_fraction": 0.1,
                            "federated.search_rounds": 3})
@@ -166,6 +167,8 @@ def test_joint_hyperparameter_search_spends_at_most_epsilon_and_resumes(
   # Rescaled to the incumbent's step: the factors in the record.
   assert all(("hp_mean_update_scale" in l)
              == (exploration_step == "incumbent") for l in lines[:3])
+  if "hpo.random_halving_rounds" in random_option:
+    assert [l["hp_survivors"] for l in lines[:3]] == [2, 1, 1]
   if strategy == "feathers":  # Exploration rounds only measure.
     assert [l["hp_measure_only"] for l in lines[:3]] == [True, False, True]
     assert [l["hp_exploring"] for l in lines[:3]] == [True, False, True]
