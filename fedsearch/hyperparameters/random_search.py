@@ -32,7 +32,9 @@ Which configurations are drawn (`hpo.random_halving_rounds`):
          train fewer bad steps and the survivors get more draws (uniform
          exploration cost 3.89 points at a Fashion-MNIST seed that chose the
          recipe's configuration, experiments/README.md). With the mean
-         estimate only; post-processing of released gains, no ε.
+         estimate only; post-processing of released gains, no ε. On the
+         digits diagnostic (k = 5, eight seeds) it scored +1.57 points
+         (s.e. 2.61) over uniform draws and was not adopted.
 """
 
 from typing import NamedTuple
