@@ -103,15 +103,15 @@ def _halving_strategy(rounds_per_rung: int) -> Strategy:
     del aggregate, clients
     gain_sums, weight_sums = per_config_sums(ids, gains, weights,
                                              state.gain_sums.shape[0])
-    gain_sums, weight_sums = (state.gain_sums + gain_sums,
-                              state.weight_sums + weight_sums)
-    rounds = state.rounds + 1
-    scores = jnp.where(state.alive & (weight_sums > 0),
-                       gain_sums / jnp.maximum(weight_sums, 1e-12), -jnp.inf)
+    state = state._replace(gain_sums=state.gain_sums + gain_sums,
+                           weight_sums=state.weight_sums + weight_sums,
+                           rounds=state.rounds + 1)
+    scores = jnp.where(state.alive & (state.weight_sums > 0), _means(state),
+                       -jnp.inf)
     rank = jnp.argsort(jnp.argsort(-scores, stable=True), stable=True)
     keep = rank < (jnp.sum(state.alive) + 1) // 2
-    alive = jnp.where(rounds % rounds_per_rung == 0, keep, state.alive)
-    return HalvingState(gain_sums, weight_sums, alive, rounds)
+    return state._replace(alive=jnp.where(
+        state.rounds % rounds_per_rung == 0, keep, state.alive))
 
   def best(state):
     return _best_of(_means(state), state.weight_sums * state.alive)
