@@ -20,6 +20,7 @@ unchanged (the same σ, schedule, recipe and grid; checked before any run):
 """
 
 import pathlib
+import statistics
 import sys
 
 from absl import app, flags
@@ -167,6 +168,77 @@ def _chosen(r: dict) -> str:
                    for c in r["chosen"])
 
 
+def paired_with_recipe(search: dict, recipe: dict,
+                       window: int = 5) -> dict:
+  """A search row minus the recipe row of its dataset, seed by seed.
+
+  Seeded rows share their data split, partition and initialisation, so the
+  per-seed difference removes what the seed alone decides; its standard
+  error is the differences' sd/√n. The monitor windows (the mean of the
+  last `window` search rounds, and of the last `window` rounds) separate
+  what the search phase cost from what was left of it at the end.
+  """
+  def runs(row):
+    return dict(zip(row["seeds"], zip(row["test_accuracies"],
+                                      row["monitor_accuracy_per_epoch"])))
+
+  mine, theirs = runs(search), runs(recipe)
+  seeds = [s for s in search["seeds"] if s in theirs]
+  end_of_search = slice(max(search["search_rounds"] - window, 0),
+                        search["search_rounds"])
+
+  def mean_difference(window_of):
+    windows = [(window_of(mine[s][1]), window_of(theirs[s][1]))
+               for s in seeds]
+    if not all(a and b for a, b in windows):
+      return None  # A run logged fewer rounds than the schedule.
+    return statistics.fmean(100 * (statistics.fmean(a) - statistics.fmean(b))
+                            for a, b in windows)
+
+  test = [100 * (mine[s][0] - theirs[s][0]) for s in seeds]
+  return {
+      "seeds": seeds,
+      "test": test,
+      "mean": statistics.fmean(test),
+      "standard_error": (statistics.stdev(test) / len(test) ** 0.5
+                         if len(test) > 1 else None),
+      "monitor_end_of_search": mean_difference(
+          lambda monitor: monitor[end_of_search]),
+      "monitor_end_of_run": mean_difference(lambda monitor: monitor[-window:]),
+  }
+
+
+def _paired_section(current: list[dict]) -> list[str]:
+  lines = []
+  with_monitor = [r for r in current if "monitor_accuracy_per_epoch" in r]
+  for recipe in (r for r in with_monitor if r["method"] == METHOD["none"]):
+    for search in (r for r in with_monitor if r["dataset"] == recipe["dataset"]
+                   and r is not recipe
+                   and set(r["seeds"]) & set(recipe["seeds"])):
+      paired = paired_with_recipe(search, recipe)
+      se = paired["standard_error"]
+      search_cost, end_cost = (
+          "—" if d is None else f"{d:+.1f}"
+          for d in (paired["monitor_end_of_search"],
+                    paired["monitor_end_of_run"]))
+      lines.append(
+          f"| {records.DATASET_LABEL[search['dataset']]} | {search['method']}"
+          f" | {', '.join(map(str, paired['seeds']))} |"
+          f" {', '.join(f'{d:+.2f}' for d in paired['test'])} |"
+          f" **{paired['mean']:+.2f}**"
+          + (f" ({se:.2f})" if se is not None else "") +
+          f" | {search_cost} | {end_cost} |")
+  if not lines:
+    return []
+  return ["", "Paired with the fixed recipe at the seeds both ran (search −"
+          " recipe, points; s.e. = sd/√n of the differences; monitor"
+          " accuracy: the mean of the last 5 search rounds, and of the last"
+          " 5 rounds):", "",
+          "| dataset | method | seeds | test accuracy, per seed | mean"
+          " (s.e.) | monitor, end of search | monitor, end of run |",
+          "|---|---|---|---|---|---|---|"] + lines
+
+
 def render(rows: list[dict]) -> str:
   lines = [
       "# Joint architecture + hyperparameter search vs a published fixed"
@@ -209,6 +281,7 @@ def render(rows: list[dict]) -> str:
         f" ({r['search_rounds']} + {r['train_rounds']}) × {r['local_steps']}"
         f" | {r['wall_time_s'] / 60:.1f} min | {r['hardware']} |"
         f" {r['commit']} |")
+  lines += _paired_section(current)
   plotted = sorted({r["dataset"] for r in current})
   if plotted:
     lines += ["", "Plots: " + ", ".join(

@@ -182,3 +182,41 @@ def test_extend_adds_seeds_to_the_row_on_record_checked_before_any_run(
       run(*argv, "--extend")
     assert refusal in capsys.readouterr().err
   assert len(started) == 3  # Refused before any run.
+
+
+_RECORD_FIELDS = {
+    "test_accuracy": 0.7, "test_accuracy_sd": 0.1, "epsilon_total": 3.0,
+    "delta": 1e-5, "noise_multiplier": 2.0, "chosen": [], "train_rounds": 2,
+    "local_steps": 1, "wall_time_s": 60.0, "hardware": "cpu",
+    "commit": "abc", "command": "python -m experiments.hpo_compare",
+    "epsilon_feedback_only": []}
+
+
+def _seeded_row(method, seeds, tests, monitors, search_rounds=2):
+  return {"dataset": "fashion_mnist", "method": method, "seeds": seeds,
+          "test_accuracies": tests, "monitor_accuracy_per_epoch": monitors,
+          "search_rounds": search_rounds}
+
+
+def test_a_search_row_is_paired_with_the_recipe_seed_by_seed(hpo_compare):
+  recipe = _seeded_row(hpo_compare.METHOD["none"], [0, 1, 2],
+                       [0.70, 0.80, 0.60],
+                       [[0.5, 0.6, 0.7, 0.7]] * 3)
+  # Seed 3 has no recipe run: it is left out of the pairing.
+  search = _seeded_row(hpo_compare.METHOD["random"], [1, 0, 3],
+                       [0.77, 0.74, 0.99],
+                       [[0.3, 0.2, 0.6, 0.8], [0.3, 0.4, 0.8, 0.6],
+                        [0.0] * 4])
+  paired = hpo_compare.paired_with_recipe(search, recipe, window=2)
+  assert paired["seeds"] == [1, 0]
+  assert paired["test"] == pytest.approx([-3.0, 4.0])
+  assert paired["mean"] == pytest.approx(0.5)
+  # sd of (-3, 4) is 7/√2; over √2 seeds.
+  assert paired["standard_error"] == pytest.approx(3.5)
+  # Search rounds 1-2: (0.25 - 0.55) and (0.35 - 0.55); last two: 0 and 0.
+  assert paired["monitor_end_of_search"] == pytest.approx(-25.0)
+  assert paired["monitor_end_of_run"] == pytest.approx(0.0)
+  table = hpo_compare.render([recipe | _RECORD_FIELDS,
+                              search | _RECORD_FIELDS])
+  # The render's windows hold 5 rounds, here the whole search and run.
+  assert "| 1, 0 | -3.00, +4.00 | **+0.50** (3.50) | -25.0 | -12.5 |" in table
