@@ -168,15 +168,21 @@ def _chosen(r: dict) -> str:
                    for c in r["chosen"])
 
 
+# Rounds averaged at the end of the search phase and of the run: one round's
+# monitor accuracy under DP noise moves by points, five smooth it.
+MONITOR_WINDOW = 5
+
+
 def paired_with_recipe(search: dict, recipe: dict,
-                       window: int = 5) -> dict:
+                       window: int = MONITOR_WINDOW) -> dict | None:
   """A search row minus the recipe row of its dataset, seed by seed.
 
   Seeded rows share their data split, partition and initialisation, so the
   per-seed difference removes what the seed alone decides; its standard
   error is the differences' sd/√n. The monitor windows (the mean of the
   last `window` search rounds, and of the last `window` rounds) separate
-  what the search phase cost from what was left of it at the end.
+  what the search phase cost from what was left of it at the end. None when
+  the rows share no seed.
   """
   def runs(row):
     return dict(zip(row["seeds"], zip(row["test_accuracies"],
@@ -184,6 +190,8 @@ def paired_with_recipe(search: dict, recipe: dict,
 
   mine, theirs = runs(search), runs(recipe)
   seeds = [s for s in search["seeds"] if s in theirs]
+  if not seeds:
+    return None
   end_of_search = slice(max(search["search_rounds"] - window, 0),
                         search["search_rounds"])
 
@@ -213,9 +221,10 @@ def _paired_section(current: list[dict]) -> list[str]:
   with_monitor = [r for r in current if "monitor_accuracy_per_epoch" in r]
   for recipe in (r for r in with_monitor if r["method"] == METHOD["none"]):
     for search in (r for r in with_monitor if r["dataset"] == recipe["dataset"]
-                   and r is not recipe
-                   and set(r["seeds"]) & set(recipe["seeds"])):
+                   and r is not recipe):
       paired = paired_with_recipe(search, recipe)
+      if paired is None:
+        continue
       se = paired["standard_error"]
       search_cost, end_cost = (
           "—" if d is None else f"{d:+.1f}"
@@ -232,8 +241,8 @@ def _paired_section(current: list[dict]) -> list[str]:
     return []
   return ["", "Paired with the fixed recipe at the seeds both ran (search −"
           " recipe, points; s.e. = sd/√n of the differences; monitor"
-          " accuracy: the mean of the last 5 search rounds, and of the last"
-          " 5 rounds):", "",
+          f" accuracy: the mean of the last {MONITOR_WINDOW} search rounds, and"
+          f" of the last {MONITOR_WINDOW} rounds):", "",
           "| dataset | method | seeds | test accuracy, per seed | mean"
           " (s.e.) | monitor, end of search | monitor, end of run |",
           "|---|---|---|---|---|---|---|"] + lines

@@ -219,4 +219,15 @@ def test_a_search_row_is_paired_with_the_recipe_seed_by_seed(hpo_compare):
   table = hpo_compare.render([recipe | _RECORD_FIELDS,
                               search | _RECORD_FIELDS])
   # The render's windows hold 5 rounds, here the whole search and run.
+  assert hpo_compare.MONITOR_WINDOW >= 4
   assert "| 1, 0 | -3.00, +4.00 | **+0.50** (3.50) | -25.0 | -12.5 |" in table
+  assert f"last {hpo_compare.MONITOR_WINDOW} search rounds" in table
+
+
+def test_rows_without_a_shared_seed_are_not_paired(hpo_compare):
+  recipe = _seeded_row(hpo_compare.METHOD["none"], [0], [0.7], [[0.5] * 4])
+  search = _seeded_row(hpo_compare.METHOD["random"], [1], [0.8], [[0.6] * 4])
+  assert hpo_compare.paired_with_recipe(search, recipe) is None
+  table = hpo_compare.render([recipe | _RECORD_FIELDS,
+                              search | _RECORD_FIELDS])
+  assert "Paired with the fixed recipe" not in table
