@@ -218,7 +218,8 @@ def test_a_search_row_is_paired_with_the_recipe_seed_by_seed(hpo_compare):
   assert paired["monitor_end_of_run"] == pytest.approx(0.0)
   table = hpo_compare.render([recipe | _RECORD_FIELDS,
                               search | _RECORD_FIELDS])
-  # The render's windows hold 5 rounds, here the whole search and run.
+  # The render's windows (MONITOR_WINDOW rounds, at least these rows' 4) hold
+  # the whole search and the whole run here.
   assert hpo_compare.MONITOR_WINDOW >= 4
   assert "| 1, 0 | -3.00, +4.00 | **+0.50** (3.50) | -25.0 | -12.5 |" in table
   assert f"last {hpo_compare.MONITOR_WINDOW} search rounds" in table
