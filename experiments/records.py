@@ -189,8 +189,8 @@ def extend_row(old: dict, new: dict, per_seed: tuple[str, ...] = (),
                same: tuple[str, ...] = ()) -> dict:
   """`old` with `new`'s seeds added: per-seed fields (PER_SEED +
   `per_seed`) joined, accuracy over all seeds, wall times summed, every
-  commit kept, and the commands that rebuild it in order. The model stays
-  the first seed's, as for seeds run together."""
+  commit and host kept once, and the commands that rebuild it in order.
+  The model stays the first seed's, as for seeds run together."""
   check_extension(old, new, new["seeds"], same)
   row = dict(old)
   for field in PER_SEED + per_seed:
@@ -200,9 +200,26 @@ def extend_row(old: dict, new: dict, per_seed: tuple[str, ...] = (),
   row["commit"] = " ".join(sorted(set(old["commit"].split())
                                   | set(new["commit"].split())))
   row["command"] = f"{old['command']} && {new['command']}"
-  if new["hardware"] != old["hardware"]:
-    row["hardware"] = f"{old['hardware']}; {new['hardware']}"
+  row["hardware"] = HOST_SEPARATOR.join(dict.fromkeys(
+      hosts(old["hardware"]) + hosts(new["hardware"])))
   return row
+
+
+HOST_SEPARATOR = "; "
+
+
+def hosts(hardware: str) -> list[str]:
+  """The hosts a row's `hardware` names, first seen first.
+
+  A host's own name holds "; " inside its parentheses ("cpu x1 (cpu; host
+  ..., 2 cores)"), so only a separator outside them divides two hosts."""
+  names, depth, start = [], 0, 0
+  for i, char in enumerate(hardware):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if depth == 0 and hardware.startswith(HOST_SEPARATOR, i):
+      names.append(hardware[start:i])
+      start = i + len(HOST_SEPARATOR)
+  return names + [hardware[start:]]
 
 
 def read(name: str) -> list[dict]:

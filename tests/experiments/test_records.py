@@ -71,6 +71,33 @@ def test_extend_adds_seeds_to_the_row_on_record_in_place(results):
   assert (results / "t.md").read_text() == "2 rows\n"
 
 
+_AMD = "cpu x1 (cpu; host AMD EPYC, 2 cores)"
+_XEON = "cpu x1 (cpu; host Intel(R) Xeon(R) Processor, 2 cores)"
+
+
+@pytest.mark.parametrize("hardware, want", [
+    (_AMD, [_AMD]),
+    (f"{_AMD}; {_XEON}", [_AMD, _XEON]),
+    (f"{_XEON}; {_AMD}; {_XEON}", [_XEON, _AMD, _XEON]),
+    ("x; gpu", ["x", "gpu"]),
+])
+def test_hosts_split_only_outside_a_hosts_parentheses(hardware, want):
+  assert records.hosts(hardware) == want
+
+
+@pytest.mark.parametrize("on_record, added, want", [
+    (_AMD, _AMD, _AMD),
+    (_AMD, _XEON, f"{_AMD}; {_XEON}"),
+    (f"{_AMD}; {_XEON}", _AMD, f"{_AMD}; {_XEON}"),
+    # A row extended before hosts were kept once lists repeats; they fold.
+    (f"{_XEON}; {_AMD}; {_AMD}; {_XEON}", _XEON, f"{_XEON}; {_AMD}"),
+])
+def test_extend_keeps_each_host_once(on_record, added, want):
+  row = records.extend_row(_seeds([0], [0.5], hardware=on_record),
+                           _seeds([1], [0.6], hardware=added))
+  assert row["hardware"] == want
+
+
 @pytest.mark.parametrize("on_record, new, refusal", [
     ([], _seeds([1], [0.5]), "no row on record"),
     ([_seeds([0], [0.5], superseded=True)], _seeds([1], [0.5]),
