@@ -41,8 +41,9 @@ def test_every_row_runs_the_recipe_schedule_and_the_grid_holds_the_recipe(
     assert config.hpo.explore_aggregates == round_reward
     assert config.hpo.exploration_step == "own"
     # The soft-error gain only where its development runs chose it: random
-    # search with client gains, where the feedback noise is small.
-    soft = row == "random" and dataset != "digits"
+    # search and FEATHERS with client gains, where the feedback noise is
+    # small.
+    soft = row in ("random", "feathers") and dataset != "digits"
     assert config.hpo.feedback_measure == ("soft_error" if soft else "loss")
     if row != "none":
       pool = hp_lib.make_pool(
