@@ -38,6 +38,8 @@ SAME = ("dataset", "setting", "method", "design", "epsilon_total", "delta",
 DATASET_LABEL = {"digits": "digits", "mnist": "MNIST",
                  "fashion_mnist": "Fashion-MNIST",
                  "cifar10": "CIFAR-10 (JPEG q75)"}
+# Between the hosts of a row run on several (see `hosts`).
+HOST_SEPARATOR = "; "
 
 
 def commit(summaries: list[dict]) -> str:
@@ -203,9 +205,6 @@ def extend_row(old: dict, new: dict, per_seed: tuple[str, ...] = (),
   row["hardware"] = HOST_SEPARATOR.join(dict.fromkeys(
       hosts(old["hardware"]) + hosts(new["hardware"])))
   return row
-
-
-HOST_SEPARATOR = "; "
 
 
 def hosts(hardware: str) -> list[str]:
